@@ -1,0 +1,88 @@
+"""Prometheus metrics of every stage, in one registry built at start and passed in (no globals).
+
+The names are the public contract (INTERFACES.md); extensions are additive.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """All metrics of one agent process. Tests build their own to read values back."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.reads = Counter(
+            "edge_agent_reads_total",
+            "Poll cycles read and committed to the buffer",
+            ["device"],
+            registry=r,
+        )
+        self.read_errors = Counter(
+            "edge_agent_read_errors_total",
+            "Poll cycles in which the device or some tag could not be read",
+            ["device"],
+            registry=r,
+        )
+        self.poll_duration = Histogram(
+            "edge_agent_poll_duration_seconds",
+            "Time one poll cycle took",
+            ["device"],
+            buckets=_POLL_BUCKETS,
+            registry=r,
+        )
+        self.poll_overruns = Counter(
+            "edge_agent_poll_overruns_total",
+            "Poll cycles that took longer than the poll interval (the next cycle was skipped)",
+            ["device"],
+            registry=r,
+        )
+        self.device_up = Gauge(
+            "edge_agent_device_up",
+            "1 when the device answered its last poll",
+            ["device"],
+            registry=r,
+        )
+        self.buffer_batches = Gauge(
+            "edge_agent_buffer_batches", "Batches in the on-disk buffer", registry=r
+        )
+        self.buffer_bytes = Gauge(
+            "edge_agent_buffer_bytes",
+            "Bytes the on-disk buffer occupies (database and WAL)",
+            registry=r,
+        )
+        self.buffer_dropped = Counter(
+            "edge_agent_buffer_dropped_batches_total",
+            "Oldest batches dropped because the buffer reached buffer.max_size",
+            registry=r,
+        )
+        self.published = Counter(
+            "edge_agent_published_batches_total",
+            "Batches acknowledged by the broker (PUBACK)",
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            "edge_agent_publish_latency_seconds",
+            "Time from the device's answer to the broker's PUBACK",
+            buckets=_PUBLISH_BUCKETS,
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "edge_agent_mqtt_connected", "1 while connected to the broker", registry=r
+        )
+        # Extensions beyond the contract's minimum.
+        self.buffer_oldest_age = Gauge(
+            "edge_agent_buffer_oldest_age_seconds",
+            "Age of the oldest batch still in the buffer (0 when empty)",
+            registry=r,
+        )
+        self.publish_errors = Counter(
+            "edge_agent_publish_errors_total",
+            "Broker connection attempts that failed or connections that were lost",
+            registry=r,
+        )

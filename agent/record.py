@@ -1,0 +1,54 @@
+"""The buffered form of a batch: the contract's payload minus the fields the publisher adds.
+
+A batch is stored as compact JSON ``{"ts": ms, "values": {...}, "quality": {...}}``. The json
+format then only splices ``agent``, ``device`` and ``seq`` in front (no decode, no re-encode on the
+hot path), and other formats can still decode it. Values the contract cannot carry (NaN and
+infinities are not JSON) become bad readings here, once, for every driver.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from drivers.base import Batch, Quality
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """Serialise a batch for the buffer. Bad readings carry no value, only their quality."""
+    values: dict[str, Any] = {}
+    quality: dict[str, str] = {}
+    for r in batch.readings:
+        if r.quality is not Quality.BAD and r.value is not None and not _finite(r.value):
+            quality[r.tag] = "bad: not a number"
+            continue
+        if r.quality is not Quality.BAD and r.value is not None:
+            values[r.tag] = r.value
+        if r.quality is not Quality.GOOD:
+            quality[r.tag] = f"{r.quality.value}: {r.reason or 'unknown'}"
+    doc: dict[str, Any] = {"ts": ts_ms(batch.ts), "values": values}
+    if quality:
+        doc["quality"] = quality
+    return _dumps(doc).encode()
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """The stored record as a dict, for formats that need the values themselves."""
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def ts_ms(ts: float) -> int:
+    """Seconds since the epoch to the contract's integer milliseconds."""
+    return round(ts * 1000)

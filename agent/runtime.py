@@ -1,0 +1,136 @@
+"""Builds the agent from a validated config and runs it until SIGTERM/SIGINT.
+
+Everything is constructed here, once, and passed in: no module keeps global state, so tests can
+run several agents in one process and a reload can build a new set beside the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from agent.buffer import Buffer
+from agent.commands import CommandHandler
+from agent.drivers import load_drivers
+from agent.formats import JsonFormat
+from agent.metrics import Metrics
+from agent.pipeline import Pipeline
+from agent.publisher import Publisher
+from agent.scheduler import DevicePoller
+from drivers.base import Driver
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One running agent: pollers → pipeline → buffer → publisher, plus metrics."""
+
+    def __init__(
+        self,
+        config: Any,
+        drivers: Mapping[str, type[Driver]] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._drivers = drivers if drivers is not None else load_drivers()
+        self.buffer = Buffer(Path(config.agent.data_dir), config.buffer.max_size, self.metrics)
+        self.pipeline = Pipeline(self.buffer)
+        mqtt = config.mqtt
+        self.format = JsonFormat(config.agent.id, mqtt.topic_prefix or f"edge/{config.agent.id}")
+        devices = [d for d in config.devices if getattr(d, "enabled", True)]
+        password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+        self.publisher = Publisher(
+            mqtt,
+            mqtt.client_id or config.agent.id,
+            password,
+            self.buffer,
+            self.format,
+            self.metrics,
+            CommandHandler({d.name: d for d in devices}),
+        )
+        self.pollers = [
+            DevicePoller(
+                d, self._drivers[d.driver](d), self.pipeline.submit, self.publisher, self.metrics
+            )
+            for d in devices
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._publisher_task: asyncio.Task[None] | None = None
+        self._http: Any = None
+
+    async def start(self) -> None:
+        """Open the buffer, serve metrics, start publishing and polling."""
+        await self.buffer.open()
+        listen = self.config.metrics
+        if listen.listen is not None:
+            server, _thread = start_http_server(
+                listen.port, addr=listen.host, registry=self.metrics.registry
+            )
+            self._http = server
+            log.info("metrics served", extra={"listen": f"{listen.host}:{server.server_port}"})
+        self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        for p in self.pollers:
+            plan = p.driver.describe_plan()
+            log.info("device configured", extra={"device": p.device.name, **plan})
+            self._tasks.append(asyncio.create_task(p.run(), name=f"poll:{p.device.name}"))
+
+    @property
+    def metrics_port(self) -> int | None:
+        return int(self._http.server_port) if self._http is not None else None
+
+    async def stop(self) -> None:
+        """Stop polling, settle in-flight publishes (or leave them buffered), close the buffer."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._publisher_task is not None:
+            with contextlib.suppress(Exception):
+                await self.publisher.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._publisher_task), 2.0)
+            except (TimeoutError, Exception):
+                self._publisher_task.cancel()
+                await asyncio.gather(self._publisher_task, return_exceptions=True)
+            self._publisher_task = None
+        await self.buffer.close()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+async def _main(config: Any) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(config)
+    try:
+        await agent.start()
+    except OSError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        await agent.stop()
+        return 1
+    log.info(
+        "agent running",
+        extra={"agent": config.agent.id, "devices": len(agent.pollers)},
+    )
+    await stop.wait()
+    log.info("stopping")
+    await agent.stop()
+    log.info("stopped")
+    return 0
+
+
+def run_agent(config: Any, config_path: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 when the runtime could not start."""
+    return asyncio.run(_main(config))

@@ -1,0 +1,240 @@
+"""The driver contract: the data shapes every driver returns and the class it implements.
+
+This module is the only thing the agent knows about drivers. A third party ships a driver as its own
+package and registers it under the entry-point group ``edge_agent.drivers``; the agent never imports
+a concrete driver. Everything here depends on the standard library and pydantic only.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Value types shared by every config section
+# --------------------------------------------------------------------------------------------------
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+#: Agent ids, device names and tag names: safe as one MQTT topic level (no ``/``, ``+``, ``#``).
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=128)]
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_duration(value: Any) -> Any:
+    """Turn ``250ms``, ``1s``, ``5m`` or a plain number of seconds into float seconds.
+
+    Anything unparseable is passed through unchanged so pydantic reports it as a type error with
+    the offending key, rather than this function raising a bare exception.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m is None:
+            raise ValueError(f"invalid duration {value!r}: use seconds or a string like 250ms, 1s, 5m")
+        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    return value
+
+
+def parse_size(value: Any) -> Any:
+    """Turn ``512KB``, ``256MB``, ``1GiB`` or a plain number of bytes into int bytes."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m is None:
+            raise ValueError(f"invalid size {value!r}: use bytes or a string like 512KB, 256MB, 1GiB")
+        unit = (m.group(2) or "B").lower()
+        return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    return value
+
+
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$"},
+    ],
+    "description": "seconds, or a string such as 250ms, 1s, 5m",
+}
+_SIZE_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGTkmgt][iI]?[bB]|[bB])?\s*$"},
+    ],
+    "description": "bytes, or a string such as 512KB, 256MB, 1GiB",
+}
+
+#: A duration in seconds (float); YAML may say ``250ms``, ``1s``, ``5m``.
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA), Field(ge=0)
+]
+#: A positive duration, for intervals and timeouts.
+PositiveDuration = Annotated[
+    float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA), Field(gt=0)
+]
+#: A size in bytes (int); YAML may say ``512KB``, ``256MB``, ``1GiB``.
+Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA), Field(ge=0)]
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TagBase(StrictModel):
+    """What every driver's tag has. Drivers subclass it with their addressing keys."""
+
+    name: Name
+    unit: str | None = Field(default=None, description="engineering unit, for documentation")
+    description: str | None = None
+
+
+class ProfileBase(StrictModel):
+    """A device type: the tag list written once and shared by every device that names it."""
+
+    driver: str
+    description: str | None = None
+    tags: Sequence[TagBase] = Field(default_factory=list)
+
+
+class DeviceBase(StrictModel):
+    """What every driver's device entry has. Drivers subclass it, narrowing ``driver`` to a
+    ``Literal`` and adding ``connection`` and their own keys."""
+
+    name: Name
+    driver: str
+    poll_interval: PositiveDuration = 1.0
+    profile: Name | None = None
+    enabled: bool = True
+    tags: Sequence[TagBase] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data shapes
+# --------------------------------------------------------------------------------------------------
+
+
+class Quality(enum.StrEnum):
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+Value = bool | int | float | str | list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One tag's value from one poll. A tag that could not be read is a bad reading, never absent."""
+
+    tag: str
+    value: Value | None
+    ts: float  # seconds since the Unix epoch (UTC), taken when the device answered
+    quality: Quality = Quality.GOOD
+    reason: str | None = None  # why it is not good: "timeout", "exception 2 (illegal data address)"
+
+    @classmethod
+    def bad(cls, tag: str, ts: float, reason: str) -> Reading:
+        return cls(tag=tag, value=None, ts=ts, quality=Quality.BAD, reason=reason)
+
+
+@dataclass(slots=True)
+class Batch:
+    """All readings of one device from one poll cycle.
+
+    ``seq`` is given by the buffer when the batch is committed, in the same transaction, so it is
+    never reused even across crashes. ``ts`` is when the device answered (the latest answer of the
+    cycle), in seconds since the epoch.
+    """
+
+    device: str
+    ts: float
+    readings: list[Reading] = field(default_factory=list)
+    seq: int | None = None
+
+
+class DeviceError(Exception):
+    """The device as a whole cannot be reached (connect failed, connection lost, timeout).
+
+    ``reason`` is short and stable ("timeout", "connection refused") because it becomes the bad
+    quality reason of every tag and the device status reason; details go in the message.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver class
+# --------------------------------------------------------------------------------------------------
+
+
+class Driver(abc.ABC):
+    """One device's connection and poll logic.
+
+    Life cycle, driven by the agent's scheduler: ``connect()`` (retried with backoff by the agent
+    while it raises ``DeviceError``), then ``poll()`` once per cycle, then ``close()``. ``poll()``
+    returns a reading for every tag: a tag that failed is a bad reading with a reason. It raises
+    ``DeviceError`` only when the device as a whole is lost, after which the agent reconnects.
+    The planning a driver needs (which requests to send) is done once, in ``__init__``.
+    """
+
+    #: The ``driver:`` value that selects this driver in the YAML.
+    name: ClassVar[str]
+    #: pydantic model of a device entry (a ``DeviceBase`` subclass with ``driver: Literal[name]``).
+    device_model: ClassVar[type[DeviceBase]]
+    #: pydantic model of a profile entry (a ``ProfileBase`` subclass with the driver's tag model).
+    profile_model: ClassVar[type[ProfileBase]]
+
+    def __init__(self, device: DeviceBase) -> None:
+        self.device = device
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection; raise ``DeviceError`` when the device cannot be reached."""
+
+    @abc.abstractmethod
+    async def poll(self) -> list[Reading]:
+        """Read every tag once; raise ``DeviceError`` when the connection is lost."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the connection. Must not raise."""
+
+    def describe_plan(self) -> dict[str, Any]:
+        """Facts about the planned requests, for logs and benchmarks (e.g. requests per cycle)."""
+        return {}

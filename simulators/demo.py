@@ -1,0 +1,137 @@
+"""``make demo``: a simulated machine, a local broker and the agent, with the data printed live.
+
+Runs three processes (the Modbus simulator, mosquitto on its own port with its own config, and
+``edge-agent run -c config/demo.yaml``) and subscribes to everything the agent publishes, until
+Ctrl-C; then stops them all. It talks to the agent only over MQTT, as a cloud consumer would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_BROKER_PORT = 18830  # not 1883: Debian's mosquitto package runs a system broker there
+DEMO_MODBUS_PORT = 5020
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on port {port}")
+
+
+def _mosquitto() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    sys.exit("mosquitto is not installed (make demo installs it: apt-get install mosquitto)")
+
+
+def _print_message(msg: mqtt.MQTTMessage) -> None:
+    try:
+        doc: Any = json.loads(msg.payload)
+    except ValueError:
+        doc = msg.payload
+    when = time.strftime("%H:%M:%S")
+    if msg.topic.endswith("/data") and isinstance(doc, dict):
+        values = ", ".join(f"{k}={v}" for k, v in doc.get("values", {}).items())
+        bad = doc.get("quality")
+        print(
+            f"{when} {msg.topic} seq={doc.get('seq')} {values}"
+            + (f"  quality={bad}" if bad else "")
+        )
+    else:
+        print(f"{when} {msg.topic} {json.dumps(doc) if not isinstance(doc, bytes) else doc!r}")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
+    parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
+    args = parser.parse_args(argv)
+
+    bindir = Path(sys.executable).parent
+    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {DEMO_BROKER_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "log_dest none\n"
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    stop = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    client: mqtt.Client | None = None
+    try:
+        broker = subprocess.Popen([_mosquitto(), "-c", str(conf)])
+        procs.append(broker)
+        _wait_port(DEMO_BROKER_PORT, broker, "mosquitto")
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "simulators.modbus_tcp", "--port", str(DEMO_MODBUS_PORT)],
+            cwd=ROOT,
+        )
+        procs.append(sim)
+        _wait_port(DEMO_MODBUS_PORT, sim, "simulator")
+        env = dict(os.environ)
+        agent = subprocess.Popen([str(bindir / "edge-agent"), "run", "-c", args.config], env=env)
+        procs.append(agent)
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-watch")
+        client.on_message = lambda c, u, m: _print_message(m)
+        client.connect("127.0.0.1", DEMO_BROKER_PORT)
+        client.subscribe("edge/#", qos=1)
+        client.loop_start()
+        print(
+            f"demo running: broker 127.0.0.1:{DEMO_BROKER_PORT}, simulator 127.0.0.1:"
+            f"{DEMO_MODBUS_PORT}, metrics http://127.0.0.1:9108/metrics; Ctrl-C to stop"
+        )
+        deadline = time.monotonic() + args.seconds if args.seconds else None
+        while not stop and (deadline is None or time.monotonic() < deadline):
+            if agent.poll() is not None:
+                print(f"agent exited with code {agent.returncode}")
+                return agent.returncode or 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        if client is not None:
+            client.loop_stop()
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("demo stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
