@@ -9,8 +9,9 @@ Design notes, the why:
   again from the buffer.
 * **A bounded in-flight window** (``mqtt.max_inflight``): at most that many batches are sent and
   not yet acknowledged. It bounds memory and the duplicates a crash can cause.
-* **Live first, backlog beside it.** At each connect, everything already buffered is backlog
-  (ids up to a watermark); newer batches are live. Each round fills the window with live batches
+* **Live first, backlog beside it.** At a connect that finds more than a window of batches
+  buffered, those are backlog (ids up to a watermark) and newer batches are live; a smaller
+  backlog is simply sent first, in order. Each round fills the window with live batches
   first and backlog with what is left, so after a long outage fresh data keeps low latency while
   history drains as fast as the broker acknowledges. Each stream is in order per device; the
   consumer orders across them with ``seq``.
@@ -222,7 +223,10 @@ class Publisher:
         if self._commands is not None:
             client.subscribe(self._fmt.command_filter, qos=1)
 
-        watermark = await self._buffer.max_id()
+        # A backlog that fits in one window drains in strict id order; only a real backlog is
+        # split off so that it cannot hold fresh data back.
+        backlog = self._buffer.stats().batches > self._window
+        watermark = await self._buffer.max_id() if backlog else 0
         live_cursor = watermark
         backlog_cursor = 0
         while not self._lost.is_set():
