@@ -117,7 +117,7 @@ class Publisher:
             before_sleep=self._connect_failed,
         )
         while not self._stopping:
-            client = await retrying(self._connect)
+            client: mqtt.Client = await retrying(self._connect)
             try:
                 await self._session(client)
             finally:

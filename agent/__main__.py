@@ -1,0 +1,7 @@
+"""``python -m agent``: the same command as the ``edge-agent`` console script."""
+
+import sys
+
+from agent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,118 @@
+"""From a file name to a validated, merged ``Config``, or every problem the file has.
+
+The steps (parse with positions, pre-check drivers, pydantic, cross-references, secrets) each
+collect issues instead of raising, so one run of ``edge-agent validate`` lists everything that
+needs fixing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.config.checks import cross_check, precheck
+from agent.config.errors import ROOT_PATH, YAML_PATH, ConfigErrors, ConfigIssue
+from agent.config.locate import Locator
+from agent.config.models import BASE_DIR, Config, build_config_model
+from agent.config.secrets import resolve_secrets as fill_secrets
+from agent.config.yamlpos import EMPTY_MESSAGE, parse_yaml
+from drivers.base import Driver
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_TITLE = "edge-agent configuration"
+
+
+def _read(path: Path) -> str:
+    """The file's text; ``OSError`` propagates (the caller words "cannot read" for its audience),
+    undecodable bytes become an issue at the first bad byte's line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigErrors(
+            [ConfigIssue(str(path), line, col, YAML_PATH, "the file is not UTF-8 text")]
+        ) from None
+
+
+def _merge_profiles(config: Config) -> Config:
+    """Each device with its profile's tags first, then its own (frozen models: copies)."""
+    devices = [
+        d.model_copy(update={"tags": [*config.profiles[d.profile].tags, *d.tags]})
+        if d.profile is not None
+        else d
+        for d in config.devices
+    ]
+    return config.model_copy(update={"devices": devices})
+
+
+def load_config(
+    path: Path,
+    drivers: Mapping[str, type[Driver]],
+    *,
+    resolve_secrets: bool = False,
+) -> Config:
+    """Read, validate and merge one config file.
+
+    Raises ``ConfigErrors`` listing every problem, and ``OSError`` when the file cannot be read.
+    Relative paths in the file are resolved against the file's directory. With
+    ``resolve_secrets`` the MQTT password is read from its variable or file and the TLS files must
+    be readable; ``validate`` leaves that to the machine that runs the agent.
+    """
+    file = str(path)
+    document = parse_yaml(_read(path), file)
+    loc = Locator(file, document)
+    issues = list(document.issues)
+    data: Any = document.data
+    if data is None:  # "---" or "~" alone: as empty as an empty file
+        raise ConfigErrors([ConfigIssue(file, 1, 1, ROOT_PATH, EMPTY_MESSAGE)])
+    if not isinstance(data, dict):
+        mark = document.positions.value(())
+        raise ConfigErrors(
+            [
+                *issues,
+                ConfigIssue(
+                    file,
+                    mark.line,
+                    mark.col,
+                    ROOT_PATH,
+                    "the file must be a mapping of sections (agent, mqtt, buffer, metrics, "
+                    "profiles, devices)",
+                ),
+            ]
+        )
+    pre = precheck(data, drivers, loc)
+    issues += pre.issues
+    model = build_config_model(drivers)
+    context = {BASE_DIR: path.parent.absolute()}
+    config: Config | None = None
+    try:
+        config = model.model_validate(data, context=context)
+    except ValidationError as exc:
+        errors = [
+            e
+            for e in exc.errors(include_url=False, include_input=False)
+            if not any(tuple(e["loc"][: len(p)]) == p for p in pre.skip)
+        ]
+        issues += loc.from_pydantic(errors, model)
+    issues += cross_check(data, loc, pre.skip)
+    if issues or config is None:
+        raise ConfigErrors(issues)
+    config = _merge_profiles(config)
+    if resolve_secrets:
+        config, secret_issues = fill_secrets(config, loc)
+        if secret_issues:
+            raise ConfigErrors(secret_issues)
+    return config
+
+
+def config_schema(drivers: Mapping[str, type[Driver]]) -> dict[str, Any]:
+    """JSON Schema of the whole file for these drivers, for editors and CI."""
+    schema = build_config_model(drivers).model_json_schema(mode="validation")
+    schema.pop("title", None)
+    return {"$schema": SCHEMA_DIALECT, "title": SCHEMA_TITLE, **schema}
