@@ -61,7 +61,9 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m is None:
-            raise ValueError(f"invalid duration {value!r}: use seconds or a string like 250ms, 1s, 5m")
+            raise ValueError(
+                f"invalid duration {value!r}: use seconds or a string like 250ms, 1s, 5m"
+            )
         return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     return value
 
@@ -75,7 +77,9 @@ def parse_size(value: Any) -> Any:
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m is None:
-            raise ValueError(f"invalid size {value!r}: use bytes or a string like 512KB, 256MB, 1GiB")
+            raise ValueError(
+                f"invalid size {value!r}: use bytes or a string like 512KB, 256MB, 1GiB"
+            )
         unit = (m.group(2) or "B").lower()
         return int(float(m.group(1)) * _SIZE_UNITS[unit])
     return value
@@ -158,7 +162,7 @@ Value = bool | int | float | str | list[Any]
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One tag's value from one poll. A tag that could not be read is a bad reading, never absent."""
+    """One tag's value from one poll. A tag that could not be read is a bad reading, not absent."""
 
     tag: str
     value: Value | None
