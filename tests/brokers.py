@@ -114,11 +114,16 @@ class Subscriber:
         self._client.on_message = self._on_message
         self._client.reconnect_delay_set(0.05, 0.5)
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._client.on_subscribe = self._on_subscribe
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         for t in self.topics:
             client.subscribe(t, qos=1)
         self.connected.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
@@ -128,11 +133,8 @@ class Subscriber:
     def start(self) -> Subscriber:
         self._client.connect("127.0.0.1", self.port, keepalive=5)
         self._client.loop_start()
-        if not self.connected.wait(5):
-            raise RuntimeError("subscriber did not connect")
-        # The SUBACK may lag the CONNACK: one round trip through the broker proves it.
-        probe = self.topics[0].replace("#", "probe").replace("+", "probe")
-        self._client.publish(probe, b"{}", qos=1).wait_for_publish(5)
+        if not self.connected.wait(5) or not self.subscribed.wait(5):
+            raise RuntimeError("subscriber did not connect and subscribe")
         return self
 
     def stop(self) -> None:

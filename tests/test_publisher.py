@@ -16,6 +16,7 @@ from agent.metrics import Metrics
 from agent.publisher import Publisher
 from drivers.base import DeviceBase, TagBase
 from tests.brokers import Mosquitto, Subscriber, data_seqs
+from tests.e2e import until
 
 
 def _settings(port: int, **kw: Any) -> SimpleNamespace:
@@ -83,9 +84,7 @@ async def test_batches_arrive_in_order_and_leave_buffer_after_puback(
         assert data_seqs(sub.messages, "d1") == list(range(1, 51))
         first = next(m for m in sub.messages if m.topic == "edge/gw/d1/data").json()
         assert first == {"agent": "gw", "device": "d1", "seq": 1, "ts": 1000, "values": {"i": 0}}
-        async with asyncio.timeout(5):
-            while rig.buffer.stats().batches:
-                await asyncio.sleep(0.02)
+        await until(lambda: rig.buffer.stats().batches == 0, timeout=5)
         assert rig.metric("edge_agent_published_batches_total") == 55
         assert rig.metric("edge_agent_mqtt_connected") == 1
     online = [m for m in sub.messages if m.topic == "edge/gw/status"]
@@ -101,9 +100,7 @@ async def test_broker_outage_loses_nothing(tmp_path: Path, broker: Mosquitto) ->
         await rig.put("d1", 20)
         await sub.wait_for(lambda m: len(data_seqs(m, "d1")) >= 20)
         broker.stop()
-        async with asyncio.timeout(5):
-            while rig.publisher.connected.is_set():
-                await asyncio.sleep(0.02)
+        await until(lambda: not rig.publisher.connected.is_set(), timeout=5)
         await rig.put("d1", 200)  # polling goes on while the broker is away
         assert rig.buffer.stats().batches >= 200
         broker.start()

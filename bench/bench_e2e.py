@@ -1,0 +1,236 @@
+"""End-to-end benchmark: simulated devices → agent → mosquitto → subscriber.
+
+Prints points/s delivered, the agent's CPU-seconds per 1,000 points and RSS, device-answer to
+subscriber latency, and the requests per cycle the planner chose against the fewest possible.
+Every cost is also quoted as a ratio against a baseline measured in the same run on the same
+machine (machines here are shared and noisy, absolute figures drift): a bare pymodbus client
+that sends the same requests on the same schedule and does nothing with the answers.
+
+    .venv/bin/python -m bench.bench_e2e [--devices 100] [--tags 50] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+from drivers.modbus.driver import ModbusDriver
+from simulators.modbus_map import PRESS_POINTS, TYPE_TEST_POINTS
+from tests.brokers import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_tags(count: int) -> list[dict[str, Any]]:
+    """A realistic meter: the press's points, then type-test registers up to ``count`` tags."""
+    regs = [p for p in TYPE_TEST_POINTS if p.table == "holding"]
+    points = (list(PRESS_POINTS) + regs)[:count]
+    if len(points) < count:
+        raise SystemExit(f"the simulator's map has only {len(points)} points")
+    return [p.tag() for p in points]
+
+
+def write_config(path: Path, devices: int, tags: int, modbus_port: int, broker_port: int) -> None:
+    doc = {
+        "agent": {"id": "bench-gw", "data_dir": str(path.parent / "data")},
+        "mqtt": {"host": "127.0.0.1", "port": broker_port, "max_inflight": 256},
+        "buffer": {"max_size": "256MB"},
+        "metrics": {"listen": None},
+        "devices": [
+            {
+                "name": f"dev-{u:03d}",
+                "driver": "modbus",
+                "poll_interval": "1s",
+                "connection": {"host": "127.0.0.1", "port": modbus_port, "unit_id": u},
+                "tags": bench_tags(tags),
+            }
+            for u in range(1, devices + 1)
+        ],
+    }
+    path.write_text(json.dumps(doc))
+
+
+def plan_figures(tags: int) -> tuple[int, int]:
+    """(requests the planner chose, fewest requests any plan could use) for one device."""
+    device = ModbusDriver.device_model.model_validate(
+        {"name": "d", "driver": "modbus", "connection": {"host": "x"}, "tags": bench_tags(tags)}
+    )
+    chosen = int(ModbusDriver(device).describe_plan()["requests"])
+    # Fewest possible: one request per table, split only by the 125-register / 2000-bit cap.
+    spans: dict[str, tuple[int, int]] = {}
+    for t in device.tags:
+        width = 1 if t.table in ("coil", "discrete") else _width(t.type, t.length)
+        lo, hi = spans.get(t.table, (t.address, t.address + width))
+        spans[t.table] = (min(lo, t.address), max(hi, t.address + width))
+    fewest = sum(
+        math.ceil((hi - lo) / (2000 if table in ("coil", "discrete") else 125))
+        for table, (lo, hi) in spans.items()
+    )
+    return chosen, fewest
+
+
+def _width(type_: str, length: int | None) -> int:
+    sizes = {"int32": 2, "uint32": 2, "float32": 2, "int64": 4, "uint64": 4, "float64": 4}
+    return length or 1 if type_ == "string" else sizes.get(type_, 1)
+
+
+class Counter:
+    """Counts data messages and points, and the latency from the device's answer."""
+
+    def __init__(self, port: int) -> None:
+        self.lock = threading.Lock()
+        self.messages = 0
+        self.points = 0
+        self.latencies: list[float] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("edge/bench-gw/+/data", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        doc = json.loads(msg.payload)
+        with self.lock:
+            self.messages += 1
+            self.points += len(doc["values"]) + len(doc.get("quality", ()))
+            self.latencies.append(now - doc["ts"] / 1000)
+
+    def snapshot(self) -> tuple[int, int]:
+        with self.lock:
+            return self.messages, self.points
+
+    def reset_latency(self) -> None:
+        with self.lock:
+            self.latencies.clear()
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def measure(
+    cmd: list[str], warmup: float, seconds: float, counter: Counter | None
+) -> dict[str, float]:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ps = psutil.Process(proc.pid)
+    try:
+        time.sleep(warmup)
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"{cmd[0]} exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        cpu0, m0 = cpu_seconds(ps), counter.snapshot() if counter else (0, 0)
+        if counter:
+            counter.reset_latency()
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        elapsed = time.monotonic() - t0
+        cpu1, m1 = cpu_seconds(ps), counter.snapshot() if counter else (0, 0)
+        rss = ps.memory_info().rss
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    return {
+        "cpu": cpu1 - cpu0,
+        "elapsed": elapsed,
+        "messages": m1[0] - m0[0],
+        "points": m1[1] - m0[1],
+        "rss_mb": rss / 1e6,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--tags", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    broker = Mosquitto(work / "mosquitto")
+    broker.start()
+    modbus_port = free_port()
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulators.modbus_tcp",
+            "--port",
+            str(modbus_port),
+            "--units",
+            f"1-{args.devices}",
+            "--update-interval",
+            "1",
+        ],
+        cwd=ROOT,
+    )
+    try:
+        time.sleep(2.0)
+        cfg = work / "bench.yaml"
+        write_config(cfg, args.devices, args.tags, modbus_port, broker.port)
+        chosen, fewest = plan_figures(args.tags)
+        baseline = measure(
+            [sys.executable, "-m", "bench.raw_poll", str(cfg)], args.warmup, args.seconds, None
+        )
+        counter = Counter(broker.port)
+        agent = measure(
+            [
+                str(Path(sys.executable).parent / "edge-agent"),
+                "run",
+                "-c",
+                str(cfg),
+                "--log-level",
+                "warning",
+            ],
+            args.warmup,
+            args.seconds,
+            counter,
+        )
+        lat = sorted(counter.latencies)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        broker.stop()
+
+    points_s = agent["points"] / agent["elapsed"]
+    expected = args.devices * args.tags
+    cpu_per_k = agent["cpu"] / max(agent["points"], 1) * 1000
+    base_points = expected * baseline["elapsed"]
+    base_per_k = baseline["cpu"] / base_points * 1000
+    p50 = statistics.median(lat) * 1000 if lat else float("nan")
+    p99 = lat[int(len(lat) * 0.99) - 1] * 1000 if lat else float("nan")
+    rows = [
+        ("devices x tags, poll interval", f"{args.devices} x {args.tags}, 1 s"),
+        ("points/s delivered (offered)", f"{points_s:,.0f} ({expected:,})"),
+        ("agent CPU-s per 1,000 points", f"{cpu_per_k:.4f}"),
+        ("bare pymodbus poller CPU-s per 1,000 points", f"{base_per_k:.4f}"),
+        ("agent / bare poller CPU ratio", f"{cpu_per_k / base_per_k:.2f}"),
+        ("agent CPU use (one core = 100 %)", f"{agent['cpu'] / agent['elapsed'] * 100:.1f} %"),
+        ("agent RSS", f"{agent['rss_mb']:.0f} MB"),
+        ("latency device answer -> subscriber, p50 / p99", f"{p50:.0f} ms / {p99:.0f} ms"),
+        ("requests per cycle per device: planner / fewest possible", f"{chosen} / {fewest}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
