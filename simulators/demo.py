@@ -62,7 +62,8 @@ def _print_message(msg: mqtt.MQTTMessage) -> None:
             + (f"  quality={bad}" if bad else "")
         )
     else:
-        print(f"{when} {msg.topic} {json.dumps(doc) if not isinstance(doc, bytes) else doc!r}")
+        text = doc.decode(errors="replace") if isinstance(doc, bytes) else json.dumps(doc)
+        print(f"{when} {msg.topic} {text}")
     sys.stdout.flush()
 
 
