@@ -38,19 +38,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(
-    file: str, drivers: Mapping[str, type[Driver]], *, resolve_secrets: bool
-) -> Config | None:
-    """The config, or None after printing why not. Issues are printed with FILE as the user typed
-    it, so the lines match what their editor or CI has open."""
+def _load(file: str, drivers: Mapping[str, type[Driver]], *, resolve_secrets: bool) -> Config | int:
+    """The config, or the exit code after printing why not. Issues are printed with FILE as the
+    user typed it, so the lines match what their editor or CI has open."""
     try:
         return load_config(Path(file), drivers, resolve_secrets=resolve_secrets)
     except ConfigErrors as exc:
         for i in exc.issues:
             print(f"{file}:{i.line}:{i.col}: {i.path}: {i.message}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"edge-agent: cannot read {file}: {exc.strerror or exc}", file=sys.stderr)
-    return None
+        return EXIT_CONFIG
+    except Exception as exc:
+        # Not the file's fault (a driver's validator raising something other than ValueError,
+        # say): one clear line and the runtime-failure code, not a traceback posing as a verdict.
+        print(
+            f"edge-agent: internal error while checking {file}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "validate":
         config = _load(args.file, drivers, resolve_secrets=False)
-        if config is None:
-            return EXIT_CONFIG
+        if isinstance(config, int):
+            return config
         print(f"{args.file}: ok ({len(config.devices)} devices, {config.tag_count()} tags)")
         return EXIT_OK
     config = _load(args.config, drivers, resolve_secrets=True)
-    if config is None:
-        return EXIT_CONFIG
+    if isinstance(config, int):
+        return config
     # Imported here: validate and schema must work without the runtime's dependencies loaded
     # (and start fast on a small gateway).
     from agent.logs import setup_logging

@@ -23,27 +23,36 @@ class DriverConflictError(RuntimeError):
     """Two installed drivers claim the same name."""
 
 
+def _problem(cls: object) -> str | None:
+    """Why ``cls`` cannot serve as a driver, or None. Attributes are read with ``getattr``: a
+    third party's class may lack any of them, and that is its problem to report, not a crash."""
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        return "not a subclass of drivers.base.Driver"
+    if not isinstance(getattr(cls, "name", None), str):
+        return "has no 'name'"
+    device_model = getattr(cls, "device_model", None)
+    if not (isinstance(device_model, type) and issubclass(device_model, DeviceBase)):
+        return "device_model is not a DeviceBase subclass"
+    profile_model = getattr(cls, "profile_model", None)
+    if not (isinstance(profile_model, type) and issubclass(profile_model, ProfileBase)):
+        return "profile_model is not a ProfileBase subclass"
+    return None
+
+
 def _checked(ep: EntryPoint) -> type[Driver] | None:
     try:
         cls = ep.load()
+        problem = _problem(cls)
     except Exception as exc:  # a third party's import error must not stop the agent
-        log.error(
-            "driver not loaded",
-            extra={"entry_point": ep.name, "target": ep.value, "error": repr(exc)},
-        )
-        return None
-    problem = None
-    if not (isinstance(cls, type) and issubclass(cls, Driver)):
-        problem = "not a subclass of drivers.base.Driver"
-    elif not isinstance(getattr(cls, "name", None), str):
-        problem = "has no 'name'"
-    elif not (isinstance(cls.device_model, type) and issubclass(cls.device_model, DeviceBase)):
-        problem = "device_model is not a DeviceBase subclass"
-    elif not (isinstance(cls.profile_model, type) and issubclass(cls.profile_model, ProfileBase)):
-        problem = "profile_model is not a ProfileBase subclass"
+        problem = repr(exc)
     if problem is not None:
+        # The facts go in the message too: `validate` runs without logging set up, and Python's
+        # last-resort handler prints the message alone.
         log.error(
-            "driver not loaded",
+            "driver %r (%s) not loaded: %s",
+            ep.name,
+            ep.value,
+            problem,
             extra={"entry_point": ep.name, "target": ep.value, "error": problem},
         )
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -37,10 +38,13 @@ def mosquitto_binary() -> str:
 class Mosquitto:
     """One mosquitto process; ``stop()``/``start()`` keep the port so clients can come back."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_conf: str = "", anonymous: bool = True
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.anonymous = anonymous
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -48,12 +52,16 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 0\n"
-            "log_dest none\n" + self.extra_conf
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            # As root, mosquitto drops to user "mosquitto", who cannot read a test's private
+            # tmp folder (files, persistence, log): stay who we are.
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + self.extra_conf
         )
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)],
@@ -64,7 +72,9 @@ class Mosquitto:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited: {err}")
+                logfile = self.workdir / "mosquitto.log"
+                log = logfile.read_text() if logfile.exists() else ""
+                raise RuntimeError(f"mosquitto exited: {err} {log[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return

@@ -7,9 +7,11 @@ corpus in tests/config_cases/ runs against the real installed drivers.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Sequence
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +28,7 @@ from agent.config import (
     load_config,
 )
 from agent.config.models import parse_listen
+from agent.drivers import DriverConflictError, load_drivers
 from drivers.base import (
     DeviceBase,
     Driver,
@@ -418,6 +421,26 @@ def test_topic_prefix_injection(tmp_path: Path, prefix: str) -> None:
     assert brief(issues) == [(3, 17, "mqtt.topic_prefix")]
 
 
+def test_topic_prefix_length(tmp_path: Path) -> None:
+    issues = errors(tmp_path, "agent: {id: a}\nmqtt: {topic_prefix: " + "a" * 201 + "}\n")
+    assert brief(issues) == [(2, 22, "mqtt.topic_prefix")]
+
+
+def test_mqtt_timing_limits(tmp_path: Path) -> None:
+    """A zero reconnect delay would retry in a tight loop; MQTT's keepalive is 16 bits."""
+    text = "agent: {id: a}\nmqtt:\n  reconnect_min: 0\n  reconnect_max: 0s\n  keepalive: 70000\n"
+    assert brief(errors(tmp_path, text)) == [
+        (3, 18, "mqtt.reconnect_min"),
+        (4, 18, "mqtt.reconnect_max"),
+        (5, 14, "mqtt.keepalive"),
+    ]
+
+
+def test_empty_section_points_at_its_key(tmp_path: Path) -> None:
+    """`agent:` with nothing after it: ruamel marks the next line, the fix is on this one."""
+    assert brief(errors(tmp_path, "agent:\nmqtt: {}\n")) == [(1, 1, "agent")]
+
+
 def test_topic_prefix_ok(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "agent: {id: a}\nmqtt: {topic_prefix: plant/line-1}\n"), ONE)
     assert cfg.mqtt.topic_prefix == "plant/line-1"
@@ -550,7 +573,7 @@ def test_password_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_password_from_file(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text(SECRET + "\n", encoding="utf-8")
-    path = write(tmp_path, "agent: {id: a}\nmqtt: {password_file: pw}\n")
+    path = write(tmp_path, "agent: {id: a}\nmqtt: {username: u, password_file: pw}\n")
     cfg = load_config(path, ONE, resolve_secrets=True)
     assert cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value() == SECRET
     assert cfg.mqtt.password_file == tmp_path / "pw"
@@ -558,11 +581,11 @@ def test_password_from_file(tmp_path: Path) -> None:
 
 def test_missing_secret_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EA_TEST_UNSET", raising=False)
-    text = "agent: {id: a}\nmqtt:\n  password_env: EA_TEST_UNSET\n"
+    text = "agent: {id: a}\nmqtt:\n  password_env: EA_TEST_UNSET\n  username: u\n"
     issues = errors(tmp_path, text, resolve_secrets=True)
     assert brief(issues) == [(3, 17, "mqtt.password_env")]
     assert "EA_TEST_UNSET is not set" in issues[0].message
-    text = "agent: {id: a}\nmqtt:\n  password_file: nope\n  tls: {ca_file: ca.pem}\n"
+    text = "agent: {id: a}\nmqtt:\n  password_file: nope\n  tls: {ca_file: ca.pem}\n  username: u\n"
     issues = errors(tmp_path, text, resolve_secrets=True)
     assert brief(issues) == [(3, 18, "mqtt.password_file"), (4, 18, "mqtt.tls.ca_file")]
 
@@ -577,6 +600,33 @@ def test_secret_never_in_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (tmp_path / "pw").write_text(SECRET, encoding="utf-8")
     text = "agent: {id: a}\nmqtt: {password_env: EA_TEST_PASS, port: x}\n"
     assert SECRET not in str(ConfigErrors(errors(tmp_path, text, resolve_secrets=True)))
+
+
+def test_bad_password_env_not_echoed(tmp_path: Path) -> None:
+    """A password pasted where the variable's name belongs must not be printed back."""
+    text = f"agent: {{id: a}}\nmqtt: {{username: u, password_env: '{SECRET}'}}\n"
+    issues = errors(tmp_path, text)
+    assert brief(issues) == [(2, 35, "mqtt.password_env")]
+    assert SECRET not in str(ConfigErrors(issues))
+
+
+def test_password_needs_username(tmp_path: Path) -> None:
+    """MQTT 3.1.1 sends no password without a user name: refused rather than silently dropped."""
+    for key in ("password_env: P", "password_file: pw"):
+        issues = errors(tmp_path, f"agent: {{id: a}}\nmqtt:\n  {key}\n")
+        assert brief(issues) == [(3, 3, f"mqtt.{key.split(':')[0]}")]
+        assert "needs a username" in issues[0].message
+
+
+def test_secrets_reported_with_other_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EA_TEST_UNSET", raising=False)
+    text = (
+        "agent: {id: a}\nbuffer: {max_size: 1}\nmqtt: {username: u, password_env: EA_TEST_UNSET}\n"
+    )
+    issues = errors(tmp_path, text, resolve_secrets=True)
+    assert brief(issues) == [(2, 20, "buffer.max_size"), (3, 35, "mqtt.password_env")]
 
 
 # --- schema --------------------------------------------------------------------------------------
@@ -640,7 +690,7 @@ def test_cli_run_refuses_bad_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("EA_TEST_UNSET", raising=False)
-    path = write(tmp_path, "agent: {id: a}\nmqtt: {password_env: EA_TEST_UNSET}\n")
+    path = write(tmp_path, "agent: {id: a}\nmqtt: {username: u, password_env: EA_TEST_UNSET}\n")
     started: list[object] = []
 
     def run_agent(*args: object) -> int:
@@ -649,7 +699,10 @@ def test_cli_run_refuses_bad_config(
 
     monkeypatch.setattr("agent.runtime.run_agent", run_agent)
     assert main(["run", "-c", str(path)]) == 2
-    assert "mqtt.password_env" in capsys.readouterr().err
+    assert (
+        "mqtt.password_env: environment variable EA_TEST_UNSET is not set"
+        in capsys.readouterr().err
+    )
     assert started == []
 
 
@@ -677,3 +730,87 @@ def test_console_script(tmp_path: Path) -> None:
     proc = subprocess.run([*exe, "validate", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr == f"{path}:2:8: mqtt.hots: unknown key 'hots'; did you mean 'host'?\n"
+
+
+class BrokenDevice(DeviceBase):
+    driver: Literal["broken"]
+
+    @model_validator(mode="after")
+    def _bug(self) -> BrokenDevice:
+        raise TypeError("driver bug")
+
+
+class BrokenDriver(_NoIO):
+    name = "broken"
+    device_model = BrokenDevice
+    profile_model = ProfileBase
+
+
+def test_cli_internal_error_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver's bug is not the file's fault: exit 1 with one line, not a traceback."""
+    monkeypatch.setattr("agent.cli.load_drivers", lambda: {"broken": BrokenDriver})
+    path = write(tmp_path, "agent: {id: a}\ndevices: [{name: d, driver: broken}]\n")
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TypeError: driver bug" in err and "Traceback" not in err
+
+
+# --- driver registry -----------------------------------------------------------------------------
+
+
+class HalfDriver(_NoIO):
+    name = "half"  # no device_model, no profile_model
+
+
+class FakeTwin(FakeDriver):
+    """Another class claiming the name ``fake``."""
+
+
+def _entry_points(monkeypatch: pytest.MonkeyPatch, *targets: tuple[str, str]) -> None:
+    found = [EntryPoint(name, value, "edge_agent.drivers") for name, value in targets]
+    monkeypatch.setattr("agent.drivers.entry_points", lambda group: found)
+
+
+def test_broken_drivers_are_reported_and_skipped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _entry_points(
+        monkeypatch,
+        ("fake", f"{__name__}:FakeDriver"),
+        ("gone", "no_such_module_ea:Driver"),
+        ("half", f"{__name__}:HalfDriver"),
+        ("odd", f"{__name__}:FakeTag"),
+    )
+    with caplog.at_level(logging.ERROR, logger="agent.drivers"):
+        assert load_drivers() == {"fake": FakeDriver}
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    # The facts are in the message itself: `validate` prints it without a log formatter.
+    assert "'gone'" in messages[0] and "no_such_module_ea" in messages[0]
+    assert "'half'" in messages[1] and "device_model" in messages[1]
+    assert "'odd'" in messages[2] and "not a subclass" in messages[2]
+
+
+def test_two_drivers_with_one_name_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _entry_points(monkeypatch, ("fake", f"{__name__}:FakeDriver"), ("twin", f"{__name__}:FakeTwin"))
+    with pytest.raises(DriverConflictError, match="'fake'"):
+        load_drivers()
+    assert main(["validate", str(write(tmp_path, "agent: {id: a}\n"))]) == 1
+    assert "two drivers are named 'fake'" in capsys.readouterr().err
+
+
+def test_one_driver_seen_twice_is_not_a_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One distribution visible on two sys.path entries lists its entry points twice."""
+    _entry_points(
+        monkeypatch, ("fake", f"{__name__}:FakeDriver"), ("fake", f"{__name__}:FakeDriver")
+    )
+    assert load_drivers() == {"fake": FakeDriver}
+
+
+def test_installed_entry_points() -> None:
+    """The bundled Modbus driver registers itself like a third-party one would."""
+    assert "modbus" in load_drivers()

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from agent.config.checks import cross_check, precheck
 from agent.config.errors import ROOT_PATH, YAML_PATH, ConfigErrors, ConfigIssue
 from agent.config.locate import Locator
-from agent.config.models import BASE_DIR, Config, build_config_model
+from agent.config.models import BASE_DIR, Config, MqttSection, build_config_model
 from agent.config.secrets import resolve_secrets as fill_secrets
 from agent.config.yamlpos import EMPTY_MESSAGE, parse_yaml
 from drivers.base import Driver
@@ -101,14 +101,25 @@ def load_config(
         ]
         issues += loc.from_pydantic(errors, model)
     issues += cross_check(data, loc, pre.skip)
+    mqtt = config.mqtt if config is not None else None
+    if resolve_secrets:
+        if mqtt is None:
+            mqtt = _mqtt_alone(data, context)
+        if mqtt is not None:
+            mqtt, secret_issues = fill_secrets(mqtt, loc)
+            issues += secret_issues
     if issues or config is None:
         raise ConfigErrors(issues)
-    config = _merge_profiles(config)
-    if resolve_secrets:
-        config, secret_issues = fill_secrets(config, loc)
-        if secret_issues:
-            raise ConfigErrors(secret_issues)
-    return config
+    return _merge_profiles(config).model_copy(update={"mqtt": mqtt})
+
+
+def _mqtt_alone(data: dict[str, Any], context: dict[str, Any]) -> MqttSection | None:
+    """The ``mqtt`` section validated by itself, so a missing secret is reported in the same run
+    as a mistake elsewhere in the file; None when the section is wrong (already reported)."""
+    try:
+        return MqttSection.model_validate(data.get("mqtt", {}), context=context)
+    except ValidationError:
+        return None
 
 
 def config_schema(drivers: Mapping[str, type[Driver]]) -> dict[str, Any]:

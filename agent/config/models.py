@@ -35,6 +35,7 @@ from drivers.base import (
     Driver,
     Duration,
     Name,
+    PositiveDuration,
     ProfileBase,
     Size,
     StrictModel,
@@ -44,6 +45,12 @@ from drivers.base import (
 KEY_ERROR = "config_key"
 #: Validation context key: the directory relative paths in the file are relative to.
 BASE_DIR = "base_dir"
+
+#: Longest topic_prefix: with a device name (at most 128) and ``/cmd/reply`` every topic stays far
+#: below any broker's limit and readable in broker logs.
+TOPIC_PREFIX_MAX = 200
+#: MQTT carries the keepalive as a 16-bit number of seconds.
+KEEPALIVE_MAX = 65535
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})$")
@@ -163,15 +170,21 @@ class MqttSection(StrictModel):
         default=1, description="QoS of data messages; the buffer's delivery guarantee needs 1"
     )
     topic_prefix: str | None = Field(
-        default=None, min_length=1, description="first topic levels; default edge/<agent.id>"
+        default=None,
+        min_length=1,
+        max_length=TOPIC_PREFIX_MAX,
+        description="first topic levels; default edge/<agent.id>",
     )
     format: Literal["json"] = Field(default="json", description="payload format")
-    keepalive: Duration = Field(default=30.0, description="MQTT keepalive")
+    keepalive: Annotated[Duration, Field(le=KEEPALIVE_MAX)] = Field(
+        default=30.0, description="MQTT keepalive"
+    )
     max_inflight: int = Field(
         default=64, ge=1, le=1000, description="batches sent and not yet acknowledged, at most"
     )
-    reconnect_min: Duration = Field(default=1.0, description="first reconnect delay")
-    reconnect_max: Duration = Field(default=60.0, description="longest reconnect delay")
+    # Positive: a zero delay would retry a refused connection in a tight loop.
+    reconnect_min: PositiveDuration = Field(default=1.0, description="first reconnect delay")
+    reconnect_max: PositiveDuration = Field(default=60.0, description="longest reconnect delay")
     # Filled by load_config(resolve_secrets=True) only; the file cannot set it (the loader refuses
     # an inline ``password`` key) and the schema does not show it.
     password: SkipJsonSchema[SecretStr | None] = Field(default=None, exclude=True)
@@ -198,7 +211,11 @@ class MqttSection(StrictModel):
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
         if value is not None and not _ENV_NAME.match(value):
-            raise ValueError(f"{value!r} is not an environment variable name")
+            # The value is not echoed: a password pasted here by mistake must not reach a log.
+            raise ValueError(
+                "not an environment variable name (letters, digits and '_', not starting with a "
+                "digit)"
+            )
         return value
 
     @field_validator("topic_prefix")
@@ -210,6 +227,10 @@ class MqttSection(StrictModel):
     def _consistent(self) -> MqttSection:
         if self.password_env is not None and self.password_file is not None:
             raise key_error("password_file", "password_env and password_file exclude each other")
+        source = "password_env" if self.password_env is not None else "password_file"
+        if self.username is None and getattr(self, source) is not None:
+            # MQTT 3.1.1 sends no password without a user name; the client would drop it silently.
+            raise key_error(source, "a password needs a username (MQTT 3.1.1 sends none without)")
         if self.reconnect_min > self.reconnect_max:
             raise key_error("reconnect_max", "reconnect_max must not be less than reconnect_min")
         return self

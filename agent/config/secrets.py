@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from agent.config.errors import ConfigIssue
 from agent.config.locate import Locator
-from agent.config.models import Config
+from agent.config.models import MqttSection
 
 
 def _read_password(path: Path) -> str:
@@ -31,9 +31,8 @@ def _why(exc: OSError | UnicodeError) -> str:
     return "not UTF-8 text"
 
 
-def resolve_secrets(config: Config, loc: Locator) -> tuple[Config, list[ConfigIssue]]:
-    """The config with ``mqtt.password`` set from its source, and the problems found on the way."""
-    mqtt = config.mqtt
+def resolve_secrets(mqtt: MqttSection, loc: Locator) -> tuple[MqttSection, list[ConfigIssue]]:
+    """The section with ``password`` set from its source, and the problems found on the way."""
     issues: list[ConfigIssue] = []
     password: str | None = None
     if mqtt.password_env is not None:
@@ -74,6 +73,5 @@ def resolve_secrets(config: Config, loc: Locator) -> tuple[Config, list[ConfigIs
                     loc.at_value(("mqtt", "tls", key), f"cannot read {path}: {_why(exc)}")
                 )
     if password is None or issues:
-        return config, issues
-    mqtt = mqtt.model_copy(update={"password": SecretStr(password)})
-    return config.model_copy(update={"mqtt": mqtt}), issues
+        return mqtt, issues
+    return mqtt.model_copy(update={"password": SecretStr(password)}), issues

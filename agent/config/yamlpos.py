@@ -24,6 +24,7 @@ DataPath = tuple[str | int, ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_NULL_TAG = "tag:yaml.org,2002:null"
 # Aliases can multiply a small file into a huge structure ("billion laughs"); no real config comes
 # near this many nodes.
 _MAX_NODES = 200_000
@@ -93,7 +94,12 @@ class _Builder:
         self.issues.append(ConfigIssue(self.file, mark.line, mark.col, dotted(path), message))
 
     def build(self, node: Node, path: DataPath) -> Any:
-        self.positions.values[path] = _mark(node)
+        mark = _mark(node)
+        if node.tag == _NULL_TAG and node.value == "" and path in self.positions.keys:
+            # `agent:` with nothing after it: ruamel marks where the next token starts, often the
+            # next key's line; the key itself is where the user has to write the value.
+            mark = self.positions.keys[path]
+        self.positions.values[path] = mark
         self._count += 1
         if self._count > _MAX_NODES:
             raise _TooLarge(node)
