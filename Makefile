@@ -29,9 +29,10 @@ system-deps:
 demo: venv system-deps
 	$(PY) -m simulators.demo
 
+# Lint and types first, so the suite's own summary line is the last thing printed.
 test: venv system-deps
-	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint typecheck
+	$(PY) -m pytest -q
 
 test-fast: venv system-deps
 	$(PY) -m pytest -q -m "not slow"

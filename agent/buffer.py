@@ -1,48 +1,81 @@
-"""The durable, bounded store-and-forward buffer (SQLite in WAL mode).
+"""The durable, bounded store-and-forward buffer: SQLite in WAL mode on local disk.
 
 Why it is built this way:
 
-* **Durable before it counts.** ``put()`` returns only after the batch is committed with
-  ``synchronous=FULL``: a power cut after that cannot lose it (ARCHITECTURE rule 2).
-* **Group commit.** Every device task awaits its own ``put()``; batches that arrive while a commit
-  is running are committed together in the next transaction. One fsync serves many devices, which
-  is what keeps a Raspberry Pi's SD card alive.
-* **seq in the same transaction.** Each (device, kind) has a counter stored in the database and
-  bumped in the transaction that inserts the batch, so a crash can neither lose nor reuse one.
-  The counters are also *reserved* in blocks in a side file (``seq.json``, written atomically
-  only once per block), so even if the database is lost or quarantined, numbering resumes above
-  anything ever handed out: a consumer sees a gap (data was lost) but never a reused seq.
-* **Bounded.** Used pages (``page_count - freelist_count``) are kept under ``max_size`` minus an
-  allowance for the WAL, which is checkpointed and truncated before it outgrows that allowance.
-  Freed pages are reused, so the file stays at its high-water mark instead of growing. When full,
-  the oldest batches (any device) are dropped in the same transaction, counted, and logged once
-  per episode.
-* **Off the event loop.** One worker thread owns the connection; the loop only awaits futures.
+* **Durable before it counts** (ARCHITECTURE rule 2). ``put()`` returns only after the batch is
+  committed with ``synchronous=FULL``, so a power cut after that cannot lose it.
+* **Group commit.** Each device task awaits its own ``put()``; batches that arrive while a commit
+  runs go together into the next transaction, so one fsync serves many devices. That is what keeps
+  an SD card alive and lets a slow card keep up with hundreds of devices.
+* **One worker thread owns the connection** (rule 7): the event loop only awaits futures. Every
+  SQLite call, fsync and ``stat()`` runs there, serialised, so no locking is needed around state.
+* **seq is allocated in the transaction that inserts the batch**, from a counter table, so a crash
+  can neither lose nor reuse one. Counters are also *reserved* in blocks of ``SEQ_RESERVATION`` in
+  ``seq.json`` (written atomically, and fsynced *before* the commit that first uses a new block), so
+  if the database is lost or quarantined numbering resumes above every seq ever handed out. The
+  price is one extra fsync per block per device, and a gap of at most one block after a loss,
+  which a consumer reads as "batches were lost" (true). A fixed jump over a periodically written
+  value would be cheaper but is only probably safe; the reservation is certain.
+* **Bounded** (rule 3). SQLite never shrinks its file after ``DELETE`` but reuses freed pages, so
+  the bound is enforced on *used* pages (``page_count - freelist_count``), measured inside the
+  transaction after the insert: if they exceed the budget, the insert is rolled back to a
+  savepoint, the oldest batches (any device) are deleted, and the insert is redone, all in one
+  transaction. Measuring instead of estimating makes the bound exact whatever the body sizes (a
+  2 KB body wastes half a 4 KB page; a 5 KB one spills to an overflow page). The budget is
+  ``max_size`` minus a WAL allowance, and the WAL is kept inside that allowance by checkpointing
+  often, truncating it (``journal_size_limit``) and capping how much one transaction may carry.
+  Drops are counted (metric, ``stats()``, and in the database, so the total survives restarts) and
+  logged once per episode.
+* **Disk full** (``SQLITE_FULL``) rolls back: nothing committed is touched, seq counters do not
+  move, callers get ``BufferError`` and the next ``put()`` tries again. Before giving up, one retry
+  deletes the oldest batches so the insert reuses their pages and neither file has to grow; the
+  WAL file keeps ``journal_size_limit`` bytes allocated after a checkpoint, which gives that retry
+  room to write.
+* **Corruption** found at ``open()`` moves the files aside (``buffer.db.corrupt-<UTC time>``) and
+  starts empty; seq resumes from ``seq.json`` (and whatever counters can still be read from the bad
+  file), never below a seq already handed out.
+* **Acks are not fsynced.** Deleting published rows commits with ``synchronous=NORMAL``: the next
+  put's fsync makes it durable, and losing one to a power cut only means those batches are sent
+  again, which QoS 1 consumers dedupe by (agent, device, seq). That halves the fsyncs at steady
+  state.
+* **One process per data directory**: an exclusive ``flock`` on ``buffer.lock``, because two
+  writers would hand out the same seqs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ParamSpec, TypeVar
 
 from agent.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 MIN_SIZE = 1_000_000
-SEQ_RESERVATION = 10_000  # seqs reserved per side-file write (and the largest gap after a loss)
-_ROW_OVERHEAD = 64  # bytes a row costs beyond its body (keys, header, b-tree cell), an estimate
-_DROP_CHUNK = 64
+"""Smallest ``max_size`` accepted. Below it the WAL allowance and per-transaction cap would leave
+room for only a handful of batches."""
+
+SEQ_RESERVATION = 10_000
+"""seqs reserved per ``seq.json`` write; also the largest gap a lost database can leave."""
+
+_WAL_MIN = 128 * 1024
+_WAL_MAX = 16 * 1024 * 1024
+_RECORD_OVERHEAD = 30  # record header and the seq, ts_ms, created columns of one row
+_LOG_INTERVAL = 60.0  # seconds between two log lines of one drop (or disk-full) episode
+_STAT_INTERVAL = 1.0  # seconds between two stat() calls for the buffer_bytes gauge
+_CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,381 +86,831 @@ CREATE TABLE IF NOT EXISTS batches (
     created REAL NOT NULL,
     body BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS seqs (device TEXT NOT NULL, kind TEXT NOT NULL, last INTEGER NOT NULL,
-                                 PRIMARY KEY (device, kind));
+CREATE TABLE IF NOT EXISTS seqs (
+    device TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY (device, kind)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_INSERT = "INSERT INTO batches (device, kind, seq, ts_ms, created, body) VALUES (?, ?, ?, ?, ?, ?)"
+_SELECT = "SELECT id, device, kind, seq, ts_ms, body, created FROM batches"
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_Key = tuple[str, str]  # (device, kind)
+_Item = tuple[str, str, int, bytes]  # device, kind, ts_ms, body
 
 
 class BufferError(Exception):
-    """A batch could not be committed (disk full, I/O error); nothing already committed is lost."""
+    """A batch was not committed (disk full, I/O error, too large, buffer closed).
+
+    Nothing committed before is lost, and no seq was consumed: the next ``put()`` may succeed.
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class StoredBatch:
-    id: int  # global insertion order
+    id: int  # row id: global insertion order, never reused (AUTOINCREMENT)
     device: str
     kind: str  # "data"; "event" for alarm events
     seq: int
     ts_ms: int  # when the device answered
-    body: bytes  # opaque encoded record
+    body: bytes  # opaque encoded record; the buffer never looks inside
     created: float  # time.time() when committed
 
 
 @dataclass(frozen=True, slots=True)
 class BufferStats:
     batches: int
-    bytes: int
-    dropped_total: int
+    bytes: int  # database + WAL on disk, refreshed at most once a second
+    dropped_total: int  # since the database was created, restarts included
     oldest_created: float | None
 
 
-_Item = tuple[str, str, int, bytes]
+class _Corrupt(Exception):
+    pass
+
+
+class _NoRoom(Exception):
+    pass
+
+
+def _footprint(payload: int, page_size: int) -> int:
+    """Bytes one row of ``payload`` record bytes occupies in an append-only table b-tree.
+
+    It follows SQLite's layout rules (cells never straddle leaf pages; payloads past the local
+    limit spill to whole overflow pages), so a transaction's WAL frames and the room a drop frees
+    can be sized before running it. It only sizes; the bound itself is measured, not estimated.
+    """
+    usable = page_size
+    max_local = usable - 35
+    if payload <= max_local:
+        local, overflow = payload, 0
+    else:
+        min_local = (usable - 12) * 32 // 255 - 23
+        k = min_local + (payload - min_local) % (usable - 4)
+        local = k if k <= max_local else min_local
+        overflow = -(-(payload - local) // (usable - 4))
+    cell = local + 14 + (4 if overflow else 0)  # varints, cell pointer, overflow page number
+    per_page = max(1, (usable - 8) // cell)
+    return overflow * usable + -(-usable // per_page)
+
+
+class _Store:
+    """The synchronous half: everything here runs on the buffer's single worker thread."""
+
+    def __init__(self, data_dir: Path, max_size: int, metrics: Metrics | None) -> None:
+        self.path = data_dir / "buffer.db"
+        self.seq_path = data_dir / "seq.json"
+        self.lock_path = data_dir / "buffer.lock"
+        self.max_size = max_size
+        self.metrics = metrics
+        # WAL allowance: an eighth of the buffer, within bounds; the database gets the rest. The
+        # WAL peaks at the checkpoint threshold (a quarter of it) plus one transaction (its rows
+        # capped at a half), the last quarter is for the other pages a transaction rewrites.
+        # After a checkpoint the file is cut back to a quarter.
+        self.wal_allowance = min(max(max_size // 8, _WAL_MIN), _WAL_MAX)
+        self.txn_cap = self.wal_allowance // 2
+        self.page_size = 4096
+        self.budget_pages = 0
+        self._max_body: int | None = None
+        self.conn: sqlite3.Connection | None = None
+        self.lock_fd: int | None = None
+        self.seqs: dict[_Key, int] = {}
+        self.reserved: dict[_Key, int] = {}
+        self.count = 0
+        self.dropped_total = 0
+        self.oldest: float | None = None
+        self.disk_bytes = 0
+        self.commits = 0
+        self._stat_at = 0.0
+        self._drop_logged_at: float | None = None
+        self._drops_unlogged = 0
+        self._full_logged_at: float | None = None
+
+    # -- open / close -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as exc:
+            raise BufferError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            self._open_locked()
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise BufferError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_locked(self) -> None:
+        reserved = self._load_seq_file()
+        try:
+            conn = self._connect_checked()
+        except _Corrupt as exc:
+            salvaged = self._quarantine(str(exc))
+            for key, last in salvaged.items():
+                reserved[key] = max(reserved.get(key, 0), last)
+            conn = self._connect_checked()
+        self.conn = conn
+        self.budget_pages = (self.max_size - self.wal_allowance) // self.page_size
+        self._initialise(reserved)
+        self.seqs = {(d, k): last for d, k, last in conn.execute("SELECT * FROM seqs")}
+        for key, last in self.seqs.items():
+            # A commit moves a counter at most one group past the reservation that preceded it,
+            # so a counter far below seq.json belongs to an older copy of the database (restored
+            # from a backup, say): jump, a gap is honest, a reused seq is not.
+            if reserved.get(key, 0) - last > 2 * SEQ_RESERVATION:
+                log.warning(
+                    "buffer database is older than seq.json: seq numbering jumps ahead",
+                    extra={"device": key[0], "kind": key[1], "last": last, "to": reserved[key]},
+                )
+                self.seqs[key] = reserved[key]
+        self.reserved = dict(reserved)
+        for key, last in self.seqs.items():
+            self.reserved[key] = max(self.reserved.get(key, 0), last)
+        self.count = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+        row = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+        self.dropped_total = int(row[0]) if row else 0
+        self._fit()
+        self._refresh_oldest()
+        self._refresh_bytes(force=True)
+
+    def _lock(self) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise BufferError(
+                f"{self.path.parent} is in use by another process (two writers would reuse seqs)"
+            ) from exc
+        self.lock_fd = fd
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+            log.warning("buffer: WAL mode unavailable, using a rollback journal")
+        conn.execute("PRAGMA synchronous=FULL")
+        # Debian's SQLite zeroes freed pages by default; that doubles the writes of every ack and
+        # drop for no benefit here, the pages are reused by the next inserts anyway.
+        conn.execute("PRAGMA secure_delete=OFF")
+        self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self._max_body = None
+        checkpoint_pages = max(4, self.wal_allowance // 4 // self.page_size)
+        conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint_pages}")
+        conn.execute(f"PRAGMA journal_size_limit={self.wal_allowance // 4}")
+        return conn
+
+    def _connect_checked(self) -> sqlite3.Connection:
+        """Connect and verify; corruption raises ``_Corrupt``, anything else ``BufferError``."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connect()
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise _Corrupt("quick_check: " + "; ".join(problems[:5]))
+            return conn
+        except sqlite3.Error as exc:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if getattr(exc, "sqlite_errorname", None) in _CORRUPT:
+                raise _Corrupt(str(exc)) from exc
+            raise BufferError(f"cannot open {self.path}: {exc}") from exc
+        except _Corrupt:
+            assert conn is not None
+            conn.close()
+            raise
+
+    def _initialise(self, reserved: dict[_Key, int]) -> None:
+        """Create the schema; in a database new to this directory, seed the seq counters.
+
+        A database without the ``initialised`` mark is new (first start, deleted or quarantined):
+        its counters start above every seq ``seq.json`` has reserved. The seeding is committed
+        with the mark, so a crash during it just repeats it. Counters already in the table are
+        authoritative, they moved in the same transactions as the inserts.
+        """
+        conn = self._require()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'initialised'").fetchone() is None:
+                existing = {(d, k) for d, k, _ in conn.execute("SELECT * FROM seqs")}
+                conn.executemany(
+                    "INSERT INTO seqs (device, kind, last) VALUES (?, ?, ?)",
+                    [(d, k, v) for (d, k), v in reserved.items() if (d, k) not in existing],
+                )
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('initialised', ?)", (int(time.time()),)
+                )
+                if reserved:
+                    log.warning(
+                        "buffer database is new: seq numbering resumes above the known counters",
+                        extra={"file": str(self.path), "devices": len(reserved)},
+                    )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"cannot initialise {self.path}: {exc}") from exc
+
+    def _quarantine(self, reason: str) -> dict[_Key, int]:
+        """Move the unreadable files aside and return whatever seq counters they still hold."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 0
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(Path(f"{target}{suffix}"))
+        log.error(
+            "buffer database is corrupt: moved aside, starting with an empty buffer "
+            "(unpublished batches in it are lost)",
+            extra={"file": str(self.path), "moved_to": str(target), "reason": reason},
+        )
+        salvaged: dict[_Key, int] = {}
+        with contextlib.suppress(Exception):
+            bad = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+            try:
+                for device, kind, last in bad.execute("SELECT device, kind, last FROM seqs"):
+                    salvaged[(str(device), str(kind))] = int(last)
+            finally:
+                bad.close()
+        return salvaged
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                # Leaves a single file behind, and an empty WAL for the next start to recover.
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = None
+            self._refresh_bytes(force=True)
+        if self._drops_unlogged:
+            self._log_drops(0, force=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # releases the flock
+            self.lock_fd = None
+
+    # -- seq reservations -------------------------------------------------------------------------
+
+    def _load_seq_file(self) -> dict[_Key, int]:
+        try:
+            doc = json.loads(self.seq_path.read_text())
+            return {(d, k): int(v) for d, kinds in doc.items() for k, v in kinds.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            log.warning(
+                "seq.json unreadable; seq numbering relies on the database alone until rewritten",
+                extra={"file": str(self.seq_path), "error": str(exc)},
+            )
+            return {}
+
+    def _reserve(self, new: dict[_Key, int]) -> None:
+        """Make sure ``seq.json`` covers every seq about to be committed (fsync before commit)."""
+        if all(seq <= self.reserved.get(key, 0) for key, seq in new.items()):
+            return
+        reserved = dict(self.reserved)
+        for key, seq in new.items():
+            if seq > reserved.get(key, 0):
+                reserved[key] = seq + SEQ_RESERVATION
+        doc: dict[str, dict[str, int]] = {}
+        for (device, kind), value in sorted(reserved.items()):
+            doc.setdefault(device, {})[kind] = value
+        tmp = self.seq_path.with_name(self.seq_path.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.seq_path)
+            dir_fd = os.open(self.seq_path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self._log_full(exc)
+            raise BufferError(f"cannot write {self.seq_path}: {exc}") from exc
+        self.reserved = reserved
+
+    # -- commit -----------------------------------------------------------------------------------
+
+    def commit_group(self, items: list[_Item]) -> list[int | BufferError]:
+        """Commit a group in as few transactions as the WAL allowance permits; per-item results.
+
+        The group is split only when its pages would overflow the WAL allowance; an item that
+        alone exceeds it is refused without affecting the others.
+        """
+        results: list[int | BufferError] = []
+        chunk: list[_Item] = []
+        chunk_bytes = 0
+        for item in items:
+            size = self._item_footprint(item)
+            if size > self.txn_cap:
+                if chunk:
+                    results.extend(self._commit_chunk(chunk))
+                    chunk, chunk_bytes = [], 0
+                results.append(
+                    BufferError(
+                        f"batch of {len(item[3])} bytes is larger than the buffer accepts "
+                        f"(about {self.max_body} bytes with max_size={self.max_size})"
+                    )
+                )
+                continue
+            if chunk and chunk_bytes + size > self.txn_cap:
+                results.extend(self._commit_chunk(chunk))
+                chunk, chunk_bytes = [], 0
+            chunk.append(item)
+            chunk_bytes += size
+        if chunk:
+            results.extend(self._commit_chunk(chunk))
+        return results
+
+    @property
+    def max_body(self) -> int:
+        """Largest body ``put()`` always accepts (with device and kind names up to 64 bytes)."""
+        if self._max_body is None:
+
+            def fits(n: int) -> bool:
+                return _footprint(n + 64 + _RECORD_OVERHEAD, self.page_size) <= self.txn_cap
+
+            lo, hi = 0, self.txn_cap
+            while lo < hi:  # the footprint grows with the body, in page-sized steps
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+            while lo > 0 and not fits(lo):
+                lo -= 1
+            self._max_body = lo
+        return self._max_body
+
+    def _item_footprint(self, item: _Item) -> int:
+        device, kind, _, body = item
+        return _footprint(len(body) + len(device) + len(kind) + _RECORD_OVERHEAD, self.page_size)
+
+    def _commit_chunk(self, items: list[_Item]) -> list[int | BufferError]:
+        new: dict[_Key, int] = {}
+        seqs: list[int] = []
+        for device, kind, _, _ in items:
+            key = (device, kind)
+            seq = new.get(key, self.seqs.get(key, 0)) + 1
+            new[key] = seq
+            seqs.append(seq)
+        try:
+            self._reserve(new)
+        except BufferError as exc:
+            return [exc] * len(items)
+        now = time.time()
+        rows = [
+            (device, kind, seq, ts_ms, now, body)
+            for (device, kind, ts_ms, body), seq in zip(items, seqs, strict=True)
+        ]
+        need = sum(self._item_footprint(item) for item in items)
+        try:
+            try:
+                dropped = self._transaction(rows, new, need, squeeze=False)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorname", None) != "SQLITE_FULL":
+                    raise
+                self._rollback()
+                self._log_full(exc)
+                # A checkpoint may let the WAL restart from its beginning, where its file already
+                # has room; the retry deletes the oldest batches so no file needs to grow.
+                with contextlib.suppress(sqlite3.Error):
+                    self._require().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                dropped = self._transaction(rows, new, need, squeeze=True)
+        except (sqlite3.Error, _NoRoom) as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                self._log_full(exc)
+            err = BufferError(f"batch not committed: {exc}")
+            return [err] * len(items)
+        self.commits += 1
+        self.seqs.update(new)
+        self.count += len(items) - dropped
+        if dropped:
+            self.dropped_total += dropped
+            if self.metrics is not None:
+                self.metrics.buffer_dropped.inc(dropped)
+            self._log_drops(dropped)
+            self._refresh_oldest()
+        elif self.oldest is None:
+            self.oldest = now
+        self._full_logged_at = None
+        self._keep_wal_small()
+        self._refresh_bytes()
+        return list(seqs)
+
+    def _transaction(
+        self,
+        rows: list[tuple[str, str, int, int, float, bytes]],
+        new: dict[_Key, int],
+        need: int,
+        *,
+        squeeze: bool,
+    ) -> int:
+        """Insert ``rows`` within the bound, dropping the oldest batches as needed; return drops.
+
+        ``squeeze`` (after disk full): the database may not grow by a single page, every insert
+        must land in pages freed by deleting the oldest batches.
+        """
+        conn = self._require()
+        ps = self.page_size
+        conn.execute("BEGIN IMMEDIATE")
+        start_pages, start_used = self._pages()
+        allowed = start_pages if squeeze else max(self.budget_pages, start_pages)
+        limit = min(self.budget_pages, allowed)
+        dropped = 0
+        # Drop by estimate first so that, when full, the insert usually fits at the first try.
+        short = start_used + -(-need // ps) - limit
+        if short > 0:
+            dropped += self._drop_oldest(short * ps)
+        while True:
+            conn.execute("SAVEPOINT ins")
+            try:
+                conn.executemany(_INSERT, rows)
+                pages, used = self._pages()
+                over = max(used - self.budget_pages, pages - allowed)
+            except sqlite3.OperationalError as exc:
+                full = getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
+                if not (squeeze and full and conn.in_transaction):
+                    raise
+                over = -(-need // ps)
+            if over <= 0:
+                conn.execute("RELEASE ins")
+                break
+            conn.execute("ROLLBACK TO ins")
+            conn.execute("RELEASE ins")
+            n = self._drop_oldest(over * ps)
+            if n == 0:
+                raise _NoRoom(
+                    "no room even with the buffer emptied"
+                    if not squeeze
+                    else "disk full and no batch left to drop"
+                )
+            dropped += n
+        conn.executemany(
+            "INSERT INTO seqs (device, kind, last) VALUES (?, ?, ?) "
+            "ON CONFLICT (device, kind) DO UPDATE SET last = excluded.last",
+            [(d, k, s) for (d, k), s in new.items()],
+        )
+        if dropped:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (self.dropped_total + dropped,),
+            )
+        conn.execute("COMMIT")
+        return dropped
+
+    def _drop_oldest(self, nbytes: int) -> int:
+        """Delete the oldest batches that together occupy about ``nbytes``; return how many."""
+        conn = self._require()
+        covered = 0
+        cutoff: int | None = None
+        cur = conn.execute(
+            "SELECT id, length(body) + length(device) + length(kind) FROM batches ORDER BY id"
+        )
+        for row_id, payload in cur:
+            covered += _footprint(int(payload) + _RECORD_OVERHEAD, self.page_size)
+            cutoff = int(row_id)
+            if covered >= nbytes:
+                break
+        cur.close()
+        if cutoff is None:
+            return 0
+        return int(conn.execute("DELETE FROM batches WHERE id <= ?", (cutoff,)).rowcount)
+
+    def _fit(self) -> None:
+        """Bring a database from an earlier run within a ``max_size`` that may have been lowered."""
+        conn = self._require()
+        pages, used = self._pages()
+        if used > self.budget_pages:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                dropped = 0
+                while used > self.budget_pages:
+                    n = self._drop_oldest((used - self.budget_pages) * self.page_size)
+                    if n == 0:
+                        break
+                    dropped += n
+                    pages, used = self._pages()
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (self.dropped_total + dropped,),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise BufferError(f"cannot shrink {self.path} to max_size: {exc}") from exc
+            self.count -= dropped
+            self.dropped_total += dropped
+            if self.metrics is not None:
+                self.metrics.buffer_dropped.inc(dropped)
+            self._log_drops(dropped)
+        if pages > self.budget_pages:
+            # The file keeps its high-water mark after deletes; only VACUUM gives pages back. It
+            # needs temporary space about the size of the database, once, at start.
+            try:
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.error(
+                    "buffer file larger than max_size and could not be shrunk",
+                    extra={"file": str(self.path), "max_size": self.max_size, "error": str(exc)},
+                )
+            else:
+                log.info(
+                    "buffer file shrunk to fit max_size",
+                    extra={"file": str(self.path), "max_size": self.max_size},
+                )
+
+    def _pages(self) -> tuple[int, int]:
+        """(page_count, used pages) as the current transaction sees them."""
+        conn = self._require()
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages, pages - free
+
+    def _keep_wal_small(self) -> None:
+        """Backstop for the autocheckpoint, which gives up silently (for instance on disk full)."""
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size > self.wal_allowance * 3 // 4:
+            with contextlib.suppress(sqlite3.Error):
+                # RESTART, not TRUNCATE: the next commit cuts the file to journal_size_limit and
+                # keeps that much allocated, room a commit can still use when the disk is full.
+                self._require().execute("PRAGMA wal_checkpoint(RESTART)")
+
+    # -- fetch / ack ------------------------------------------------------------------------------
+
+    def fetch(self, after_id: int, limit: int, upto_id: int | None) -> list[StoredBatch]:
+        if limit <= 0:
+            return []
+        conn = self._require()
+        try:
+            if upto_id is None:
+                cur = conn.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+            else:
+                cur = conn.execute(
+                    f"{_SELECT} WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                    (after_id, upto_id, limit),
+                )
+            return [StoredBatch(*row) for row in cur]
+        except sqlite3.Error as exc:
+            raise BufferError(f"cannot read the buffer: {exc}") from exc
+
+    def ack(self, ids: list[int]) -> None:
+        conn = self._require()
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in ids])
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.error(
+                "buffer could not delete published batches; they will be sent again",
+                extra={"error": str(exc), "batches": len(ids)},
+            )
+            return
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA synchronous=FULL")
+        self.count -= max(0, cur.rowcount)
+        self._refresh_oldest()
+        self._keep_wal_small()
+        self._refresh_bytes()
+
+    def max_id(self) -> int:
+        try:
+            row = self._require().execute("SELECT max(id) FROM batches").fetchone()
+        except sqlite3.Error as exc:
+            raise BufferError(f"cannot read the buffer: {exc}") from exc
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _require(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise BufferError("buffer is not open")
+        return self.conn
+
+    def _rollback(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _refresh_oldest(self) -> None:
+        row = self._require().execute("SELECT created FROM batches ORDER BY id LIMIT 1").fetchone()
+        self.oldest = float(row[0]) if row else None
+
+    def _refresh_bytes(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._stat_at < _STAT_INTERVAL:
+            return
+        self._stat_at = now
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        self.disk_bytes = total
+
+    def _log_drops(self, n: int, *, force: bool = False) -> None:
+        """One WARNING per episode, then at most one a minute summing up the drops since."""
+        self._drops_unlogged += n
+        now = time.monotonic()
+        if force or self._drop_logged_at is None or now - self._drop_logged_at >= _LOG_INTERVAL:
+            dropped = self._drops_unlogged
+            log.warning(
+                "buffer full: dropped %d oldest batches (max_size=%d)",
+                dropped,
+                self.max_size,
+                extra={
+                    "dropped": dropped,
+                    "dropped_total": self.dropped_total,
+                    "max_size": self.max_size,
+                },
+            )
+            self._drop_logged_at = now
+            self._drops_unlogged = 0
+
+    def _log_full(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._full_logged_at is None or now - self._full_logged_at >= _LOG_INTERVAL:
+            self._full_logged_at = now
+            log.error(
+                "buffer commit failed; batches not stored, the next put retries",
+                extra={"error": str(exc), "file": str(self.path)},
+            )
 
 
 class Buffer:
+    """The event loop's view of the buffer; see the module docstring for the why.
+
+    ``max_size`` (bytes, at least ``MIN_SIZE``, 1 MB) bounds the database plus its WAL on disk.
+    A single body may be at most ``max_body``, about a sixteenth of ``max_size`` (64 KB at 1 MB,
+    at most 8 MB): one transaction must fit in the share of ``max_size`` set aside for the WAL.
+
+    ``new_data`` is set after every commit that stored something; a consumer clears it and waits
+    on it instead of polling.
+    """
+
     def __init__(self, data_dir: Path, max_size: int, metrics: Metrics | None = None) -> None:
         if max_size < MIN_SIZE:
-            raise ValueError(f"buffer max_size must be at least {MIN_SIZE} bytes")
-        self.path = Path(data_dir) / "buffer.db"
-        self._seq_file = Path(data_dir) / "seq.json"
-        self.max_size = max_size
+            raise ValueError(f"buffer max_size must be at least {MIN_SIZE} bytes, not {max_size}")
+        self._store = _Store(Path(data_dir), max_size, metrics)
         self._metrics = metrics
-        self._wal_allowance = min(max(max_size // 8, 128 * 1024), 16 * 1024 * 1024)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
-        self._conn: sqlite3.Connection | None = None
-        self._page_size = 4096
-        self._seqs: dict[tuple[str, str], int] = {}
-        self._reserved: dict[tuple[str, str], int] = {}
         self._pending: list[tuple[_Item, asyncio.Future[int]]] = []
         self._committer: asyncio.Task[None] | None = None
-        self._count = 0
-        self._dropped = 0
-        self._oldest: float | None = None
-        self._bytes = 0
-        self._bytes_checked = 0.0
-        self._dropping_since: float | None = None
-        self._closed = False
-        self.commits = 0  # transactions that carried batches; tests check group commit with it
-        self.new_data = asyncio.Event()  # set after each commit; the publisher waits on it
+        self._state = "new"  # new -> open -> closing -> closed
+        self.new_data = asyncio.Event()
+
+    @property
+    def path(self) -> Path:
+        return self._store.path
+
+    @property
+    def max_size(self) -> int:
+        return self._store.max_size
+
+    @property
+    def max_body(self) -> int:
+        return self._store.max_body
+
+    @property
+    def commits(self) -> int:
+        """Transactions that stored batches; tests and benchmarks read group commit from it."""
+        return self._store.commits
 
     # -- life cycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._run(self._open)
+        """Create or recover the database (quarantining a corrupt one). Raises ``BufferError``."""
+        if self._state != "new":
+            raise BufferError(f"buffer is {self._state}")
+        await self._run(self._store.open)
+        self._state = "open"
+        if self._metrics is not None:
+            self._metrics.buffer_oldest_age.set_function(self._oldest_age)
         self._publish_stats()
 
     async def close(self) -> None:
-        if self._closed:
+        """Commit what is pending (those callers get their seq), then close. Idempotent."""
+        if self._state in ("closing", "closed"):
             return
-        if self._committer is not None:
-            await asyncio.gather(self._committer, return_exceptions=True)
-        self._closed = True
-        with contextlib.suppress(Exception):
-            await self._run(self._close)
-        self._executor.shutdown(wait=True)
+        self._state = "closing"
+        try:
+            if self._committer is not None:
+                await asyncio.gather(self._committer, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._run(self._store.close)
+        finally:
+            self._state = "closed"
+            self._executor.shutdown(wait=True)
+            self._publish_stats()
 
-    # -- the API the event loop uses --------------------------------------------------------------
+    # -- the API ----------------------------------------------------------------------------------
 
     async def put(self, device: str, ts_ms: int, body: bytes, kind: str = "data") -> int:
-        """Commit one batch durably and return its seq (group-committed with concurrent puts)."""
-        if self._closed:
-            raise BufferError("buffer is closed")
+        """Commit one batch durably and return its seq; group-committed with concurrent puts.
+
+        Raises ``BufferError`` when it was not committed; then no seq was consumed. A caller
+        cancelled before its group started is not committed; one cancelled later may be.
+        """
+        if self._state != "open":
+            raise BufferError(f"buffer is {self._state}")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(((device, kind, ts_ms, body), fut))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_pending(), name="buffer-commit")
+        self._pending.append(((device, kind, ts_ms, bytes(body)), fut))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_loop(), name="buffer-commit")
         return await fut
 
     async def fetch(
         self, after_id: int, limit: int, upto_id: int | None = None
     ) -> list[StoredBatch]:
-        """Batches with ``after_id < id <= upto_id``, oldest first."""
-        rows: list[StoredBatch] = await self._run(self._fetch, after_id, limit, upto_id)
-        return rows
+        """At most ``limit`` batches with ``after_id < id <= upto_id``, ascending id."""
+        return await self._run(self._store.fetch, after_id, limit, upto_id)
 
     async def ack(self, ids: Sequence[int]) -> None:
-        """Delete batches the broker acknowledged. Idempotent."""
+        """Delete published batches. Idempotent; a failure is logged, the batches are resent."""
         if ids:
-            await self._run(self._ack, list(ids))
+            await self._run(self._store.ack, list(ids))
             self._publish_stats()
 
     async def max_id(self) -> int:
-        last: int = await self._run(self._max_id)
-        return last
+        return await self._run(self._store.max_id)
 
     def stats(self) -> BufferStats:
-        return BufferStats(self._count, self._bytes, self._dropped, self._oldest)
+        s = self._store
+        return BufferStats(s.count, s.disk_bytes, s.dropped_total, s.oldest)
 
-    # -- event-loop side of group commit ----------------------------------------------------------
+    # -- internals --------------------------------------------------------------------------------
 
-    async def _commit_pending(self) -> None:
-        while self._pending:
-            group, self._pending = self._pending, []
-            items = [item for item, _ in group]
-            try:
-                seqs = await self._run(self._commit, items)
-            except Exception as exc:
-                err = exc if isinstance(exc, BufferError) else BufferError(str(exc))
-                for _, fut in group:
-                    if not fut.done():
-                        fut.set_exception(err)
-            else:
-                for (_, fut), seq in zip(group, seqs, strict=True):
-                    if not fut.done():
-                        fut.set_result(seq)
-                self.new_data.set()
-            self._publish_stats()
+    async def _commit_loop(self) -> None:
+        """Each pass commits everything that queued up while the previous commit ran."""
+        try:
+            while self._pending:
+                group = [(item, fut) for item, fut in self._pending if not fut.done()]
+                self._pending = []
+                if not group:
+                    continue
+                try:
+                    results = await self._run(self._store.commit_group, [i for i, _ in group])
+                except Exception as exc:  # the worker itself failed: nothing was committed
+                    results = [BufferError(f"buffer worker failed: {exc}")] * len(group)
+                stored = False
+                for (_, fut), result in zip(group, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(result, BufferError):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
+                        stored = True
+                if stored:
+                    self.new_data.set()
+                self._publish_stats()
+        finally:
+            self._committer = None
+            for _, fut in self._pending:  # only reached when this task was cancelled
+                if not fut.done():
+                    fut.set_exception(BufferError("buffer commit cancelled"))
+            self._pending = []
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        loop = asyncio.get_running_loop()
+        try:
+            fut = loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except RuntimeError as exc:  # the executor was shut down by close()
+            raise BufferError(f"buffer is {self._state}") from exc
+        return await fut
+
+    def _oldest_age(self) -> float:
+        oldest = self._store.oldest
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
     def _publish_stats(self) -> None:
         m = self._metrics
         if m is None:
             return
-        m.buffer_batches.set(self._count)
-        m.buffer_bytes.set(self._bytes)
-        m.buffer_oldest_age.set(max(0.0, time.time() - self._oldest) if self._oldest else 0.0)
-
-    # -- worker thread ----------------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        conn.execute(
-            f"PRAGMA wal_autocheckpoint={max(16, self._wal_allowance // 2 // self._page_size)}"
-        )
-        conn.execute(f"PRAGMA journal_size_limit={self._wal_allowance // 2}")
-        return conn
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        reserved = self._load_seq_file()
-        try:
-            conn = self._connect()
-            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {ok}")
-            conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            with contextlib.suppress(Exception):
-                conn.close()
-            self._quarantine(str(exc))
-            conn = self._connect()
-            conn.executescript(_SCHEMA)
-        self._conn = conn
-        fresh = conn.execute("SELECT count(*) FROM seqs").fetchone()[0] == 0
-        self._seqs = {(d, k): last for d, k, last in conn.execute("SELECT * FROM seqs")}
-        if fresh and reserved:
-            # The database was lost or quarantined: resume above every seq ever reserved.
-            self._seqs = dict(reserved)
-            log.warning("sequence numbers resumed from seq.json after losing the buffer")
-        self._reserved = dict(reserved)
-        for key, last in self._seqs.items():
-            self._reserved[key] = max(self._reserved.get(key, 0), last)
-        self._count = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
-        row = conn.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
-        self._dropped = int(row[0]) if row else 0
-        self._refresh_oldest()
-        self._refresh_bytes(force=True)
-
-    def _quarantine(self, reason: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                src.rename(Path(str(target) + suffix))
-        log.error(
-            "buffer database unreadable: moved aside, starting with an empty buffer",
-            extra={"file": str(self.path), "moved_to": str(target), "reason": reason},
-        )
-
-    def _load_seq_file(self) -> dict[tuple[str, str], int]:
-        try:
-            doc = json.loads(self._seq_file.read_text())
-            return {(d, k): int(v) for d, kinds in doc.items() for k, v in kinds.items()}
-        except (OSError, ValueError, AttributeError, TypeError):
-            return {}
-
-    def _save_seq_file(self, reserved: dict[tuple[str, str], int]) -> None:
-        doc: dict[str, dict[str, int]] = {}
-        for (device, kind), value in reserved.items():
-            doc.setdefault(device, {})[kind] = value
-        tmp = self._seq_file.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._seq_file)
-        dir_fd = os.open(self._seq_file.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def _used_bytes(self, conn: sqlite3.Connection) -> int:
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * self._page_size)
-
-    def _commit(self, items: list[_Item]) -> list[int]:
-        conn = self._conn
-        if conn is None:
-            raise BufferError("buffer is not open")
-        budget = self.max_size - self._wal_allowance
-        incoming = sum(len(body) + _ROW_OVERHEAD for *_, body in items)
-        if incoming > budget // 2:
-            raise BufferError(f"batch of {incoming} bytes does not fit in the buffer")
-        seqs_after = dict(self._seqs)
-        out: list[int] = []
-        rows = []
-        now = time.time()
-        for device, kind, ts_ms, body in items:
-            seq = seqs_after.get((device, kind), 0) + 1
-            seqs_after[(device, kind)] = seq
-            out.append(seq)
-            rows.append((device, kind, seq, ts_ms, now, body))
-        reserved = dict(self._reserved)
-        if any(seq > reserved.get(key, 0) for key, seq in seqs_after.items()):
-            for key, seq in seqs_after.items():
-                if seq > reserved.get(key, 0):
-                    reserved[key] = seq + SEQ_RESERVATION
-            self._save_seq_file(reserved)
-        dropped = 0
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            # Make room first, so the inserts reuse the freed pages instead of growing the file.
-            while self._count - dropped > 0 and self._used_bytes(conn) + incoming > budget:
-                dropped += self._drop_oldest(conn)
-            conn.executemany(
-                "INSERT INTO batches (device, kind, seq, ts_ms, created, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            while self._used_bytes(conn) > budget and self._count - dropped > 0:
-                dropped += self._drop_oldest(conn)
-            conn.executemany(
-                "INSERT OR REPLACE INTO seqs (device, kind, last) VALUES (?, ?, ?)",
-                [(d, k, s) for (d, k), s in seqs_after.items() if self._seqs.get((d, k)) != s],
-            )
-            if dropped:
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped', ?)",
-                    (self._dropped + dropped,),
-                )
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._log_commit_failure(exc)
-            raise BufferError(f"commit failed: {exc}") from exc
-        self._seqs = seqs_after
-        self._reserved = reserved
-        self.commits += 1
-        self._count += len(items) - dropped
-        if self._oldest is None or dropped:
-            self._refresh_oldest()
-        if dropped:
-            self._dropped += dropped
-            if self._metrics is not None:
-                self._metrics.buffer_dropped.inc(dropped)
-            self._log_drop(dropped)
-        elif self._dropping_since is not None:
-            self._dropping_since = None
-        self._keep_wal_small(conn)
-        self._refresh_bytes()
-        return out
-
-    def _drop_oldest(self, conn: sqlite3.Connection) -> int:
-        cur = conn.execute(
-            "DELETE FROM batches WHERE id IN (SELECT id FROM batches ORDER BY id LIMIT ?)",
-            (_DROP_CHUNK,),
-        )
-        return int(cur.rowcount)
-
-    def _log_drop(self, n: int) -> None:
-        now = time.monotonic()
-        if self._dropping_since is None or now - self._dropping_since > 60:
-            self._dropping_since = now
-            log.warning(
-                "buffer full: dropping the oldest batches",
-                extra={"dropped": n, "dropped_total": self._dropped, "max_size": self.max_size},
-            )
-
-    def _log_commit_failure(self, exc: sqlite3.Error) -> None:
-        log.error(
-            "buffer commit failed; batches of this cycle not stored", extra={"error": str(exc)}
-        )
-
-    def _keep_wal_small(self, conn: sqlite3.Connection) -> None:
-        wal = Path(str(self.path) + "-wal")
-        try:
-            size = wal.stat().st_size
-        except OSError:
-            return
-        if size > self._wal_allowance * 3 // 4:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def _refresh_oldest(self) -> None:
-        assert self._conn is not None
-        row = self._conn.execute("SELECT created FROM batches ORDER BY id LIMIT 1").fetchone()
-        self._oldest = float(row[0]) if row else None
-
-    def _refresh_bytes(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._bytes_checked < 1.0:
-            return
-        self._bytes_checked = now
-        total = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                total += os.stat(str(self.path) + suffix).st_size
-        self._bytes = total
-
-    def _fetch(self, after_id: int, limit: int, upto_id: int | None) -> list[StoredBatch]:
-        assert self._conn is not None
-        if upto_id is None:
-            cur = self._conn.execute(
-                "SELECT id, device, kind, seq, ts_ms, body, created FROM batches "
-                "WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            )
-        else:
-            cur = self._conn.execute(
-                "SELECT id, device, kind, seq, ts_ms, body, created FROM batches "
-                "WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-                (after_id, upto_id, limit),
-            )
-        return [StoredBatch(*row) for row in cur]
-
-    def _ack(self, ids: list[int]) -> None:
-        assert self._conn is not None
-        try:
-            self._conn.execute("BEGIN")
-            cur = self._conn.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in ids])
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            log.error("buffer delete failed; batches will be sent again", extra={"error": str(exc)})
-            return
-        self._count -= max(0, cur.rowcount)
-        self._refresh_oldest()
-        self._refresh_bytes()
-
-    def _max_id(self) -> int:
-        assert self._conn is not None
-        row = self._conn.execute("SELECT max(id) FROM batches").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.close()
-            self._conn = None
+        m.buffer_batches.set(self._store.count)
+        m.buffer_bytes.set(self._store.disk_bytes)

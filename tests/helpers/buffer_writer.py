@@ -1,7 +1,11 @@
 """A child process for crash tests: commits batches and prints each acknowledged seq.
 
-The parent SIGKILLs it at a random point; whatever was printed had been acknowledged as durable,
-so it must be in the buffer after reopening.
+Usage: ``python -m tests.helpers.buffer_writer DATA_DIR DEVICES MAX_SIZE BODY_BYTES ACK``
+
+The parent SIGKILLs it at a random point. Every ``<device> <seq>`` line was printed after
+``put()`` returned, that is after the batch was durable, so it must be found after reopening
+unless the buffer dropped it (full) or a simulated publisher deleted it (``ACK`` = 1: the oldest
+batches are acknowledged as they come, the way the publisher does after PUBACK).
 """
 
 from __future__ import annotations
@@ -12,20 +16,41 @@ from pathlib import Path
 
 from agent.buffer import Buffer
 
+TS_MS = 1_700_000_000_000
 
-async def main(data_dir: str, devices: int) -> None:
-    buf = Buffer(Path(data_dir), 64 * 1024 * 1024)
+
+async def main(data_dir: Path, devices: int, max_size: int, body_bytes: int, ack: bool) -> None:
+    buf = Buffer(data_dir, max_size)
     await buf.open()
     print("ready", flush=True)
+    body = b"x" * body_bytes
 
     async def device(name: str) -> None:
         while True:
-            seq = await buf.put(name, 0, b'{"ts":0,"values":{"x":' + b"1" * 200 + b"}}")
+            seq = await buf.put(name, TS_MS, body)
             sys.stdout.write(f"{name} {seq}\n")
             sys.stdout.flush()
 
-    await asyncio.gather(*(device(f"d{i}") for i in range(devices)))
+    async def publisher() -> None:
+        while True:
+            await buf.new_data.wait()
+            buf.new_data.clear()
+            rows = await buf.fetch(0, 64)
+            await buf.ack([r.id for r in rows[: len(rows) // 2]])
+
+    tasks = [device(f"d{i}") for i in range(devices)]
+    if ack:
+        tasks.append(publisher())
+    await asyncio.gather(*tasks)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(
+        main(
+            Path(sys.argv[1]),
+            int(sys.argv[2]),
+            int(sys.argv[3]),
+            int(sys.argv[4]),
+            sys.argv[5] == "1",
+        )
+    )
