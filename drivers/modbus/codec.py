@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Literal
 
@@ -89,6 +89,26 @@ def _permutation(order: str) -> tuple[int, ...]:
     return tuple(ord(letter) - ord("A") for letter in order)
 
 
+def _word_plan(order: str) -> tuple[bool, bool] | None:
+    """(bytes swapped within each word, words reversed) when ``order`` is such an arrangement.
+
+    ``CDAB`` is reversed words, ``BADC`` swapped bytes, ``DCBA`` both; None for anything else.
+    """
+    size = len(order)
+    for swapped in (False, True):
+        for reverse in (False, True):
+            words = [(2 * i, 2 * i + 1) for i in range(size // 2)]
+            if reverse:
+                words.reverse()
+            letters = "".join(
+                "ABCDEFGH"[b] + "ABCDEFGH"[a] if swapped else "ABCDEFGH"[a] + "ABCDEFGH"[b]
+                for a, b in words
+            )
+            if letters == order:
+                return swapped, reverse
+    return None
+
+
 def wire_to_big_endian(wire: bytes, order: str) -> bytes:
     """Rearrange bytes as they arrived on the wire into big-endian (``ABCD...``) order."""
     out = bytearray(len(wire))
@@ -144,6 +164,11 @@ class TagCodec:
     scale: float = 1.0
     offset: float = 0.0
     from_bits: bool = False  # coil or discrete input
+    # Fixed at construction: every contract byte order is "words in order or reversed" times
+    # "each word big- or little-endian", so decoding is two struct calls on the hot path.
+    _words: struct.Struct | None = field(default=None, init=False, repr=False, compare=False)
+    _value: struct.Struct | None = field(default=None, init=False, repr=False, compare=False)
+    _reversed: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # A device default such as ABCD applies to 16- and 64-bit values too; fit it once here so
@@ -154,6 +179,14 @@ class TagCodec:
             except ValueError:
                 order = "ABCDEFGH"[: 2 * self.count]
             object.__setattr__(self, "byte_order", order)
+        if self.type in _STRUCT and not self.from_bits:
+            fast = _word_plan(self.byte_order)
+            if fast is not None:
+                swapped, reverse = fast
+                words = struct.Struct(f"{'<' if swapped else '>'}{self.count}H")
+                object.__setattr__(self, "_words", words)
+                object.__setattr__(self, "_value", struct.Struct(">" + _STRUCT[self.type]))
+                object.__setattr__(self, "_reversed", reverse)
 
     @property
     def scaled(self) -> bool:
@@ -171,8 +204,13 @@ class TagCodec:
         if self.type == "string":
             text = registers_to_bytes(regs).decode("ascii", errors="replace")
             return text.rstrip("\x00 ")
-        big = wire_to_big_endian(registers_to_bytes(regs), self.byte_order)
-        value: int | float = struct.unpack(">" + _STRUCT[self.type], big)[0]
+        value: int | float
+        if self._words is not None and self._value is not None:
+            ordered = regs[::-1] if self._reversed else regs
+            value = self._value.unpack(self._words.pack(*ordered))[0]
+        else:
+            big = wire_to_big_endian(registers_to_bytes(regs), self.byte_order)
+            value = struct.unpack(">" + _STRUCT[self.type], big)[0]
         if self.type == "float32":
             value = shortest_float32(value)
         return value
