@@ -49,6 +49,7 @@ schema: venv
 
 bench: venv system-deps
 	$(PY) -m bench.bench_e2e
+	$(PY) -m bench.bench_buffer
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
