@@ -48,13 +48,15 @@ def write_config(path: Path, devices: int, tags: int, modbus_port: int, broker_p
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "max_inflight": 256},
         "buffer": {"max_size": "256MB"},
         "metrics": {"listen": None},
+        # 100 machines of one type: the tag list is written once, as an integrator would.
+        "profiles": {"meter": {"driver": "modbus", "tags": bench_tags(tags)}},
         "devices": [
             {
                 "name": f"dev-{u:03d}",
                 "driver": "modbus",
                 "poll_interval": "1s",
+                "profile": "meter",
                 "connection": {"host": "127.0.0.1", "port": modbus_port, "unit_id": u},
-                "tags": bench_tags(tags),
             }
             for u in range(1, devices + 1)
         ],

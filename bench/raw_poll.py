@@ -8,13 +8,14 @@ buffering durably and publishing.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 
+from agent.config import load_config
+from agent.drivers import load_drivers
 from drivers.modbus.driver import ModbusDriver
 
 
@@ -40,9 +41,8 @@ async def poll_device(device: Any) -> None:
 
 
 async def main(config_path: str) -> None:
-    doc = json.loads(Path(config_path).read_text())
-    devices = [ModbusDriver.device_model.model_validate(d) for d in doc["devices"]]
-    await asyncio.gather(*(poll_device(d) for d in devices))
+    config = load_config(Path(config_path), load_drivers())  # profiles merged, as the agent does
+    await asyncio.gather(*(poll_device(d) for d in config.devices))
 
 
 if __name__ == "__main__":

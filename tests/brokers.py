@@ -122,7 +122,7 @@ class Subscriber:
         )
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(0.05, 0.5)
+        self._client.reconnect_delay_set(1, 2)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._client.on_subscribe = self._on_subscribe
@@ -160,7 +160,7 @@ class Subscriber:
 
         def waiter() -> bool:
             with self._cond:
-                return self._cond.wait_for(lambda: predicate(list(self.messages)), timeout)
+                return bool(self._cond.wait_for(lambda: predicate(list(self.messages)), timeout))
 
         ok = await asyncio.to_thread(waiter)
         if not ok:
