@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from agent.buffer import Buffer
+from agent.buffer import Buffer, BufferError
 from agent.commands import CommandHandler
 from agent.drivers import load_drivers
 from agent.formats import JsonFormat
@@ -116,9 +116,12 @@ async def _main(config: Any) -> int:
     agent = Agent(config)
     try:
         await agent.start()
-    except OSError as exc:
+    except (OSError, BufferError) as exc:
+        # A port in use, a data_dir that is not writable or already used by another agent: say
+        # which, in one line, and exit 1 so systemd's Restart= policy sees a runtime failure.
         log.error("cannot start", extra={"error": str(exc)})
-        await agent.stop()
+        with contextlib.suppress(Exception):
+            await agent.stop()
         return 1
     log.info(
         "agent running",

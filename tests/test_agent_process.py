@@ -83,3 +83,27 @@ async def test_bad_config_refused_before_start(tmp_path: Path) -> None:
     assert any(f"{cfg}:4:3: mqtt.password: inline passwords" in line for line in lines), lines
     assert "hunter2" not in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+async def test_second_agent_on_same_data_dir_exits_1(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = write_config(tmp_path / "c.yaml", broker_port=broker.port, modbus_port=1, devices=[])
+    first = _start(cfg)
+    try:
+        await asyncio.to_thread(_wait_for_line, first, b"agent running")
+        second = await asyncio.to_thread(
+            subprocess.run, [str(BIN), "run", "-c", str(cfg)], capture_output=True, timeout=20
+        )
+        assert second.returncode == 1
+        assert b"cannot start" in second.stderr and b"Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(first.communicate, timeout=20)
+    assert first.returncode == 0
+
+
+def _wait_for_line(proc: subprocess.Popen[bytes], text: bytes) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"process ended before printing {text!r}")
