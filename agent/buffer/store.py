@@ -44,7 +44,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -52,11 +51,8 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 from agent.metrics import Metrics
 
@@ -97,10 +93,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 _INSERT = "INSERT INTO batches (device, kind, seq, ts_ms, created, body) VALUES (?, ?, ?, ?, ?, ?)"
 _SELECT = "SELECT id, device, kind, seq, ts_ms, body, created FROM batches"
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 _Key = tuple[str, str]  # (device, kind)
-_Item = tuple[str, str, int, bytes]  # device, kind, ts_ms, body
+Item = tuple[str, str, int, bytes]  # device, kind, ts_ms, body
 
 
 class BufferError(Exception):
@@ -158,7 +152,7 @@ def _footprint(payload: int, page_size: int) -> int:
     return overflow * usable + -(-usable // per_page)
 
 
-class _Store:
+class SqliteStore:
     """The synchronous half: everything here runs on the buffer's single worker thread."""
 
     def __init__(self, data_dir: Path, max_size: int, metrics: Metrics | None) -> None:
@@ -409,14 +403,14 @@ class _Store:
 
     # -- commit -----------------------------------------------------------------------------------
 
-    def commit_group(self, items: list[_Item]) -> list[int | BufferError]:
+    def commit_group(self, items: list[Item]) -> list[int | BufferError]:
         """Commit a group in as few transactions as the WAL allowance permits; per-item results.
 
         The group is split only when its pages would overflow the WAL allowance; an item that
         alone exceeds it is refused without affecting the others.
         """
         results: list[int | BufferError] = []
-        chunk: list[_Item] = []
+        chunk: list[Item] = []
         chunk_bytes = 0
         for item in items:
             size = self._item_footprint(item)
@@ -457,11 +451,11 @@ class _Store:
             self._max_body = lo
         return self._max_body
 
-    def _item_footprint(self, item: _Item) -> int:
+    def _item_footprint(self, item: Item) -> int:
         device, kind, _, body = item
         return _footprint(len(body) + len(device) + len(kind) + _RECORD_OVERHEAD, self.page_size)
 
-    def _commit_chunk(self, items: list[_Item]) -> list[int | BufferError]:
+    def _commit_chunk(self, items: list[Item]) -> list[int | BufferError]:
         new: dict[_Key, int] = {}
         seqs: list[int] = []
         for device, kind, _, _ in items:
@@ -760,157 +754,3 @@ class _Store:
                 "buffer commit failed; batches not stored, the next put retries",
                 extra={"error": str(exc), "file": str(self.path)},
             )
-
-
-class Buffer:
-    """The event loop's view of the buffer; see the module docstring for the why.
-
-    ``max_size`` (bytes, at least ``MIN_SIZE``, 1 MB) bounds the database plus its WAL on disk.
-    A single body may be at most ``max_body``, about a sixteenth of ``max_size`` (64 KB at 1 MB,
-    at most 8 MB): one transaction must fit in the share of ``max_size`` set aside for the WAL.
-
-    ``new_data`` is set after every commit that stored something; a consumer clears it and waits
-    on it instead of polling.
-    """
-
-    def __init__(self, data_dir: Path, max_size: int, metrics: Metrics | None = None) -> None:
-        if max_size < MIN_SIZE:
-            raise ValueError(f"buffer max_size must be at least {MIN_SIZE} bytes, not {max_size}")
-        self._store = _Store(Path(data_dir), max_size, metrics)
-        self._metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
-        self._pending: list[tuple[_Item, asyncio.Future[int]]] = []
-        self._committer: asyncio.Task[None] | None = None
-        self._state = "new"  # new -> open -> closing -> closed
-        self.new_data = asyncio.Event()
-
-    @property
-    def path(self) -> Path:
-        return self._store.path
-
-    @property
-    def max_size(self) -> int:
-        return self._store.max_size
-
-    @property
-    def max_body(self) -> int:
-        return self._store.max_body
-
-    @property
-    def commits(self) -> int:
-        """Transactions that stored batches; tests and benchmarks read group commit from it."""
-        return self._store.commits
-
-    # -- life cycle -------------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Create or recover the database (quarantining a corrupt one). Raises ``BufferError``."""
-        if self._state != "new":
-            raise BufferError(f"buffer is {self._state}")
-        await self._run(self._store.open)
-        self._state = "open"
-        if self._metrics is not None:
-            self._metrics.buffer_oldest_age.set_function(self._oldest_age)
-        self._publish_stats()
-
-    async def close(self) -> None:
-        """Commit what is pending (those callers get their seq), then close. Idempotent."""
-        if self._state in ("closing", "closed"):
-            return
-        self._state = "closing"
-        try:
-            if self._committer is not None:
-                await asyncio.gather(self._committer, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self._run(self._store.close)
-        finally:
-            self._state = "closed"
-            self._executor.shutdown(wait=True)
-            self._publish_stats()
-
-    # -- the API ----------------------------------------------------------------------------------
-
-    async def put(self, device: str, ts_ms: int, body: bytes, kind: str = "data") -> int:
-        """Commit one batch durably and return its seq; group-committed with concurrent puts.
-
-        Raises ``BufferError`` when it was not committed; then no seq was consumed. A caller
-        cancelled before its group started is not committed; one cancelled later may be.
-        """
-        if self._state != "open":
-            raise BufferError(f"buffer is {self._state}")
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(((device, kind, ts_ms, bytes(body)), fut))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_loop(), name="buffer-commit")
-        return await fut
-
-    async def fetch(
-        self, after_id: int, limit: int, upto_id: int | None = None
-    ) -> list[StoredBatch]:
-        """At most ``limit`` batches with ``after_id < id <= upto_id``, ascending id."""
-        return await self._run(self._store.fetch, after_id, limit, upto_id)
-
-    async def ack(self, ids: Sequence[int]) -> None:
-        """Delete published batches. Idempotent; a failure is logged, the batches are resent."""
-        if ids:
-            await self._run(self._store.ack, list(ids))
-            self._publish_stats()
-
-    async def max_id(self) -> int:
-        return await self._run(self._store.max_id)
-
-    def stats(self) -> BufferStats:
-        s = self._store
-        return BufferStats(s.count, s.disk_bytes, s.dropped_total, s.oldest)
-
-    # -- internals --------------------------------------------------------------------------------
-
-    async def _commit_loop(self) -> None:
-        """Each pass commits everything that queued up while the previous commit ran."""
-        try:
-            while self._pending:
-                group = [(item, fut) for item, fut in self._pending if not fut.done()]
-                self._pending = []
-                if not group:
-                    continue
-                try:
-                    results = await self._run(self._store.commit_group, [i for i, _ in group])
-                except Exception as exc:  # the worker itself failed: nothing was committed
-                    results = [BufferError(f"buffer worker failed: {exc}")] * len(group)
-                stored = False
-                for (_, fut), result in zip(group, results, strict=True):
-                    if fut.done():
-                        continue
-                    if isinstance(result, BufferError):
-                        fut.set_exception(result)
-                    else:
-                        fut.set_result(result)
-                        stored = True
-                if stored:
-                    self.new_data.set()
-                self._publish_stats()
-        finally:
-            self._committer = None
-            for _, fut in self._pending:  # only reached when this task was cancelled
-                if not fut.done():
-                    fut.set_exception(BufferError("buffer commit cancelled"))
-            self._pending = []
-
-    async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        loop = asyncio.get_running_loop()
-        try:
-            fut = loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-        except RuntimeError as exc:  # the executor was shut down by close()
-            raise BufferError(f"buffer is {self._state}") from exc
-        return await fut
-
-    def _oldest_age(self) -> float:
-        oldest = self._store.oldest
-        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
-
-    def _publish_stats(self) -> None:
-        m = self._metrics
-        if m is None:
-            return
-        m.buffer_batches.set(self._store.count)
-        m.buffer_bytes.set(self._store.disk_bytes)
