@@ -92,14 +92,16 @@ class Agent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._publisher_task is not None:
+        task = self._publisher_task
+        if task is not None:
+            connected = self.publisher.connected.is_set()
             with contextlib.suppress(Exception):
                 await self.publisher.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._publisher_task), 2.0)
-            except (TimeoutError, Exception):
-                self._publisher_task.cancel()
-                await asyncio.gather(self._publisher_task, return_exceptions=True)
+            if connected:  # it disconnects by itself once the window has settled
+                with contextlib.suppress(TimeoutError, Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 2.0)
+            task.cancel()  # still waiting to reconnect, or slow to finish: nothing left to save
+            await asyncio.gather(task, return_exceptions=True)
             self._publisher_task = None
         await self.buffer.close()
         if self._http is not None:
