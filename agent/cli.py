@@ -1,4 +1,4 @@
-"""The ``edge-agent`` command: ``validate``, ``schema`` and ``run``.
+"""The ``edge-agent`` command: ``validate``, ``schema``, ``run`` and ``sniff``.
 
 Operators script it, so the output and exit codes are a contract (INTERFACES.md): 0 success,
 1 runtime failure, 2 bad config or usage; config problems are one ``FILE:LINE:COL: path: message``
@@ -8,6 +8,7 @@ line each on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from agent.config import Config, ConfigErrors, config_schema, load_config
 from agent.drivers import DriverConflictError, load_drivers
-from drivers.base import Driver
+from drivers.base import DeviceError, Driver, Quality, Reading
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -30,11 +31,30 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     validate = sub.add_parser("validate", help="check a config file without touching devices")
     validate.add_argument("file", metavar="FILE")
+    validate.add_argument(
+        "--sample",
+        nargs=2,
+        metavar=("DEVICE", "FRAME"),
+        help="show the tags one frame (escapes allowed, e.g. 'ST,GS,+0012.34 kg') yields",
+    )
     sub.add_parser("schema", help="print the JSON Schema of the config file")
     run = sub.add_parser("run", help="run the agent until SIGTERM or SIGINT")
     run.add_argument("-c", "--config", required=True, metavar="FILE")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="text", choices=["text", "json"])
+    sniff = sub.add_parser(
+        "sniff", help="print what a serial port receives, with escapes and timing"
+    )
+    sniff.add_argument("port", metavar="PORT")
+    sniff.add_argument("--baudrate", type=int, default=9600)
+    sniff.add_argument("--parity", default="N", choices=["N", "E", "O", "M", "S"])
+    sniff.add_argument("--bytesize", type=int, default=8, choices=[5, 6, 7, 8])
+    sniff.add_argument("--stopbits", type=float, default=1, choices=[1, 1.5, 2])
+    sniff.add_argument(
+        "--terminator", help=r"show whole frames ending so, e.g. '\r\n'; default: every read"
+    )
+    sniff.add_argument("--count", type=int, help="stop after this many frames")
+    sniff.add_argument("--duration", type=float, help="stop after this many seconds")
     return parser
 
 
@@ -60,6 +80,60 @@ def _load(file: str, drivers: Mapping[str, type[Driver]], *, resolve_secrets: bo
         return EXIT_RUNTIME
 
 
+def _try_sample(
+    config: Config, drivers: Mapping[str, type[Driver]], device_name: str, frame: str
+) -> int:
+    """Print what ``frame`` yields for each tag of the device; 0 when at least one tag is good.
+
+    The parsing is the driver's own (``try_sample``), reached through the registry, so what this
+    shows is exactly what the running agent would read."""
+    device = next((d for d in config.devices if d.name == device_name), None)
+    if device is None:
+        names = ", ".join(d.name for d in config.devices)
+        print(f"edge-agent: no device {device_name!r} (devices: {names})", file=sys.stderr)
+        return EXIT_CONFIG
+    try_sample = getattr(drivers[device.driver](device), "try_sample", None)
+    if try_sample is None:
+        print(f"edge-agent: driver {device.driver!r} cannot parse samples", file=sys.stderr)
+        return EXIT_CONFIG
+    readings: list[Reading] = try_sample(frame)
+    for r in readings:
+        shown = repr(r.value) if r.quality is Quality.GOOD else f"{r.quality.value}: {r.reason}"
+        print(f"  {r.tag} = {shown}")
+    return EXIT_OK if any(r.quality is Quality.GOOD for r in readings) else EXIT_RUNTIME
+
+
+def _sniff(args: argparse.Namespace, drivers: Mapping[str, type[Driver]]) -> int:
+    """Run the serial driver's sniffer until --count, --duration or Ctrl-C."""
+    tool = getattr(drivers.get("serial"), "sniff", None)
+    if tool is None:
+        print("edge-agent: sniff needs the serial driver, which is not installed", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        asyncio.run(
+            tool(
+                args.port,
+                sys.stdout,
+                baudrate=args.baudrate,
+                parity=args.parity,
+                bytesize=args.bytesize,
+                stopbits=args.stopbits,
+                terminator=args.terminator,
+                count=args.count,
+                duration=args.duration,
+            )
+        )
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except DeviceError as exc:
+        print(f"edge-agent: {exc.reason}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except ValueError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting, for tests."""
     args = _parser().parse_args(argv)
@@ -76,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(config, int):
             return config
         print(f"{args.file}: ok ({len(config.devices)} devices, {config.tag_count()} tags)")
+        if args.sample is not None:
+            return _try_sample(config, drivers, *args.sample)
         return EXIT_OK
+    if args.command == "sniff":
+        return _sniff(args, drivers)
     config = _load(args.config, drivers, resolve_secrets=True)
     if isinstance(config, int):
         return config

@@ -79,7 +79,9 @@ async def _set_max_pages(buf: Buffer, pages: int | None) -> int:
 
 
 def _buffer_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith("agent.buffer") and text in r.getMessage()]
+    return [
+        r for r in caplog.records if r.name.startswith("agent.buffer") and text in r.getMessage()
+    ]
 
 
 # -- order and seq ---------------------------------------------------------------------------------

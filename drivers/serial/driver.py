@@ -1,0 +1,311 @@
+"""The serial-instrument driver: stream mode (the device talks) and poll mode (ask, then parse).
+
+Bytes arrive through :class:`SerialPort` whenever the device sends them, are cut into frames by
+the :class:`FrameSplitter` and read with the device's patterns. In stream mode ``poll()`` only
+collects what the frames of the last interval said, so the cadence is the agent's, whatever rate
+the device streams at. Every kind of frame trouble (checksum, no match, frame too long, timeout,
+noise) is counted in ``frame_errors`` and logged once per kind with a sample: a scale that sends a
+bad line ten times a second must not flood the log, but its first bad line is what an integrator
+needs to see to fix the pattern.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Any, TextIO
+
+from drivers.base import DeviceBase, DeviceError, Driver, Reading, Value
+from drivers.serial.checksums import ChecksumCheck
+from drivers.serial.config import SerialConnection, SerialDevice, SerialProfile
+from drivers.serial.escapes import decode_escapes, printable
+from drivers.serial.framing import Frame, FrameSplitter
+from drivers.serial.parse import Failed, FrameParser, frame_text
+from drivers.serial.port import SerialPort
+from drivers.serial.sniff import sniff
+
+log = logging.getLogger(__name__)
+
+#: Errors a tag carries as its bad-quality reason; "noise" between frames costs no tag its value.
+TAG_ERRORS = ("timeout", "no match", "checksum", "frame too long")
+
+
+class SerialDriver(Driver):
+    """One instrument on one serial port."""
+
+    name = "serial"
+    device_model = SerialDevice
+    profile_model = SerialProfile
+
+    def __init__(self, device: DeviceBase) -> None:
+        super().__init__(device)
+        if not isinstance(device, SerialDevice):
+            device = SerialDevice.model_validate(device.model_dump())
+        self.config: SerialDevice = device
+        self._check = (
+            ChecksumCheck(device.checksum.kind, device.checksum.format)
+            if device.checksum is not None
+            else None
+        )
+        self._parsers = [FrameParser(p, device.tags) for p in device.patterns]
+        fed = {name for parser in self._parsers for name in parser.tag_names}
+        self._tag_names = [t.name for t in device.tags]
+        # Tags merged in from a profile after validation may name a group no pattern has.
+        self._orphans = {name for name in self._tag_names if name not in fed}
+        self.frame_errors: collections.Counter[str] = collections.Counter()
+        self.frames_read = 0  # complete frames, good or bad, since the driver was made
+        self._logged: set[str] = set()
+        self._port: SerialPort | None = None
+        self._splitter = self._new_splitter()
+        self._last_byte = 0.0
+        # Stream mode: what the frames since the last poll said.
+        self._fresh: dict[str, Reading] = {}
+        self._last_frame: dict[str, Reading] | None = None
+        self._error: str | None = None
+        # Poll mode: the answer being waited for (a payload, or the kind of frame error).
+        self._answer: asyncio.Future[tuple[bytes | str, float]] | None = None
+
+    def _new_splitter(self) -> FrameSplitter:
+        framing = self.config.framing
+        return FrameSplitter(
+            start=framing.start,
+            end=framing.end_marker,
+            length=framing.length,
+            max_frame=self.config.max_frame,
+        )
+
+    @staticmethod
+    async def sniff(
+        port: str,
+        out: TextIO,
+        *,
+        baudrate: int = 9600,
+        parity: str = "N",
+        bytesize: int = 8,
+        stopbits: float = 1,
+        terminator: str | None = None,
+        count: int | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """``edge-agent sniff``, reached through the driver registry (the agent imports no
+        concrete driver). Raises ``ValueError`` for bad settings, ``DeviceError`` for the port."""
+        connection = SerialConnection.model_validate(
+            {
+                "port": port,
+                "baudrate": baudrate,
+                "parity": parity,
+                "bytesize": bytesize,
+                "stopbits": stopbits,
+            }
+        )
+        end = decode_escapes(terminator) if terminator else None
+        await sniff(connection, out, terminator=end, count=count, duration=duration)
+
+    def describe_plan(self) -> dict[str, Any]:
+        return {
+            "mode": self.config.mode,
+            "requests": len(self.config.requests),
+            "patterns": len(self._parsers),
+        }
+
+    # -- connection -------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.close()
+        self._splitter = self._new_splitter()
+        self._fresh, self._last_frame, self._error = {}, None, None
+        self._port = await SerialPort.open(self.config.connection, self._on_data, self._on_lost)
+        self._last_byte = time.monotonic()
+
+    async def close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            port.close()
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()
+
+    def _live_port(self) -> SerialPort:
+        port = self._port
+        if port is None:
+            raise DeviceError("port lost", "not connected")
+        if port.lost is not None:
+            raise DeviceError("port lost", f"{self.config.connection.port}: {port.lost}")
+        return port
+
+    def _on_lost(self, why: str) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(
+                DeviceError("port lost", f"{self.config.connection.port}: {why}")
+            )
+
+    # -- bytes in ---------------------------------------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        now = time.monotonic()
+        if now - self._last_byte > self.config.connection.timeout:
+            # After a silence an unfinished frame will never be completed (the device restarted,
+            # or a fixed-length stream lost a byte): start afresh.
+            stale = self._splitter.discard()
+            if stale is not None:
+                self._report("noise", stale.sample)
+        self._last_byte = now
+        for event in self._splitter.feed(data):
+            if isinstance(event, Frame):
+                self.frames_read += 1
+                self._on_frame(event.payload)
+            else:
+                self._report(event.kind, event.sample)
+                if event.kind in TAG_ERRORS:
+                    self._on_bad_frame(event.kind)
+
+    def _on_frame(self, payload: bytes) -> None:
+        ts = time.time()
+        if self.config.mode == "poll":
+            if self._answer is not None and not self._answer.done():
+                self._answer.set_result((payload, ts))
+            return  # an unsolicited line between requests answers nothing
+        readings = self._read_frame(payload, self._parsers[0], ts)
+        if isinstance(readings, str):
+            self._on_bad_frame(readings)
+            return
+        for reading in readings:
+            held = self._fresh.get(reading.tag)
+            if reading.reason is None or held is None or held.reason is not None:
+                self._fresh[reading.tag] = reading
+        self._last_frame = {r.tag: r for r in readings}
+
+    def _on_bad_frame(self, kind: str) -> None:
+        if self.config.mode == "poll":
+            if self._answer is not None and not self._answer.done():
+                self._answer.set_result((kind, time.time()))
+            return
+        self._error = kind
+        ts = time.time()
+        self._last_frame = {name: Reading.bad(name, ts, kind) for name in self._tag_names}
+
+    def _read_frame(self, payload: bytes, parser: FrameParser, ts: float) -> list[Reading] | str:
+        """The parser's tags from one frame, or what is wrong with the frame (reported)."""
+        result = self._decode(payload, parser, ts)
+        if isinstance(result, str):
+            self._report(result, payload)
+        return result
+
+    def _decode(self, payload: bytes, parser: FrameParser, ts: float) -> list[Reading] | str:
+        text = frame_text(payload, self._check)
+        if text is None:
+            return "checksum"
+        values = parser.parse(text)
+        if values is None:
+            return "no match"
+        return [_reading(name, value, ts) for name, value in values.items()]
+
+    def try_sample(self, sample: str) -> list[Reading]:
+        """What one frame would yield, without a port: ``edge-agent validate --sample``.
+
+        ``sample`` is a frame as ``sniff`` prints it (escapes allowed), with or without its
+        markers, so an integrator can paste either the raw frame or just its text.
+        """
+        data = decode_escapes(sample)
+        framing = self.config.framing
+        end = framing.end_marker
+        if framing.start is not None and not data.startswith(framing.start):
+            data = framing.start + data
+        if end is not None and not data.endswith(end):
+            data += end
+        frames = [e.payload for e in self._new_splitter().feed(data) if isinstance(e, Frame)]
+        payload = frames[0] if frames else data
+        now = time.time()
+        found: dict[str, Reading] = {}
+        why = "no match"
+        for parser in self._parsers:
+            result = self._decode(payload, parser, now)
+            if isinstance(result, str):
+                why = result
+                continue
+            for reading in result:
+                found.setdefault(reading.tag, reading)
+        return [found.get(name) or Reading.bad(name, now, why) for name in self._tag_names]
+
+    def _report(self, kind: str, sample: bytes) -> None:
+        self.frame_errors[kind] += 1
+        if kind in self._logged:
+            return
+        self._logged.add(kind)
+        shown = printable(sample)
+        log.warning(
+            "serial %s: %s (first of its kind; further ones are counted, not logged)",
+            kind,
+            shown,
+            extra={"device": self.config.name, "kind": kind, "sample": shown},
+        )
+
+    # -- poll -------------------------------------------------------------------------------------
+
+    async def poll(self) -> list[Reading]:
+        port = self._live_port()
+        port.read_pending()  # what already arrived belongs to this interval; a loss shows now
+        port = self._live_port()
+        if self.config.mode == "poll":
+            found = await self._ask_all(port)
+        else:
+            found = self._take_stream()
+        now = time.time()
+        readings = []
+        for name in self._tag_names:
+            reading = found.get(name)
+            if reading is None:
+                why = "no such group" if name in self._orphans else (self._error or "timeout")
+                reading = Reading.bad(name, now, why)
+            readings.append(reading)
+        self._error = None
+        return readings
+
+    def _take_stream(self) -> dict[str, Reading]:
+        found = (self._last_frame or {}) if self.config.every_frame else self._fresh
+        self._fresh, self._last_frame = {}, None
+        return found
+
+    async def _ask_all(self, port: SerialPort) -> dict[str, Reading]:
+        found: dict[str, Reading] = {}
+        answered = 0
+        for request, parser in zip(self.config.requests, self._parsers, strict=True):
+            timeout = request.timeout or self.config.connection.timeout
+            reason, readings = await self._ask(port, request.send, parser, timeout)
+            if reason != "timeout":
+                answered += 1
+            for reading in readings:
+                found[reading.tag] = reading
+        if answered == 0:
+            raise DeviceError("timeout", "no answer to any request within its timeout")
+        return found
+
+    async def _ask(
+        self, port: SerialPort, send: bytes, parser: FrameParser, timeout: float
+    ) -> tuple[str | None, list[Reading]]:
+        """Send one request and read its answer: the next complete frame."""
+        port.drain_input()
+        self._splitter.discard()
+        self._answer = asyncio.get_running_loop().create_future()
+        try:
+            await port.write(send)
+            answer, ts = await asyncio.wait_for(self._answer, timeout)
+        except TimeoutError:
+            self._report("timeout", send)
+            now = time.time()
+            return "timeout", [Reading.bad(name, now, "timeout") for name in parser.tag_names]
+        finally:
+            self._answer = None
+        if isinstance(answer, bytes):
+            readings = self._read_frame(answer, parser, ts)
+            if not isinstance(readings, str):
+                return None, readings
+            answer = readings
+        return answer, [Reading.bad(name, ts, answer) for name in parser.tag_names]
+
+
+def _reading(name: str, value: Value | Failed, ts: float) -> Reading:
+    if isinstance(value, Failed):
+        return Reading.bad(name, ts, value.reason)
+    return Reading(tag=name, value=value, ts=ts)
