@@ -5,7 +5,13 @@ The names are the public contract (INTERFACES.md); extensions are additive.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from drivers.base import Driver
 
 _POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -86,3 +92,26 @@ class Metrics:
             "Broker connection attempts that failed or connections that were lost",
             registry=r,
         )
+
+
+class DriverErrors(Collector):
+    """``edge_agent_driver_errors_total{device, kind}``: the errors each driver counts itself
+    (a serial frame's checksum, a request's timeout...), read from the drivers at scrape time.
+
+    Read at scrape time rather than mirrored into a Counter so drivers need not know about
+    Prometheus (``drivers/`` imports only ``drivers.base``) and no count is copied twice.
+    """
+
+    def __init__(self, drivers: Mapping[str, Driver]) -> None:
+        self._drivers = dict(drivers)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "edge_agent_driver_errors",
+            "Errors counted by the device's driver, by kind (checksum, timeout, no match...)",
+            labels=["device", "kind"],
+        )
+        for device, driver in self._drivers.items():
+            for kind, count in sorted(driver.error_counts().items()):
+                family.add_metric([device, kind], count)
+        yield family

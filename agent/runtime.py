@@ -20,11 +20,12 @@ from agent.buffer import Buffer, BufferError
 from agent.commands import CommandHandler
 from agent.drivers import load_drivers
 from agent.formats import JsonFormat
-from agent.metrics import Metrics
+from agent.lines import LinePoller
+from agent.metrics import DriverErrors, Metrics
 from agent.pipeline import Pipeline
 from agent.publisher import Publisher
-from agent.scheduler import DevicePoller
-from drivers.base import Driver
+from agent.scheduler import DevicePoller, PolledDevice
+from drivers.base import DeviceBase, Driver
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,24 @@ class Agent:
             self.metrics,
             CommandHandler({d.name: d for d in devices}),
         )
-        self.pollers = [
-            DevicePoller(
-                d, self._drivers[d.driver](d), self.pipeline.submit, self.publisher, self.metrics
+        self.pollers: list[DevicePoller] = []
+        self.lines: list[LinePoller] = []
+        shared: dict[str, list[tuple[DeviceBase, Driver]]] = {}
+        for d in devices:
+            driver = self._drivers[d.driver](d)
+            key = driver.line_key()
+            if key is None:
+                self.pollers.append(
+                    DevicePoller(d, driver, self.pipeline.submit, self.publisher, self.metrics)
+                )
+            else:
+                shared.setdefault(key, []).append((d, driver))
+        for on_line in shared.values():
+            line = on_line[0][1].make_line()
+            self.lines.append(
+                LinePoller(line, on_line, self.pipeline.submit, self.publisher, self.metrics)
             )
-            for d in devices
-        ]
+        self.metrics.registry.register(DriverErrors({p.device.name: p.driver for p in self.polled}))
         self._tasks: list[asyncio.Task[None]] = []
         self._publisher_task: asyncio.Task[None] | None = None
         self._http: Any = None
@@ -77,10 +90,20 @@ class Agent:
             self._http = server
             log.info("metrics served", extra={"listen": f"{listen.host}:{server.server_port}"})
         self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
-        for p in self.pollers:
+        for p in self.polled:
             plan = p.driver.describe_plan()
             log.info("device configured", extra={"device": p.device.name, **plan})
-            self._tasks.append(asyncio.create_task(p.run(), name=f"poll:{p.device.name}"))
+        for poller in self.pollers:
+            name = f"poll:{poller.device.name}"
+            self._tasks.append(asyncio.create_task(poller.run(), name=name))
+        for on_line in self.lines:
+            name = f"line:{on_line.line.key}"
+            self._tasks.append(asyncio.create_task(on_line.run(), name=name))
+
+    @property
+    def polled(self) -> list[PolledDevice]:
+        """Every device, whether it has a task of its own or shares a line's."""
+        return [*self.pollers, *(d for on_line in self.lines for d in on_line.devices)]
 
     @property
     def metrics_port(self) -> int | None:
@@ -127,7 +150,7 @@ async def _main(config: Any) -> int:
         return 1
     log.info(
         "agent running",
-        extra={"agent": config.agent.id, "devices": len(agent.pollers)},
+        extra={"agent": config.agent.id, "devices": len(agent.polled)},
     )
     await stop.wait()
     log.info("stopping")

@@ -6,6 +6,10 @@ else's schedule (ARCHITECTURE rule 5). Why a fixed cadence computed from the sta
 ``start + k * interval`` do not. A poll that runs past its next tick is an overrun: it is counted,
 the missed ticks are skipped (never run back to back to "catch up"), and it is logged once per
 episode, not once per cycle.
+
+Devices that share a line (a serial bus) are polled by ``agent.lines.LinePoller`` instead; both
+pollers drive a :class:`PolledDevice`, which holds what one device's polling needs whoever
+schedules it: state changes, metrics, cadence and the batches it emits.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 from tenacity import (
@@ -38,14 +42,60 @@ class StatusSink(Protocol):
     def device_status(self, device: str, state: str, reason: str | None, ts: float) -> None: ...
 
 
-class DevicePoller:
-    """Connects one device (with backoff), polls it every ``poll_interval``, hands batches on.
+class Cadence:
+    """Ticks at ``start + k * interval``: drift-free; missed ticks are skipped, not caught up."""
 
-    While the device is unreachable each failed connect attempt yields one batch in which every
-    tag is bad with the reason, so a failing device is visible in the data, not silent; attempts
-    are spaced by exponential backoff (with jitter, so a gateway restart does not make every
-    device reconnect in the same millisecond).
-    """
+    def __init__(self, interval: float, start: float) -> None:
+        self.interval = interval
+        self.start = start
+        self.tick = 0
+
+    @property
+    def due(self) -> float:
+        return self.start + self.tick * self.interval
+
+    def resume(self, now: float) -> None:
+        """Back after an outage: the tick ``now`` is in (past ticks were not missed, the device
+        was down), so the next ``advance`` lands on the first tick after ``now``."""
+        self.tick = max(self.tick, math.floor((now - self.start) / self.interval))
+
+    def advance(self, now: float) -> tuple[int, float]:
+        """Step past the tick just polled; when ``now`` is already beyond the next one, skip the
+        missed ticks and return how many and how long the cycle took (else ``(0, 0.0)``)."""
+        self.tick += 1
+        due = self.due
+        if now <= due:
+            return 0, 0.0
+        skipped = math.floor((now - self.start) / self.interval) - self.tick + 1
+        self.tick += skipped
+        return skipped, now - (due - self.interval)
+
+
+def frames(readings: list[Reading]) -> Iterator[list[Reading]]:
+    """The batches one poll's readings make: all in one when no tag repeats (the common case,
+    whatever the readings' times), else one per event in time order, each with at most one
+    reading per tag, because a payload carries one value per tag (INTERFACES.md)."""
+    names = [r.tag for r in readings]
+    if len(set(names)) == len(names):
+        if readings:
+            yield readings
+        return
+    batch: list[Reading] = []
+    tags: set[str] = set()
+    for reading in sorted(readings, key=lambda r: r.ts):
+        if reading.tag in tags:
+            yield batch
+            batch, tags = [], set()
+        batch.append(reading)
+        tags.add(reading.tag)
+    yield batch
+
+
+class PolledDevice:
+    """One device's side of polling: its state (published once per change), its metrics, its
+    cadence, and the batches it hands on. While it is unreachable every failed attempt yields one
+    batch in which every tag is bad with the reason, so a failing device is visible in the data,
+    not silent."""
 
     def __init__(
         self,
@@ -54,19 +104,13 @@ class DevicePoller:
         sink: BatchSink,
         status: StatusSink,
         metrics: Metrics,
-        *,
-        backoff_initial: float = 1.0,
-        backoff_max: float = 60.0,
     ) -> None:
         self.device = device
         self.driver = driver
         self._sink = sink
         self._status = status
-        self._metrics = metrics
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
         self._state: str | None = None  # "up" / "down"; None until the first outcome
-        self._connected = False
+        self.connected = False
         self._overrunning = False
         self._tag_names = [t.name for t in device.tags]
         self.cycles = 0  # completed poll cycles; tests await progress through it
@@ -81,7 +125,7 @@ class DevicePoller:
 
     # -- state ------------------------------------------------------------------------------------
 
-    def _set_state(self, state: str, reason: str | None) -> None:
+    def set_state(self, state: str, reason: str | None) -> None:
         """Log and publish a state change once, not once per cycle."""
         self._m_up.set(1 if state == "up" else 0)
         if state == self._state:
@@ -98,38 +142,16 @@ class DevicePoller:
     def state(self) -> str | None:
         return self._state
 
-    # -- the loop ---------------------------------------------------------------------------------
+    # -- cadence ----------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Poll until cancelled. Never raises for device trouble; cancellation closes the driver."""
-        try:
-            await self._loop()
-        finally:
-            await self.driver.close()
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.device.poll_interval
-        start = loop.time()
-        tick = 0
-        while True:
-            if not self._connected:
-                await self._connect()
-                # Resume on the cadence: the next tick that is not in the past.
-                tick = max(tick, math.ceil((loop.time() - start) / interval))
-                await asyncio.sleep(max(0.0, start + tick * interval - loop.time()))
-            await self._poll_once(loop)
-            tick += 1
-            now = loop.time()
-            due = start + tick * interval
-            if now > due:
-                skipped = math.floor((now - start) / interval) - tick + 1
-                tick += skipped
-                self._overrun(skipped, now - (due - interval))
-            elif self._overrunning:
-                self._overrunning = False
-                log.info("poll back on schedule", extra={"device": self.device.name})
-            await asyncio.sleep(max(0.0, start + tick * interval - loop.time()))
+    def polled(self, cadence: Cadence, now: float) -> None:
+        """Move ``cadence`` past the tick just polled, counting an overrun when it ran late."""
+        skipped, took = cadence.advance(now)
+        if skipped:
+            self._overrun(skipped, took)
+        elif self._overrunning:
+            self._overrunning = False
+            log.info("poll back on schedule", extra={"device": self.device.name})
 
     def _overrun(self, skipped: int, took: float) -> None:
         self._m_overruns.inc()
@@ -145,19 +167,96 @@ class DevicePoller:
                 },
             )
 
-    async def _poll_once(self, loop: asyncio.AbstractEventLoop) -> None:
+    # -- one cycle --------------------------------------------------------------------------------
+
+    async def poll_once(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Poll and emit; False when the device was lost (it is then closed and marked down)."""
         t0 = loop.time()
         try:
             readings = await self.driver.poll()
         except DeviceError as exc:
-            self._connected = False
-            await self.driver.close()
-            readings = self._all_bad(exc.reason)
-            self._set_state("down", exc.reason)
-        else:
-            self._set_state("up", None)
+            await self.lost(exc.reason)
+            self._m_duration.observe(loop.time() - t0)
+            return False
+        self.set_state("up", None)
         self._m_duration.observe(loop.time() - t0)
-        await self._emit(readings)
+        await self.emit(readings)
+        return True
+
+    async def lost(self, reason: str) -> None:
+        """A failed connect or a lost device: closed, down, and one all-bad batch."""
+        self.connected = False
+        await self.driver.close()
+        self.set_state("down", reason)
+        now = time.time()
+        await self.emit([Reading.bad(tag, now, reason) for tag in self._tag_names])
+
+    async def emit(self, readings: list[Reading]) -> None:
+        """Hand the poll's batches on; none when the poll returned nothing (no event happened)."""
+        for part in frames(readings):
+            await self._commit(part)
+        self.cycles += 1
+        self.last_poll = time.time()
+
+    async def _commit(self, readings: list[Reading]) -> None:
+        ts = max(r.ts for r in readings)
+        batch = Batch(device=self.device.name, ts=ts, readings=readings)
+        if any(r.quality is not Quality.GOOD for r in readings):
+            self._m_errors.inc()
+        try:
+            await self._sink(batch)
+        except Exception:
+            # The buffer refused the batch (disk full, I/O error): it logs why; this device's
+            # schedule goes on, and the next cycle tries again.
+            log.debug("batch not committed", extra={"device": self.device.name}, exc_info=True)
+        else:
+            self._m_reads.inc()
+
+
+class DevicePoller(PolledDevice):
+    """Connects one device that owns its connection (with backoff), polls it every
+    ``poll_interval`` from a task of its own, hands batches on.
+
+    Connect attempts are spaced by exponential backoff (with jitter, so a gateway restart does not
+    make every device reconnect in the same millisecond).
+    """
+
+    def __init__(
+        self,
+        device: DeviceBase,
+        driver: Driver,
+        sink: BatchSink,
+        status: StatusSink,
+        metrics: Metrics,
+        *,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+    ) -> None:
+        super().__init__(device, driver, sink, status, metrics)
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+
+    async def run(self) -> None:
+        """Poll until cancelled. Never raises for device trouble; cancellation closes the driver."""
+        try:
+            await self._loop()
+        finally:
+            await self.driver.close()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        cadence = Cadence(self.device.poll_interval, loop.time())
+        while True:
+            if not self.connected:
+                await self._connect()
+                # Resume on the cadence: the next tick that is not in the past.
+                cadence.tick = max(
+                    cadence.tick, math.ceil((loop.time() - cadence.start) / cadence.interval)
+                )
+                await asyncio.sleep(max(0.0, cadence.due - loop.time()))
+            await self.poll_once(loop)
+            self.polled(cadence, loop.time())
+            await asyncio.sleep(max(0.0, cadence.due - loop.time()))
 
     async def _connect(self) -> None:
         retrying = AsyncRetrying(
@@ -171,31 +270,8 @@ class DevicePoller:
             reraise=True,
         )
         await retrying(self.driver.connect)
-        self._connected = True
+        self.connected = True
 
     async def _connect_failed(self, retry_state: RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        reason = exc.reason if isinstance(exc, DeviceError) else "connect failed"
-        self._set_state("down", reason)
-        await self.driver.close()
-        await self._emit(self._all_bad(reason))
-
-    def _all_bad(self, reason: str) -> list[Reading]:
-        now = time.time()
-        return [Reading.bad(tag, now, reason) for tag in self._tag_names]
-
-    async def _emit(self, readings: list[Reading]) -> None:
-        ts = max((r.ts for r in readings), default=time.time())
-        batch = Batch(device=self.device.name, ts=ts, readings=readings)
-        if any(r.quality is not Quality.GOOD for r in readings):
-            self._m_errors.inc()
-        try:
-            await self._sink(batch)
-        except Exception:
-            # The buffer refused the batch (disk full, I/O error): it logs why; this device's
-            # schedule goes on, and the next cycle tries again.
-            log.debug("batch not committed", extra={"device": self.device.name}, exc_info=True)
-        else:
-            self._m_reads.inc()
-        self.cycles += 1
-        self.last_poll = time.time()
+        await self.lost(exc.reason if isinstance(exc, DeviceError) else "connect failed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
@@ -207,6 +207,46 @@ class DeviceError(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class LineSettings:
+    """What one device entry says about the line it shares, for the config check across devices.
+
+    Read from the raw YAML entry (before pydantic) so that a mismatch is reported with the file
+    position of the second device's differing key, in the same run as every other config error.
+    """
+
+    #: Devices whose entries give the same key share one line (a serial port's path).
+    key: str
+    #: Dotted key path in the device entry (``connection.baudrate``) to the value, defaults
+    #: filled in: every device on the line must give the same values.
+    agree: Mapping[str, object] = field(default_factory=dict)
+    #: Dotted key path of the setting that keeps this device from sharing its line at all (a
+    #: serial instrument in stream mode talks by itself), or None when it can share.
+    alone: str | None = None
+
+
+class Line(abc.ABC):
+    """One medium several devices take turns on: a serial port (RS-232/485 multidrop), later an
+    RTU-over-TCP endpoint.
+
+    The agent makes one line per ``Driver.line_key()`` (from the first device's driver), hands the
+    same object to every driver on that key and polls those devices from one task, one request at
+    a time, so a line never needs a lock. The agent closes it when it stops; drivers only open it.
+    """
+
+    #: What identifies the medium (a port path); equal to the drivers' ``line_key()``.
+    key: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open the medium unless it is open and healthy (so every driver may call it in
+        ``connect()``); raise ``DeviceError`` when it cannot be opened."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the medium. Must not raise."""
+
+
 class Driver(abc.ABC):
     """One device's connection and poll logic.
 
@@ -214,6 +254,9 @@ class Driver(abc.ABC):
     while it raises ``DeviceError``), then ``poll()`` once per cycle, then ``close()``. ``poll()``
     returns a reading for every tag: a tag that failed is a bad reading with a reason. It raises
     ``DeviceError`` only when the device as a whole is lost, after which the agent reconnects.
+    Event-like devices may return several readings of one tag (one per event, each with its own
+    ``ts``): the agent publishes them as consecutive batches. An empty list means nothing
+    happened in the interval and publishes nothing.
     The planning a driver needs (which requests to send) is done once, in ``__init__``.
     """
 
@@ -242,3 +285,36 @@ class Driver(abc.ABC):
     def describe_plan(self) -> dict[str, Any]:
         """Facts about the planned requests, for logs and benchmarks (e.g. requests per cycle)."""
         return {}
+
+    def error_counts(self) -> Mapping[str, int]:
+        """Errors the driver counts by kind since it was made ("checksum", "timeout"...), which
+        the agent exports as ``edge_agent_driver_errors_total{device, kind}``.
+
+        Read from the metrics server's thread at scrape time: return a copy, made without
+        running Python code over a dict the event loop may be changing (``dict(counter)``).
+        """
+        return {}
+
+    # -- shared lines (a bus several devices are polled through, one request at a time) ---------
+
+    @classmethod
+    def line_settings(cls, entry: Mapping[str, Any]) -> LineSettings | None:
+        """For ``validate``: the line a raw device entry names and what must agree on it; None
+        when the device owns its connection. Must not raise on malformed entries (pydantic
+        reports those): return None instead."""
+        return None
+
+    def line_key(self) -> str | None:
+        """The line this device shares with others (polled serially, from one task), or None
+        when it owns its connection and gets a task of its own."""
+        return None
+
+    def make_line(self) -> Line:
+        """A new, unopened line for ``line_key()``; asked of one driver per key."""
+        raise TypeError(f"driver {self.name!r} does not share lines")
+
+    def use_line(self, line: Line) -> None:
+        """Poll through ``line``, shared with the other devices on the key. The driver opens it
+        in ``connect()`` when needed and must not close it in ``close()``: the others still use
+        it."""
+        raise TypeError(f"driver {self.name!r} does not share lines")

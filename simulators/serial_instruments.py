@@ -10,6 +10,8 @@ a stable name.
   phase (``US``, the weight settling) and a stable one (``ST``, constant weight).
 - :class:`OvenSimulator` answers ``PV?``/``SV?`` with ``PV=182.5``/``SV=180.0`` and takes
   ``SV=200`` as a new set point; the process value follows the set point with a first-order lag.
+- :class:`OvenBus` is an RS-485 line with several addressed ovens on it (``address="01"``: they
+  answer ``01PV?`` with ``01PV=182.5`` and ignore requests for other addresses).
 - :class:`NoisySimulator` streams ``STX C=000123 <xor hex> ETX`` counter frames and, at configured
   rates, garbage between frames, frames split across writes and bad checksums.
 
@@ -17,7 +19,7 @@ With ``rate=None`` (or ``tau=None``) nothing changes by itself, so tests can sen
 
 Command line (prints the slave path, runs until Ctrl-C)::
 
-    python -m simulators.serial_instruments scale|oven|noisy [--link PATH] [--seed N]
+    python -m simulators.serial_instruments scale|oven|bus|noisy [--link PATH] [--seed N]
 """
 
 from __future__ import annotations
@@ -214,7 +216,10 @@ class OvenSimulator(PtyInstrument):
     """An oven controller: ``PV?\\r`` → ``PV=182.5\\r``, ``SV?\\r`` → ``SV=180.0\\r``,
     ``SV=200\\r`` sets the set point (answer ``OK\\r``, ``ERR\\r`` for a bad number); other
     requests go unanswered. The process value approaches the set point
-    with time constant ``tau`` seconds (None: it stays where tests put it)."""
+    with time constant ``tau`` seconds (None: it stays where tests put it).
+
+    With an ``address`` (``"01"``) it is one of several on a multidrop line: requests start with
+    the address, answers too, and requests for other addresses are not its business."""
 
     def __init__(
         self,
@@ -223,9 +228,11 @@ class OvenSimulator(PtyInstrument):
         sv: float = 180.0,
         tau: float | None = 30.0,
         silent: bool = False,
+        address: str = "",
         link: Path | None = None,
     ) -> None:
         super().__init__(link=link)
+        self.address = address
         self._pv = pv
         self.sv = sv
         self.tau = tau
@@ -252,10 +259,19 @@ class OvenSimulator(PtyInstrument):
         while b"\r" in self._pending:
             request, _, rest = bytes(self._pending).partition(b"\r")
             self._pending = bytearray(rest)
-            self.requests += 1
-            answer = self.answer(request.decode("latin-1").strip())
-            if answer is not None and not self.silent:
+            answer = self.reply(request.decode("latin-1").strip())
+            if answer is not None:
                 self.send_frame(answer.encode() + b"\r")
+
+    def reply(self, request: str) -> str | None:
+        """The answer to one request line, if this oven gives one (addressed, switched on)."""
+        if not request.startswith(self.address):
+            return None
+        self.requests += 1
+        answer = self.answer(request[len(self.address) :])
+        if answer is None or self.silent:
+            return None
+        return self.address + answer
 
     def answer(self, request: str) -> str | None:
         if request == "PV?":
@@ -271,6 +287,34 @@ class OvenSimulator(PtyInstrument):
             self.sv = sv
             return "OK"
         return None  # like many controllers, it ignores what it does not know
+
+
+class OvenBus(PtyInstrument):
+    """Addressed ovens sharing one line: every request reaches all of them, the one addressed
+    answers. ``log`` records (monotonic time, request) for every request line, so tests can read
+    each device's cadence off the line itself."""
+
+    def __init__(self, ovens: list[OvenSimulator], *, link: Path | None = None) -> None:
+        super().__init__(link=link)
+        self.ovens = ovens
+        self.log: list[tuple[float, str]] = []
+        self._pending = bytearray()
+
+    def on_request_bytes(self, data: bytes) -> None:
+        self._pending += data
+        while b"\r" in self._pending:
+            line, _, rest = bytes(self._pending).partition(b"\r")
+            self._pending = bytearray(rest)
+            request = line.decode("latin-1").strip()
+            self.log.append((time.monotonic(), request))
+            for oven in self.ovens:
+                answer = oven.reply(request)
+                if answer is not None:
+                    self.send_frame(answer.encode() + b"\r")
+
+    def requests_to(self, address: str) -> list[float]:
+        """When each request for ``address`` reached the line."""
+        return [t for t, request in self.log if request.startswith(address)]
 
 
 class NoisySimulator(PtyInstrument):
@@ -350,6 +394,8 @@ async def _serve(args: argparse.Namespace) -> None:
         sim = ScaleSimulator(seed=args.seed, link=link)
     elif args.kind == "oven":
         sim = OvenSimulator(link=link)
+    elif args.kind == "bus":
+        sim = OvenBus([OvenSimulator(address=f"{n:02d}") for n in (1, 2, 3)], link=link)
     else:
         sim = NoisySimulator(seed=args.seed, link=link)
     stop = asyncio.Event()
@@ -365,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m simulators.serial_instruments", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("kind", choices=["scale", "oven", "noisy"])
+    parser.add_argument("kind", choices=["scale", "oven", "bus", "noisy"])
     parser.add_argument("--link", help="keep this symlink pointing at the pty")
     parser.add_argument("--seed", type=int, default=None)
     asyncio.run(_serve(parser.parse_args(argv)))

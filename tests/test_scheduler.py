@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from agent.metrics import Metrics
-from agent.scheduler import DevicePoller
+from agent.scheduler import DevicePoller, frames
 from drivers.base import Batch, DeviceBase, DeviceError, Driver, Quality, Reading, TagBase
 
 
@@ -161,3 +161,56 @@ async def test_a_hanging_device_leaves_others_on_cadence() -> None:
     starts = good_drv.poll_starts
     offsets = [s - starts[0] - i * 0.05 for i, s in enumerate(starts)]
     assert max(abs(o) for o in offsets) < 0.03
+
+
+def test_readings_of_distinct_tags_stay_one_batch_whatever_their_times() -> None:
+    readings = [Reading("a", 1, 10.0), Reading("b", 2, 9.0)]
+    assert list(frames(readings)) == [readings]
+    assert list(frames([])) == []
+
+
+def test_repeated_tags_become_one_batch_per_event_in_time_order() -> None:
+    readings = [
+        Reading("a", 2, 2.0),
+        Reading("b", 20, 2.0),
+        Reading("a", 1, 1.0),
+        Reading("b", 10, 1.0),
+        Reading("a", 3, 3.0),
+    ]
+    assert [[(r.tag, r.value) for r in f] for f in frames(readings)] == [
+        [("a", 1), ("b", 10)],
+        [("a", 2), ("b", 20)],
+        [("a", 3)],
+    ]
+
+
+class EventDriver(FakeDriver):
+    """Returns the events queued since the last poll: several per tag, or none."""
+
+    def __init__(self, device: DeviceBase) -> None:
+        super().__init__(device)
+        self.events: list[Reading] = []
+
+    async def poll(self) -> list[Reading]:
+        events, self.events = self.events, []
+        return events
+
+
+async def test_a_poll_with_several_events_emits_a_batch_each_and_none_when_quiet() -> None:
+    m, sink, status = Metrics(), Sink(), Status()
+    dev = _device("counter", 0.02)
+    drv = EventDriver(dev)
+    poller = _poller(dev, drv, sink, status, m)
+    task = asyncio.create_task(poller.run())
+    async with asyncio.timeout(2.0):
+        while poller.cycles < 3:  # noqa: ASYNC110 - quiet cycles emit nothing to wait on
+            await asyncio.sleep(0.01)
+    assert sink.batches == []  # quiet intervals publish nothing
+    now = time.time()
+    drv.events = [Reading("a", n, now + n / 1000) for n in range(5)]
+    await sink.until(lambda: len(sink.batches) == 5)
+    task.cancel()
+    assert [b.readings[0].value for b in sink.batches] == [0, 1, 2, 3, 4]
+    assert [b.ts for b in sink.batches] == sorted({b.ts for b in sink.batches})
+    assert m.registry.get_sample_value("edge_agent_reads_total", {"device": "counter"}) == 5
+    assert status.changes == [("counter", "up", None)]

@@ -37,7 +37,10 @@ def test_validate_sample_shows_what_a_frame_yields(
 
 def test_validate_sample_names_an_unknown_device(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", SAMPLE, "--sample", "scale-9", "x"]) == 2
-    assert "no device 'scale-9' (devices: scale-1, oven-ctl, counter-1)" in capsys.readouterr().err
+    assert (
+        "no device 'scale-9' (devices: scale-1, oven-ctl, counter-1, oven-2, oven-3)"
+        in capsys.readouterr().err
+    )
 
 
 def test_sniff_on_a_missing_port_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:

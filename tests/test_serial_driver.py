@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from agent.buffer import Buffer
 from agent.config import load_config
 from agent.drivers import load_drivers
-from agent.metrics import Metrics
+from agent.metrics import DriverErrors, Metrics
+from agent.pipeline import Pipeline
 from agent.scheduler import DevicePoller
 from drivers.base import Batch, DeviceError, Quality, Reading
 from drivers.serial.config import SerialDevice
@@ -140,11 +142,70 @@ async def test_a_good_frame_in_the_interval_outweighs_a_later_bad_one(
     assert values(await driver.poll()) == {"weight": 7.5, "stable": True}
 
 
-async def test_every_frame_reports_the_last_frame(scale: ScaleSimulator, driver_for: Any) -> None:
+async def test_every_frame_returns_every_frame_since_the_last_poll(
+    scale: ScaleSimulator, driver_for: Any
+) -> None:
     driver = await driver_for(scale.path, every_frame=True)
     scale.write(scale.line(7.5, True) + b"garbage\r\n")
     await until(lambda: driver.frames_read == 2)
-    assert values(await driver.poll()) == {"weight": "bad: no match", "stable": "bad: no match"}
+    readings = await driver.poll()
+    assert [(r.tag, values([r])[r.tag]) for r in readings] == [
+        ("weight", 7.5),
+        ("stable", True),
+        ("weight", "bad: no match"),
+        ("stable", "bad: no match"),
+    ]
+    assert readings[0].ts == readings[1].ts < readings[2].ts == readings[3].ts
+    assert await driver.poll() == []  # no event in the interval: nothing, not a timeout
+
+
+async def test_every_frame_keeps_at_most_max_frames(
+    noisy: NoisySimulator, driver_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("drivers.serial.driver.MAX_FRAMES", 3)
+    driver = await driver_for(noisy.path, **COUNTER, every_frame=True)
+    noisy.write(b"".join(noisy.frame(n) for n in range(1, 6)))
+    await until(lambda: driver.frames_read == 5)
+    assert [r.value for r in await driver.poll()] == [3, 4, 5]  # the newest kept
+    assert driver.error_counts() == {"overflow": 2}
+
+
+async def test_every_frame_through_the_scheduler_gives_a_batch_per_frame(
+    noisy: NoisySimulator, tmp_path: Path
+) -> None:
+    buffer = Buffer(tmp_path / "data", 10_000_000, Metrics())
+    await buffer.open()
+    pipeline = Pipeline(buffer)
+    batches: list[Batch] = []
+    committed = asyncio.Event()
+
+    async def sink(batch: Batch) -> None:
+        await pipeline.submit(batch)
+        batches.append(batch)
+        committed.set()
+
+    dev = device(noisy.path, name="counter-1", poll_interval=0.2, every_frame=True, **COUNTER)
+    poller = DevicePoller(dev, SerialDriver(dev), sink, _Status(), Metrics())
+    task = asyncio.create_task(poller.run())
+    try:
+        await until(lambda: poller.cycles >= 1)  # connected and polling
+        events = 25
+        for n in range(1, events + 1):
+            await noisy.emit(n)  # a burst of events between two polls
+        async with asyncio.timeout(2.0):
+            while len(batches) < events:
+                committed.clear()
+                await committed.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await buffer.close()
+    assert [b.readings[0].value for b in batches] == list(range(1, events + 1))
+    assert all(len(b.readings) == 1 for b in batches)
+    seqs = [b.seq for b in batches]
+    assert seqs == list(range(seqs[0], seqs[0] + events))  # contiguous: nothing dropped
+    assert len({b.ts for b in batches}) == events
 
 
 async def test_start_end_framing_with_checksum_split_and_noise(
@@ -176,6 +237,27 @@ async def test_bad_checksum_turns_tags_bad_and_is_logged_once(
     assert "\\x02" not in logged[0].getMessage()  # the payload, markers excluded
     assert "C=000006" not in logged[0].getMessage()  # the first one is the sample
     assert "C=000005" in logged[0].getMessage()
+
+
+async def test_frame_errors_are_exported_by_kind_through_the_registry(
+    noisy: NoisySimulator, driver_for: Any
+) -> None:
+    driver = await driver_for(noisy.path, **COUNTER)
+    metrics = Metrics()
+    metrics.registry.register(DriverErrors({"counter-1": driver}))
+    await noisy.emit(5, bad_checksum=True)
+    await noisy.emit(6, bad_checksum=True, garbage=b"#?")
+    await until(lambda: driver.frames_read == 2)
+
+    def errors(kind: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "edge_agent_driver_errors_total", {"device": "counter-1", "kind": kind}
+        )
+
+    assert (errors("checksum"), errors("noise"), errors("timeout")) == (2, 1, None)
+    await noisy.emit(7, bad_checksum=True)
+    await until(lambda: driver.frames_read == 3)
+    assert errors("checksum") == 3  # read at scrape time, not copied once
 
 
 async def test_fixed_length_framing(driver_for: Any) -> None:
@@ -406,4 +488,10 @@ def _raises(driver: SerialDriver) -> bool:
 def test_sample_config_is_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     config = load_config(root / "drivers" / "serial" / "sample.yaml", load_drivers())
-    assert [d.name for d in config.devices] == ["scale-1", "oven-ctl", "counter-1"]
+    assert [d.name for d in config.devices] == [
+        "scale-1",
+        "oven-ctl",
+        "counter-1",
+        "oven-2",
+        "oven-3",
+    ]

@@ -15,7 +15,7 @@ from typing import Any
 from agent.config.errors import ConfigIssue
 from agent.config.locate import Locator, suggest
 from agent.config.yamlpos import DataPath
-from drivers.base import Driver
+from drivers.base import Driver, LineSettings
 
 
 @dataclass(slots=True)
@@ -163,3 +163,54 @@ def _duplicates(
         else:
             first[name] = f"first at line {loc.document.positions.value(path).line}"
     return issues
+
+
+def line_check(
+    data: Any, drivers: Mapping[str, type[Driver]], loc: Locator, skip: set[DataPath]
+) -> list[ConfigIssue]:
+    """Devices that share a line agree on its settings, and can share it at all.
+
+    A line is configured once (a serial port has one baud rate), so a second device saying
+    otherwise is an error at its differing key rather than a device that never answers. Which
+    devices share a line and what must agree is the driver's to say (``Driver.line_settings``):
+    the agent knows no protocol.
+    """
+    issues: list[ConfigIssue] = []
+    lines: dict[str, list[tuple[DataPath, str, LineSettings]]] = {}
+    for path, device in _entries(data, "devices"):
+        cls = drivers.get(str(device.get("driver")))
+        if path in skip or cls is None or device.get("enabled") is False:
+            continue
+        settings = cls.line_settings(device)
+        if settings is not None:
+            lines.setdefault(settings.key, []).append((path, str(device.get("name")), settings))
+    for key, users in lines.items():
+        if len(users) < 2:
+            continue
+        first_path, first_name, first = users[0]
+        for path, _name, settings in users:
+            if settings.alone is not None:
+                other = users[1][1] if path == first_path else first_name
+                issues.append(
+                    loc.at_value(
+                        (*path, *_keys(settings.alone)),
+                        f"cannot share {key} with device {other!r}: this setting needs the line "
+                        "to itself",
+                    )
+                )
+        for path, _name, settings in users[1:]:
+            for dotted_key, value in settings.agree.items():
+                expected = first.agree.get(dotted_key, value)
+                if value != expected:
+                    issues.append(
+                        loc.at_value(
+                            (*path, *_keys(dotted_key)),
+                            f"{value!r} differs from {expected!r} of device {first_name!r} on "
+                            f"the same line {key} (a line has one setting)",
+                        )
+                    )
+    return issues
+
+
+def _keys(dotted_key: str) -> DataPath:
+    return tuple(int(k) if k.isdigit() else k for k in dotted_key.split("."))

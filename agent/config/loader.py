@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config.checks import cross_check, precheck
+from agent.config.checks import cross_check, line_check, precheck
 from agent.config.errors import ROOT_PATH, YAML_PATH, ConfigErrors, ConfigIssue
 from agent.config.locate import Locator
 from agent.config.models import BASE_DIR, Config, MqttSection, build_config_model
@@ -101,6 +101,7 @@ def load_config(
         ]
         issues += loc.from_pydantic(errors, model)
     issues += cross_check(data, loc, pre.skip)
+    issues += line_check(data, drivers, loc, pre.skip)
     mqtt = config.mqtt if config is not None else None
     if resolve_secrets:
         if mqtt is None:

@@ -173,10 +173,8 @@ class SerialTag(TagBase):
 
 
 class SerialDevice(DeviceBase):
-    """An instrument on its own serial port, streaming lines or answering requests.
-
-    One device per port: the driver opens the port exclusively, so a second device naming the same
-    port stays down with ``port busy`` (shared RS-485 lines come with the bus scheduler).
+    """An instrument streaming lines on its own port, or answering requests (poll mode), alone
+    or with other addressed instruments on one RS-485 port (the agent then polls them in turn).
     """
 
     driver: Literal["serial"]

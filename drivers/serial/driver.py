@@ -3,8 +3,11 @@
 Bytes arrive through :class:`SerialPort` whenever the device sends them, are cut into frames by
 the :class:`FrameSplitter` and read with the device's patterns. In stream mode ``poll()`` only
 collects what the frames of the last interval said, so the cadence is the agent's, whatever rate
-the device streams at. Every kind of frame trouble (checksum, no match, frame too long, timeout,
-noise) is counted in ``frame_errors`` and logged once per kind with a sample: a scale that sends a
+the device streams at; with ``every_frame`` it returns each of those frames (the agent makes one
+batch of each), for devices whose frames are events rather than samples.
+
+Every kind of frame trouble (checksum, no match, frame too long, timeout, noise, overflow) is
+counted in ``frame_errors`` and logged once per kind with a sample: a scale that sends a
 bad line ten times a second must not flood the log, but its first bad line is what an integrator
 needs to see to fix the pattern.
 """
@@ -15,25 +18,35 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
-from drivers.base import DeviceBase, DeviceError, Driver, Reading, Value
+from pydantic import ValidationError
+
+from drivers.base import DeviceBase, DeviceError, Driver, Line, LineSettings, Reading, Value
 from drivers.serial.checksums import ChecksumCheck
 from drivers.serial.config import SerialConnection, SerialDevice, SerialProfile
 from drivers.serial.escapes import decode_escapes, printable
 from drivers.serial.framing import Frame, FrameSplitter
 from drivers.serial.parse import Failed, FrameParser, frame_text
-from drivers.serial.port import SerialPort
+from drivers.serial.port import SerialLine, SerialPort
 from drivers.serial.sniff import sniff
 
 log = logging.getLogger(__name__)
 
 #: Errors a tag carries as its bad-quality reason; "noise" between frames costs no tag its value.
 TAG_ERRORS = ("timeout", "no match", "checksum", "frame too long")
+#: Line settings that every instrument on one port must share: the port is configured once.
+LINE_SETTINGS = ("baudrate", "parity", "bytesize", "stopbits")
+#: ``every_frame``: frames kept between two polls. A device that sends more per interval than this
+#: is misconfigured (or the agent stalled); the oldest go, counted as "overflow", so memory stays
+#: bounded whatever the device does.
+MAX_FRAMES = 1000
 
 
 class SerialDriver(Driver):
-    """One instrument on one serial port."""
+    """One instrument on a serial port: its own port (stream mode, or a lone poll-mode device
+    driven directly), or a turn on a port shared with other addressed instruments (poll mode)."""
 
     name = "serial"
     device_model = SerialDevice
@@ -57,12 +70,15 @@ class SerialDriver(Driver):
         self.frame_errors: collections.Counter[str] = collections.Counter()
         self.frames_read = 0  # complete frames, good or bad, since the driver was made
         self._logged: set[str] = set()
-        self._port: SerialPort | None = None
+        self._line: SerialLine | None = None
+        self._shared = False  # the agent's line, used with other devices: never closed here
         self._splitter = self._new_splitter()
         self._last_byte = 0.0
         # Stream mode: what the frames since the last poll said.
         self._fresh: dict[str, Reading] = {}
-        self._last_frame: dict[str, Reading] | None = None
+        # every_frame: each frame's readings, in arrival order, since the last poll.
+        self._frames: collections.deque[list[Reading]] = collections.deque()
+        self._last_ts = 0.0
         self._error: str | None = None
         # Poll mode: the answer being waited for (a payload, or the kind of frame error).
         self._answer: asyncio.Future[tuple[bytes | str, float]] | None = None
@@ -110,21 +126,62 @@ class SerialDriver(Driver):
             "patterns": len(self._parsers),
         }
 
+    def error_counts(self) -> Mapping[str, int]:
+        return dict(self.frame_errors)  # one C-level copy: safe from the scrape thread
+
+    # -- the line ---------------------------------------------------------------------------------
+
+    @classmethod
+    def line_settings(cls, entry: Mapping[str, Any]) -> LineSettings | None:
+        connection = entry.get("connection")
+        if not isinstance(connection, Mapping):
+            return None
+        try:
+            conn = SerialConnection.model_validate(connection)
+        except ValidationError:
+            return None
+        return LineSettings(
+            key=conn.port,
+            agree={f"connection.{key}": getattr(conn, key) for key in LINE_SETTINGS},
+            alone="mode" if entry.get("mode", "stream") == "stream" else None,
+        )
+
+    def line_key(self) -> str | None:
+        # A streaming instrument talks whenever it likes: it cannot take turns on a line.
+        return self.config.connection.port if self.config.mode == "poll" else None
+
+    def make_line(self) -> Line:
+        return SerialLine(self.config.connection)
+
+    def use_line(self, line: Line) -> None:
+        if not isinstance(line, SerialLine):
+            raise TypeError(f"a serial instrument cannot use a {type(line).__name__}")
+        self._line, self._shared = line, True
+
     # -- connection -------------------------------------------------------------------------------
+
+    @property
+    def _port(self) -> SerialPort | None:
+        return self._line.port if self._line is not None else None
 
     async def connect(self) -> None:
         await self.close()
         self._splitter = self._new_splitter()
-        self._fresh, self._last_frame, self._error = {}, None, None
-        self._port = await SerialPort.open(self.config.connection, self._on_data, self._on_lost)
+        self._fresh, self._error = {}, None
+        self._frames.clear()
+        if self._line is None:
+            self._line = SerialLine(self.config.connection)
+        await self._line.open()
+        self._line.listen(self._on_data, self._on_lost)
         self._last_byte = time.monotonic()
 
     async def close(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            port.close()
         if self._answer is not None and not self._answer.done():
             self._answer.cancel()
+        line = self._line
+        if line is not None and not self._shared:
+            self._line = None
+            await line.close()
 
     def _live_port(self) -> SerialPort:
         port = self._port
@@ -160,8 +217,14 @@ class SerialDriver(Driver):
                 if event.kind in TAG_ERRORS:
                     self._on_bad_frame(event.kind)
 
+    def _stamp(self) -> float:
+        """Now, but after the previous frame: two frames read in one chunk are two events, and
+        the batches they become must not share a time."""
+        self._last_ts = max(time.time(), self._last_ts + 1e-6)
+        return self._last_ts
+
     def _on_frame(self, payload: bytes) -> None:
-        ts = time.time()
+        ts = self._stamp()
         if self.config.mode == "poll":
             if self._answer is not None and not self._answer.done():
                 self._answer.set_result((payload, ts))
@@ -170,11 +233,16 @@ class SerialDriver(Driver):
         if isinstance(readings, str):
             self._on_bad_frame(readings)
             return
+        if self.config.every_frame:
+            found = {r.tag: r for r in readings}
+            self._keep(
+                [found.get(n) or Reading.bad(n, ts, "no such group") for n in self._tag_names]
+            )
+            return
         for reading in readings:
             held = self._fresh.get(reading.tag)
             if reading.reason is None or held is None or held.reason is not None:
                 self._fresh[reading.tag] = reading
-        self._last_frame = {r.tag: r for r in readings}
 
     def _on_bad_frame(self, kind: str) -> None:
         if self.config.mode == "poll":
@@ -182,8 +250,16 @@ class SerialDriver(Driver):
                 self._answer.set_result((kind, time.time()))
             return
         self._error = kind
-        ts = time.time()
-        self._last_frame = {name: Reading.bad(name, ts, kind) for name in self._tag_names}
+        if self.config.every_frame:
+            ts = self._stamp()
+            self._keep([Reading.bad(name, ts, kind) for name in self._tag_names])
+
+    def _keep(self, frame: list[Reading]) -> None:
+        """Hold one frame for the next poll (every_frame), dropping the oldest when full."""
+        if len(self._frames) >= MAX_FRAMES:
+            self._frames.popleft()
+            self._report("overflow", f"more than {MAX_FRAMES} frames between polls".encode())
+        self._frames.append(frame)
 
     def _read_frame(self, payload: bytes, parser: FrameParser, ts: float) -> list[Reading] | str:
         """The parser's tags from one frame, or what is wrong with the frame (reported)."""
@@ -244,13 +320,20 @@ class SerialDriver(Driver):
     # -- poll -------------------------------------------------------------------------------------
 
     async def poll(self) -> list[Reading]:
+        if self._shared and self._line is not None:
+            self._line.listen(self._on_data, self._on_lost)  # our turn: the answers are ours
         port = self._live_port()
         port.read_pending()  # what already arrived belongs to this interval; a loss shows now
         port = self._live_port()
+        if self.config.every_frame:
+            # Every event since the last poll, each with its own time; none is not an error.
+            frames, self._frames = self._frames, collections.deque()
+            self._error = None
+            return [reading for frame in frames for reading in frame]
         if self.config.mode == "poll":
             found = await self._ask_all(port)
         else:
-            found = self._take_stream()
+            found, self._fresh = self._fresh, {}
         now = time.time()
         readings = []
         for name in self._tag_names:
@@ -261,11 +344,6 @@ class SerialDriver(Driver):
             readings.append(reading)
         self._error = None
         return readings
-
-    def _take_stream(self) -> dict[str, Reading]:
-        found = (self._last_frame or {}) if self.config.every_frame else self._fresh
-        self._fresh, self._last_frame = {}, None
-        return found
 
     async def _ask_all(self, port: SerialPort) -> dict[str, Reading]:
         found: dict[str, Reading] = {}

@@ -5,6 +5,11 @@ descriptor is read directly, non-blocking, when the loop says it is readable, wh
 pyserial-asyncio does, without its dependency. A port that disappears (USB adapter unplugged, pty
 closed) shows up as EIO or end of file on read; it is reported once through ``on_lost`` and every
 later use raises ``DeviceError("port lost")``, so the agent reconnects with backoff.
+
+A port is opened through a :class:`SerialLine`, the agent's ``Line`` for it: instruments on one
+RS-485 port share one line (and one open port), and take turns, the device asking being the one
+the bytes are delivered to. The exclusive lock stays on the port, so a second program (or agent)
+on the same port is still refused with ``port busy``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 import serial
 
-from drivers.base import DeviceError
+from drivers.base import DeviceError, Line
 from drivers.serial.config import SerialConnection
 
 READ_CHUNK = 4096
@@ -173,3 +178,41 @@ def _open_error(port: str, exc: BaseException) -> DeviceError:
         code = errno.ENOENT
     reason = _OPEN_REASONS.get(code, "port error") if isinstance(code, int) else "port error"
     return DeviceError(reason, f"{port}: {exc}")
+
+
+class SerialLine(Line):
+    """One serial port, opened once for every instrument on it.
+
+    Bytes go to whichever driver ``listen`` named last: on a shared line that is the device whose
+    turn it is (the agent polls a line's devices one at a time), so an answer never reaches a
+    neighbour that was not asking.
+    """
+
+    def __init__(self, connection: SerialConnection) -> None:
+        self.key = connection.port
+        self.connection = connection
+        self.port: SerialPort | None = None
+        self._on_data: Callable[[bytes], None] = _ignore
+        self._on_lost: Callable[[str], None] = _ignore
+
+    def listen(self, on_data: Callable[[bytes], None], on_lost: Callable[[str], None]) -> None:
+        self._on_data, self._on_lost = on_data, on_lost
+
+    async def open(self) -> None:
+        if self.port is not None and self.port.lost is None:
+            return
+        await self.close()
+        self.port = await SerialPort.open(
+            self.connection,
+            lambda data: self._on_data(data),
+            lambda why: self._on_lost(why),
+        )
+
+    async def close(self) -> None:
+        port, self.port = self.port, None
+        if port is not None:
+            port.close()
+
+
+def _ignore(_: object) -> None:
+    """No driver has had a turn yet: what arrives answers nobody and is dropped."""
