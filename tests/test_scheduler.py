@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from agent.metrics import Metrics
 from agent.scheduler import DevicePoller, frames
-from drivers.base import Batch, DeviceBase, DeviceError, Driver, Quality, Reading, TagBase
+from drivers.base import DeviceBase, DeviceError, Driver, Quality, Reading, TagBase
+from tests.sinks import Sink, Status
 
 
 class FakeDevice(DeviceBase):
@@ -45,30 +45,6 @@ class FakeDriver(Driver):
 
     async def close(self) -> None:
         pass
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-        self.changed = asyncio.Event()
-
-    async def __call__(self, batch: Batch) -> None:
-        self.batches.append(batch)
-        self.changed.set()
-
-    async def until(self, predicate: Any, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-
-
-class Status:
-    def __init__(self) -> None:
-        self.changes: list[tuple[str, str, str | None]] = []
-
-    def device_status(self, device: str, state: str, reason: str | None, ts: float) -> None:
-        self.changes.append((device, state, reason))
 
 
 def _device(name: str, interval: float) -> FakeDevice:

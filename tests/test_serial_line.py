@@ -8,7 +8,6 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,10 +16,11 @@ from agent.drivers import load_drivers
 from agent.lines import LinePoller
 from agent.metrics import Metrics
 from agent.runtime import Agent
-from drivers.base import Batch, Driver, Quality
+from drivers.base import Driver, Quality
 from drivers.serial.config import SerialDevice
 from drivers.serial.driver import SerialDriver
 from simulators.serial_instruments import OvenBus, OvenSimulator
+from tests.sinks import Sink, Status
 
 
 def oven_device(port: str, address: str, interval: float, timeout: float = 0.3) -> SerialDevice:
@@ -36,33 +36,6 @@ def oven_device(port: str, address: str, interval: float, timeout: float = 0.3) 
             "tags": [{"name": "temperature", "group": "pv", "type": "float64"}],
         }
     )
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-        self.changed = asyncio.Event()
-
-    async def __call__(self, batch: Batch) -> None:
-        self.batches.append(batch)
-        self.changed.set()
-
-    def of(self, device: str) -> list[Batch]:
-        return [b for b in self.batches if b.device == device]
-
-    async def until(self, predicate: Any, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-
-
-class Status:
-    def __init__(self) -> None:
-        self.changes: list[tuple[str, str, str | None]] = []
-
-    def device_status(self, device: str, state: str, reason: str | None, ts: float) -> None:
-        self.changes.append((device, state, reason))
 
 
 @contextlib.asynccontextmanager
