@@ -20,10 +20,10 @@ import itertools
 import logging
 from collections.abc import Sequence
 
-from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState
 
 from agent.metrics import Metrics
-from agent.scheduler import BatchSink, Cadence, PolledDevice, StatusSink
+from agent.scheduler import BatchSink, Cadence, PolledDevice, StatusSink, device_backoff
 from drivers.base import DeviceBase, DeviceError, Driver, Line
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,7 @@ class LinePoller:
         self.devices = [PolledDevice(d, drv, sink, status, metrics) for d, drv in devices]
         for polled in self.devices:
             polled.driver.use_line(line)
-        self._wait = wait_exponential_jitter(
-            multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial
-        )
+        self._wait = device_backoff(backoff_initial, backoff_max)
 
     async def run(self) -> None:
         """Poll until cancelled; cancellation closes the drivers, then the line."""

@@ -27,7 +27,7 @@ import json
 import logging
 import ssl
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -42,19 +42,6 @@ log = logging.getLogger(__name__)
 
 _CONNACK_TIMEOUT = 15.0
 _SHUTDOWN_GRACE = 3.0
-
-
-class MqttSettings(Protocol):
-    """The parts of the ``mqtt`` config section the publisher reads."""
-
-    host: str
-    port: int
-    username: str | None
-    qos: int
-    keepalive: float
-    max_inflight: int
-    reconnect_min: float
-    reconnect_max: float
 
 
 class ConnectFailed(Exception):

@@ -33,6 +33,14 @@ from drivers.base import Batch, DeviceBase, DeviceError, Driver, Quality, Readin
 
 log = logging.getLogger(__name__)
 
+
+def device_backoff(initial: float, maximum: float) -> wait_exponential_jitter:
+    """The wait between reconnect attempts of one device, alone or on a line: exponential, with
+    jitter of the first step's size so a gateway restart does not make every device reconnect in
+    the same millisecond."""
+    return wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
+
+
 BatchSink = Callable[[Batch], Awaitable[None]]
 
 
@@ -261,11 +269,7 @@ class DevicePoller(PolledDevice):
     async def _connect(self) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(DeviceError),
-            wait=wait_exponential_jitter(
-                multiplier=self._backoff_initial,
-                max=self._backoff_max,
-                jitter=self._backoff_initial,
-            ),
+            wait=device_backoff(self._backoff_initial, self._backoff_max),
             before_sleep=self._connect_failed,
             reraise=True,
         )
