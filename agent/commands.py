@@ -21,7 +21,7 @@ class CommandHandler:
     def __init__(self, devices: Mapping[str, DeviceBase]) -> None:
         self._devices = devices
 
-    def handle(self, device: str, payload: bytes) -> dict[str, Any]:
+    async def handle(self, device: str, payload: bytes) -> dict[str, Any]:
         """Return the reply for one command; never raises."""
         if len(payload) > MAX_COMMAND_BYTES:
             return _error(

@@ -22,15 +22,19 @@ class JsonFormat:
         self.prefix = topic_prefix
         self._head = b'{"agent":' + _dumps(agent_id).encode() + b',"device":'
 
-    def data_topic(self, device: str) -> str:
-        return f"{self.prefix}/{device}/data"
+    def data_topic(self, stream: str) -> str:
+        """A buffered stream is a device (``press-1`` → ``.../press-1/data``) or a device's
+        side stream (``press-1/event`` → ``.../press-1/event``). Names cannot hold ``/``, so the
+        two never clash, and each stream has its own ``seq``."""
+        device, _, kind = stream.partition("/")
+        return f"{self.prefix}/{device}/{kind or 'data'}"
 
     def encode(self, batch: StoredBatch) -> bytes:
         """Splice agent, device and seq in front of the stored record (which starts with ``{``)."""
         return b"".join(
             (
                 self._head,
-                _dumps(batch.device).encode(),
+                _dumps(batch.device.partition("/")[0]).encode(),
                 b',"seq":',
                 str(batch.seq).encode(),
                 b",",
@@ -52,6 +56,10 @@ class JsonFormat:
 
     def device_status_topic(self, device: str) -> str:
         return f"{self.prefix}/{device}/status"
+
+    def device_topic(self, device: str, kind: str) -> str:
+        """A retained per-device topic beside ``status`` (for example ``state``)."""
+        return f"{self.prefix}/{device}/{kind}"
 
     def device_status(self, state: str, ts_ms: int, reason: str | None) -> bytes:
         """Always carries ``reason`` so consumers need no special case: ``ok`` while up."""

@@ -78,6 +78,7 @@ class Publisher:
         self._lost = asyncio.Event()
         self._stopping = False
         self._down_logged = False
+        self._commands_running: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()  # tests and readiness wait on it
         self.sessions = 0
 
@@ -86,10 +87,15 @@ class Publisher:
     def device_status(self, device: str, state: str, reason: str | None, ts: float) -> None:
         """Remember the latest state; publish it retained now if connected, else on connect."""
         payload = self._fmt.device_status(state, int(ts * 1000), reason)
-        self._statuses[device] = payload
+        self.retain(self._fmt.device_status_topic(device), payload)
+
+    def retain(self, topic: str, payload: bytes) -> None:
+        """Publish a retained message (device status, machine state) now if connected, and again
+        after every reconnect, so a consumer always finds the latest one."""
+        self._statuses[topic] = payload
         client = self._client
         if client is not None and self.connected.is_set():
-            client.publish(self._fmt.device_status_topic(device), payload, qos=1, retain=True)
+            client.publish(topic, payload, qos=1, retain=True)
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -205,8 +211,8 @@ class Publisher:
         client.publish(
             self._fmt.gateway_status_topic, self._fmt.gateway_status(True), qos=1, retain=True
         )
-        for device, payload in self._statuses.items():
-            client.publish(self._fmt.device_status_topic(device), payload, qos=1, retain=True)
+        for topic, payload in self._statuses.items():
+            client.publish(topic, payload, qos=1, retain=True)
         if self._commands is not None:
             client.subscribe(self._fmt.command_filter, qos=1)
 
@@ -318,16 +324,26 @@ class Publisher:
         self._call(self._command, message.topic, bytes(message.payload))
 
     def _command(self, topic: str, payload: bytes) -> None:
-        client = self._client
-        if self._commands is None or client is None:
+        """Answer on a task of its own: a write waits for its device's turn on the line, and
+        neither the publisher nor other commands may wait with it."""
+        if self._commands is None or self._client is None:
             return
         levels = topic.split("/")
         device = levels[-2] if len(levels) >= 2 else ""
-        reply = self._commands.handle(device, payload)
+        task = asyncio.create_task(self._answer(device, payload), name=f"cmd:{device}")
+        self._commands_running.add(task)
+        task.add_done_callback(self._commands_running.discard)
+
+    async def _answer(self, device: str, payload: bytes) -> None:
+        assert self._commands is not None
+        reply = await self._commands.handle(device, payload)
         log.info(
             "command refused" if not reply.get("ok") else "command done",
             extra={"device": device, "id": reply.get("id"), "error": reply.get("error", "")},
         )
+        client = self._client
+        if client is None:
+            return  # the link went while the command ran; the sender retries or times out
         client.publish(
             self._fmt.command_reply_topic(device), json.dumps(reply).encode(), qos=1, retain=False
         )

@@ -124,6 +124,12 @@ class TagBase(StrictModel):
     name: Name
     unit: str | None = Field(default=None, description="engineering unit, for documentation")
     description: str | None = None
+    deadband: float | None = Field(
+        default=None, ge=0, description="report by exception: publish only changes beyond this"
+    )
+    deadband_percent: float | None = Field(
+        default=None, gt=0, le=100, description="deadband as a percentage of the last value"
+    )
 
 
 class ProfileBase(StrictModel):

@@ -82,7 +82,7 @@ class _Dev(DeviceBase):
     tags: list[TagBase]
 
 
-def test_every_command_gets_an_error_reply_and_nothing_is_written() -> None:
+async def test_every_command_gets_an_error_reply_and_nothing_is_written() -> None:
     handler = CommandHandler(
         {"press-1": _Dev(name="press-1", driver="x", tags=[TagBase(name="t")])}
     )
@@ -99,10 +99,11 @@ def test_every_command_gets_an_error_reply_and_nothing_is_written() -> None:
         b" " * (MAX_COMMAND_BYTES + 1): (None, "too large"),
     }
     for payload, (cmd_id, error) in cases.items():
-        reply = handler.handle("press-1", payload)
+        reply = await handler.handle("press-1", payload)
         assert reply["ok"] is False and reply["id"] == cmd_id, payload
         assert error in reply["error"], (payload, reply)
-    assert "unknown device" in handler.handle("other", b'{"id": "a", "write": {"t": 1}}')["error"]
+    reply = await handler.handle("other", b'{"id": "a", "write": {"t": 1}}')
+    assert "unknown device" in reply["error"]
 
 
 def test_log_formatters_carry_extras() -> None:
