@@ -1,35 +1,92 @@
-"""Downlink commands: parse, check against the config, answer every one of them.
+"""Downlink commands: parse, check against the config, write, answer every one of them.
 
-Writes are off unless a tag is marked writable, and no driver bundled today declares writable
-tags, so every well-formed write is refused with the reason. What this module guarantees already:
-no command, however malformed, goes unanswered, raises, or reaches a device it should not.
+Writes are off unless a tag is marked writable. A command is checked whole before anything is
+sent (every tag known and writable, every value of the right type and within ``min``/``max``,
+as the driver judges it), so a command with one bad value changes nothing on the device. The
+writes then go to the device one tag at a time, in the order given, each confirmed by the driver
+(Modbus reads the tag back); the first failure stops the command and the reply names the tags
+already written. Every command gets a reply; none raises or reaches a device it should not.
+
+A flood of commands is rate-limited per device with a token bucket (``burst`` commands at once,
+refilled at ``rate`` per second): the excess is answered with an error at once, without waiting
+for the line, so a runaway cloud script cannot starve polling of an RS-485 line.
+
+:meth:`CommandHandler.write` is the entry point for every write path (the JSON command topic
+here, Sparkplug DCMD or a cloud RPC elsewhere): one place that checks, limits and writes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from drivers.base import DeviceBase
+from drivers.base import DeviceBase, WriteError
 
 #: Larger payloads are refused unparsed: a command is a handful of set-points, not a file.
 MAX_COMMAND_BYTES = 64 * 1024
+#: Commands a device takes at once, and per second after that.
+DEFAULT_BURST = 5
+DEFAULT_RATE = 2.0
+
+
+class WriteTarget(Protocol):
+    """What a write reaches: the device's poller (``agent.scheduler.PolledDevice``)."""
+
+    def check_write(self, tag: str, value: object) -> None: ...
+
+    async def write(self, tag: str, value: object) -> None: ...
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; a command takes one or is refused."""
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
 
 
 class CommandHandler:
-    def __init__(self, devices: Mapping[str, DeviceBase]) -> None:
+    """Answers commands for the devices of ``devices``, writing through ``targets``."""
+
+    def __init__(
+        self,
+        devices: Mapping[str, DeviceBase],
+        targets: Callable[[str], WriteTarget | None] | None = None,
+        *,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+    ) -> None:
         self._devices = devices
+        self._targets = targets or (lambda _device: None)
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
 
     async def handle(self, device: str, payload: bytes) -> dict[str, Any]:
-        """Return the reply for one command; never raises."""
+        """Return the reply for one command of the contract's JSON form; never raises."""
         if len(payload) > MAX_COMMAND_BYTES:
             return _error(
                 None, f"command too large ({len(payload)} bytes, max {MAX_COMMAND_BYTES})"
             )
         try:
             doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return _error(None, f"malformed command: not JSON ({exc})")
         if not isinstance(doc, dict):
             return _error(None, "malformed command: expected a JSON object")
@@ -42,16 +99,59 @@ class CommandHandler:
         writes = doc.get("write")
         if not isinstance(writes, dict) or not writes:
             return _error(cmd_id, "malformed command: 'write' must be an object of tag: value")
+        return await self.write(device, cmd_id, writes)
+
+    async def write(
+        self, device: str, cmd_id: str | None, writes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Check, rate-limit and carry out ``writes`` (tag: value) on ``device``; return the
+        reply (``{"id", "ok": true}`` or ``{"id", "ok": false, "error"}``). Never raises.
+
+        For every write path: the JSON command topic calls it from :meth:`handle`, Sparkplug
+        DCMD or a cloud RPC call it with their own id (or None) and map the reply back."""
+        try:
+            return await self._write(device, cmd_id, writes)
+        except Exception as exc:  # a driver bug must still get an answer
+            return _error(cmd_id, f"write failed: {type(exc).__name__}: {exc}")
+
+    async def _write(
+        self, device: str, cmd_id: str | None, writes: Mapping[str, Any]
+    ) -> dict[str, Any]:
         cfg = self._devices.get(device)
         if cfg is None:
             return _error(cmd_id, f"unknown device '{device}'")
+        if not writes:
+            return _error(cmd_id, "nothing to write")
         tags = {t.name: t for t in cfg.tags}
         for tag in writes:
             if tag not in tags:
                 return _error(cmd_id, f"unknown tag '{tag}'")
             if not getattr(tags[tag], "writable", False):
                 return _error(cmd_id, f"tag '{tag}' is not writable")
-        return _error(cmd_id, f"driver '{cfg.driver}' does not support writes")
+        target = self._targets(device)
+        if target is None:
+            return _error(cmd_id, f"device '{device}' is not polled (disabled or not started)")
+        try:
+            for tag, value in writes.items():
+                target.check_write(tag, value)
+        except WriteError as exc:
+            return _error(cmd_id, str(exc))
+        bucket = self._buckets.setdefault(device, TokenBucket(self._rate, self._burst))
+        if not bucket.take():
+            return _error(
+                cmd_id,
+                f"rate limited: at most {self._burst} commands at once and "
+                f"{self._rate:g} per second to device '{device}'",
+            )
+        done: list[str] = []
+        for tag, value in writes.items():
+            try:
+                await target.write(tag, value)
+            except WriteError as exc:
+                written = f" (written before it: {', '.join(done)})" if done else ""
+                return _error(cmd_id, f"tag '{tag}': {exc}{written}")
+            done.append(tag)
+        return {"id": cmd_id, "ok": True}
 
 
 def _error(cmd_id: str | None, message: str) -> dict[str, Any]:

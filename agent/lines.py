@@ -10,6 +10,10 @@ A device that fails (cannot connect, or its poll times out) must not hold the li
 attempt is given a time from the backoff strategy (tenacity's exponential wait with jitter), and
 the line serves the others meanwhile. An ``AsyncRetrying`` loop would sleep with the line held. So a
 dead unit costs the others its poll's timeout once per attempt, attempts spaced ever wider.
+
+Writes to a device on the line take the line's lock (every device's ``turn`` is the same lock),
+which each turn holds while it connects and polls: a write goes on the line between two turns,
+never inside one (see ``agent.scheduler``).
 """
 
 from __future__ import annotations
@@ -61,8 +65,10 @@ class LinePoller:
     ) -> None:
         self.line = line
         self.devices = [PolledDevice(d, drv, sink, status, metrics) for d, drv in devices]
+        self.lock = asyncio.Lock()
         for polled in self.devices:
             polled.driver.use_line(line)
+            polled.turn = self.lock
         self._wait = device_backoff(backoff_initial, backoff_max)
 
     async def run(self) -> None:
@@ -85,7 +91,8 @@ class LinePoller:
             await asyncio.sleep(max(0.0, slot.due - loop.time()))
             slot.served = next(turns)
             began = loop.time()
-            ok = await self._turn(slot.device, loop)
+            async with self.lock:
+                ok = await self._turn(slot.device, loop)
             now = loop.time()
             if not ok:
                 slot.attempts.attempt_number += 1

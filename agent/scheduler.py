@@ -10,6 +10,14 @@ episode, not once per cycle.
 Devices that share a line (a serial bus) are polled by ``agent.lines.LinePoller`` instead; both
 pollers drive a :class:`PolledDevice`, which holds what one device's polling needs whoever
 schedules it: state changes, metrics, cadence and the batches it emits.
+
+Writes (commands from the cloud) never race a poll: every poll turn (connect and poll) runs
+holding the device's ``turn`` lock, and :meth:`PolledDevice.write` takes the same lock, so a write
+waits for the poll in progress and the next poll waits for the write. Devices on one line share
+one lock (the line's), so a write to one unit id waits for the poll of another on the same
+RS-485 line. A lock rather than a queue served by the poll task: the command's own task carries
+the write and its reply, the poll task keeps its cadence code unchanged, and asyncio's lock is
+fair (first come, first served), so a burst of writes cannot starve polling nor polling writes.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from tenacity import (
 )
 
 from agent.metrics import Metrics
-from drivers.base import Batch, DeviceBase, DeviceError, Driver, Quality, Reading
+from drivers.base import Batch, DeviceBase, DeviceError, Driver, Quality, Reading, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +127,10 @@ class PolledDevice:
         self._status = status
         self._state: str | None = None  # "up" / "down"; None until the first outcome
         self.connected = False
+        #: Held for each poll turn and each write; devices on one line share their line's.
+        self.turn = asyncio.Lock()
         self._overrunning = False
+        self._down_reason: str | None = None
         self._tag_names = [t.name for t in device.tags]
         self.cycles = 0  # completed poll cycles; tests await progress through it
         self.last_poll: float | None = None  # time.time() of the last completed poll
@@ -139,6 +150,7 @@ class PolledDevice:
         if state == self._state:
             return
         self._state = state
+        self._down_reason = reason
         extra = {"device": self.device.name, "reason": reason or "ok"}
         if state == "up":
             log.info("device up", extra=extra)
@@ -174,6 +186,23 @@ class PolledDevice:
                     "skipped": skipped,
                 },
             )
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def check_write(self, tag: str, value: object) -> None:
+        """Refuse a value the driver cannot write (``WriteError``), before anything is sent."""
+        self.driver.check_write(tag, value)
+
+    async def write(self, tag: str, value: object) -> None:
+        """Write one tag between polls (see the module docstring); ``WriteError`` says why not."""
+        async with self.turn:
+            if not self.connected:
+                raise WriteError(f"device down ({self._down_reason or 'not connected'})")
+            try:
+                await self.driver.write(tag, value)
+            except DeviceError as exc:
+                # The next poll finds out whether the device is lost; the reply says it now.
+                raise WriteError(f"device down ({exc.reason})") from exc
 
     # -- one cycle --------------------------------------------------------------------------------
 
@@ -262,7 +291,8 @@ class DevicePoller(PolledDevice):
                     cadence.tick, math.ceil((loop.time() - cadence.start) / cadence.interval)
                 )
                 await asyncio.sleep(max(0.0, cadence.due - loop.time()))
-            await self.poll_once(loop)
+            async with self.turn:
+                await self.poll_once(loop)
             self.polled(cadence, loop.time())
             await asyncio.sleep(max(0.0, cadence.due - loop.time()))
 
@@ -273,8 +303,12 @@ class DevicePoller(PolledDevice):
             before_sleep=self._connect_failed,
             reraise=True,
         )
-        await retrying(self.driver.connect)
-        self.connected = True
+        await retrying(self._connect_once)
+
+    async def _connect_once(self) -> None:
+        async with self.turn:
+            await self.driver.connect()
+            self.connected = True
 
     async def _connect_failed(self, retry_state: RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None

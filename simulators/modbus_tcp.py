@@ -9,6 +9,12 @@ Tests drive it through :class:`ModbusSimulator`: read or set a named value, make
 answering (as a powered-off device behind a gateway does: the request is swallowed), answer an
 exception for an address range, delay answers, count requests, stop and restart on the same port.
 
+``framer="rtu"`` serves RTU frames (CRC, no MBAP header) over TCP, as a transparent serial-to-
+Ethernet converter in front of an RS-485 line does; ``simulators.modbus_rtu`` serves the same
+machines on a pseudo-terminal at an honest baud rate. ``log`` records every request (unit,
+function, address, count) and ``connections`` counts TCP connections, so tests can show what an
+option changes on the wire.
+
 Command line::
 
     python -m simulators.modbus_tcp --host 127.0.0.1 --port 5020 --units 1-100 --seed 1
@@ -25,15 +31,17 @@ import math
 import random
 import signal
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.modbus_map import (
@@ -239,10 +247,17 @@ class ModbusSimulator:
         units: Iterable[int] = (1, 2),
         seed: int = 0,
         update_interval: float | None = 0.5,
+        *,
+        framer: str = "socket",
     ) -> None:
         self.host = host
         self.port = port
         self.update_interval = update_interval
+        self.framer = FramerType.RTU if framer == "rtu" else FramerType.SOCKET
+        #: Every request received: (unit, function code, address, count), oldest first.
+        self.log: deque[tuple[int, int, int, int]] = deque(maxlen=100_000)
+        #: TCP connections accepted since start.
+        self.connections = 0
         self._units: dict[int, _Unit] = {}
         for unit in units:
             image = Image()
@@ -250,7 +265,7 @@ class ModbusSimulator:
                 image.write(p, p.initial)
             self._units[unit] = _Unit(image, Press(unit, seed, image))
         self._requests: Counter[int] = Counter()
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusBaseServer | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     @property
@@ -265,6 +280,21 @@ class ModbusSimulator:
 
     def set_value(self, unit: int, name: str, value: PointValue) -> None:
         self._units[unit].image.write(POINTS[name], value)
+
+    def registers(self, unit: int, table: Table, address: int, count: int) -> list[int]:
+        """Raw memory of ``unit``: registers, or for coil/discrete tables bits as 0/1."""
+        image = self._units[unit].image
+        if table in _BIT_TABLES:
+            return [int(image.get_bit(table, a)) for a in range(address, address + count)]
+        return list(image.words[table][address : address + count])
+
+    def set_registers(self, unit: int, table: Table, address: int, values: Sequence[int]) -> None:
+        image = self._units[unit].image
+        if table in _BIT_TABLES:
+            for i, v in enumerate(values):
+                image.set_bit(table, address + i, bool(v))
+        else:
+            image.words[table][address : address + len(values)] = [int(v) for v in values]
 
     def set_silent(self, unit: int, silent: bool = True) -> None:
         """A silent unit still receives requests but its answers never leave the device."""
@@ -306,26 +336,46 @@ class ModbusSimulator:
 
     # ------------------------------------------------------------------------------ life cycle
 
+    def requests_of(self, unit: int, function: int | None = None) -> list[tuple[int, int]]:
+        """(address, count) of every request ``unit`` received, of ``function`` if given."""
+        return [
+            (address, count)
+            for u, fc, address, count in self.log
+            if u == unit and (function is None or fc == function)
+        ]
+
     async def start(self) -> None:
         """Listen (on the same port again after a stop, so clients can reconnect)."""
         devices = [self._device(unit) for unit in self._units]
         # Unit ids without a machine get "gateway target device failed to respond", as from a
-        # real TCP gateway, rather than a crash report in pymodbus's log.
+        # real TCP gateway, rather than a crash report in pymodbus's log. In RTU frames nobody
+        # answers for them (``_trace_packet`` drops it: the request times out, as on a line).
         devices.append(self._device(0))
+        server = await self._serve(devices)
+        self._server = server
+        if self.update_interval is not None and self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(self.update_interval))
+        log.info("simulator listening on %s:%s, units %s", self.host, self.port, self.units)
+
+    async def _serve(self, devices: list[SimDevice]) -> ModbusBaseServer:
         server = ModbusTcpServer(
             devices,
+            framer=self.framer,
             address=(self.host, self.port),
+            ignore_missing_devices=self.framer == FramerType.RTU,
             trace_packet=self._trace_packet,
             trace_pdu=self._trace_pdu,
+            trace_connect=self._trace_connect,
         )
         await server.serve_forever(background=True)
-        self._server = server
         if self.port == 0:
             listener: Any = server.transport  # an asyncio.Server once listening
             self.port = int(listener.sockets[0].getsockname()[1])
-        if self.update_interval is not None and self._ticker is None:
-            self._ticker = asyncio.create_task(self._tick(self.update_interval))
-        log.info("simulator listening on %s:%d, units %s", self.host, self.port, self.units)
+        return server
+
+    def _trace_connect(self, connected: bool) -> None:
+        if connected:
+            self.connections += 1
 
     async def stop(self) -> None:
         """Close the listener and every client connection (as a power cut would)."""
@@ -431,13 +481,18 @@ class ModbusSimulator:
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:
             self._requests[pdu.dev_id] += 1
+            self.log.append((pdu.dev_id, pdu.function_code, pdu.address, pdu.count))
         return pdu
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """Swallows the answers of silent units (byte 6 of the MBAP header is the unit id)."""
-        if sending and len(data) > 6:
-            state = self._units.get(data[6])
+        """Swallows the answers of silent units (the unit id is byte 6 of the MBAP header, byte
+        0 of an RTU frame)."""
+        at = 0 if self.framer == FramerType.RTU else 6
+        if sending and len(data) > at:
+            state = self._units.get(data[at])
             if state is not None and state.silent:
+                return b""
+            if state is None and at == 0:  # on a serial line nobody answers for a missing unit
                 return b""
         return data
 

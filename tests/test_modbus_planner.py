@@ -82,6 +82,8 @@ def test_plan_corpus(case: str) -> None:
         max_gap=device.max_gap,
         max_registers=device.max_registers,
         max_bits=device.max_bits,
+        coalesce=not device.no_coalescing,
+        address_offset=device.address_offset,
     )
     expected = (CORPUS / case / "expected.txt").read_text().split("\n")
     assert [r.describe() for r in reqs] == [line for line in expected if line.strip()]

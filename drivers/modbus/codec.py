@@ -247,6 +247,20 @@ def make_decoder(codec: TagCodec) -> Callable[[Sequence[int] | Sequence[bool]], 
     return decode
 
 
+def make_array_decoder(
+    codec: TagCodec, count: int
+) -> Callable[[Sequence[int] | Sequence[bool]], list[Decoded]]:
+    """For an array tag (``count`` values of one type, back to back): a function from all its
+    registers to the list of values, each decoded (and scaled) as a lone tag of the type."""
+    element = make_decoder(codec)
+    width = codec.count
+
+    def decode_all(words: Sequence[int] | Sequence[bool]) -> list[Decoded]:
+        return [element(words[i * width : (i + 1) * width]) for i in range(count)]
+
+    return decode_all
+
+
 def decode(codec: TagCodec, words: Sequence[int] | Sequence[bool]) -> Decoded:
     """One-off decode (tests, tools); the driver keeps the function from :func:`make_decoder`."""
     return make_decoder(codec)(words)

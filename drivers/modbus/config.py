@@ -7,11 +7,19 @@ with a file position before anything touches the network.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from drivers.base import DeviceBase, PositiveDuration, ProfileBase, StrictModel, TagBase
+from drivers.base import (
+    DeviceBase,
+    Duration,
+    PositiveDuration,
+    ProfileBase,
+    StrictModel,
+    TagBase,
+)
 from drivers.modbus.codec import register_count, resolve_byte_order
 
 Table = Literal["holding", "input", "coil", "discrete"]
@@ -35,11 +43,47 @@ DeviceByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 BIT_TABLES = ("coil", "discrete")
 
 
-class ModbusConnection(StrictModel):
-    """Where a Modbus TCP device (or a gateway in front of serial devices) listens."""
+Transport = Literal["tcp", "rtu", "rtu-over-tcp", "tcp-gateway"]
+#: Transports whose devices share one line (one request at a time) with every device naming the
+#: same port or endpoint.
+SHARED_TRANSPORTS = ("rtu", "rtu-over-tcp", "tcp-gateway")
 
-    host: str = Field(description="IP address or host name of the device or gateway")
-    port: int = Field(default=502, ge=1, le=65535, description="TCP port (502 is the standard)")
+
+def _host_optional_in_schema(schema: dict[str, Any]) -> None:
+    """An rtu connection has no host: editors must not ask for one."""
+    required = schema.get("required")
+    if isinstance(required, list) and "host" in required:
+        required.remove("host")
+
+
+class ModbusConnection(StrictModel):
+    """How the device is reached: Modbus TCP, an RS-485 line (RTU), or a gateway.
+
+    ``tcp``: one device (or one unit id) with a TCP connection of its own. ``tcp-gateway``: one
+    unit id behind a Modbus TCP gateway; every device naming the same ``host:port`` shares one
+    connection, one request at a time (many gateways accept one or two connections only, and the
+    RS-485 behind them carries one request at a time anyway). ``rtu-over-tcp``: RTU frames (with
+    CRC, no MBAP header) through a transparent serial-to-Ethernet converter; shared the same way.
+    ``rtu``: a serial port; every device naming the same ``port`` shares it.
+    """
+
+    transport: Transport = Field(
+        default="tcp",
+        description="tcp (default), rtu (serial port), rtu-over-tcp (transparent converter), "
+        "tcp-gateway (unit ids behind one Modbus TCP gateway, sharing one connection)",
+    )
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra=_host_optional_in_schema
+    )
+
+    host: str = Field(
+        description="IP address or host name of the device or gateway (not for rtu)",
+    )
+    port: int | str = Field(
+        default=502,
+        description="TCP port (502 is the standard), or for rtu the serial port "
+        "(/dev/ttyUSB0, /dev/serial/by-id/...)",
+    )
     unit_id: int = Field(
         default=1,
         ge=0,
@@ -50,6 +94,76 @@ class ModbusConnection(StrictModel):
         default=1.0,
         description="how long to wait for each answer; a dead device costs this once per poll",
     )
+    baudrate: int = Field(default=9600, gt=0, description="rtu: bits per second")
+    parity: Literal["N", "E", "O"] = Field(
+        default="E", description="rtu: N, E or O (the Modbus standard says E)"
+    )
+    stopbits: Literal[1, 2] = Field(default=1, description="rtu: stop bits")
+    bytesize: Literal[7, 8] = Field(default=8, description="rtu: data bits (RTU needs 8)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_host_on_serial(cls, data: Any) -> Any:
+        # host is required (pydantic says so at the key) except on a serial port, which has none.
+        if isinstance(data, dict) and data.get("transport") == "rtu" and "host" not in data:
+            return {**data, "host": ""}
+        return data
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _check_port(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise PydanticCustomError(
+                    "greater_than_equal", "Input should be greater than or equal to {ge}", {"ge": 1}
+                )
+            if value > 65535:
+                raise PydanticCustomError(
+                    "less_than_equal", "Input should be less than or equal to {le}", {"le": 65535}
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> ModbusConnection:
+        serial_keys = ("baudrate", "parity", "stopbits", "bytesize")
+        if self.transport == "rtu":
+            if not isinstance(self.port, str) or not self.port:
+                raise ValueError("an rtu connection needs port: the serial device path")
+            if self.host:
+                raise ValueError("an rtu connection takes no host (it is a serial port)")
+            return self
+        if isinstance(self.port, str):
+            raise ValueError(f"a {self.transport} connection needs port: a TCP port 1..65535")
+        extra = [k for k in serial_keys if k in self.model_fields_set]
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: only for transport rtu")
+        return self
+
+    @property
+    def shared(self) -> bool:
+        return self.transport in SHARED_TRANSPORTS
+
+    @property
+    def endpoint(self) -> str:
+        """What identifies the line: the serial path, or ``host:port``."""
+        if self.transport == "rtu":
+            return str(self.port)
+        return f"{self.host}:{self.port}"
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes on an rtu line (start + data + parity + stop bits)."""
+        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def frame_silence(self) -> float:
+        """The inter-frame silence: 3.5 character times, fixed at 1.75 ms above 19200 baud."""
+        if self.transport != "rtu":
+            return 0.0
+        if self.baudrate > 19200:
+            return 0.00175
+        return 3.5 * self.char_time
 
 
 class ModbusTag(TagBase):
@@ -79,16 +193,36 @@ class ModbusTag(TagBase):
     length: int | None = Field(
         default=None, ge=1, le=125, description="string length in registers (two characters each)"
     )
+    count: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="array: this many consecutive values of the type (value is a list; scale "
+        "and offset apply to each); arrays longer than one read are split over several",
+    )
+    writable: bool = Field(
+        default=False, description="accept writes from the cloud (holding registers and coils)"
+    )
+    min: float | None = Field(default=None, description="writes below this are refused")
+    max: float | None = Field(default=None, description="writes above this are refused")
 
     @property
-    def width(self) -> int:
-        """Registers (or bits, for coil/discrete) the tag spans."""
+    def element_width(self) -> int:
+        """Registers one value (one array element) spans."""
         if self.table in BIT_TABLES:
             return 1
         return register_count(self.type, self.length)
 
+    @property
+    def width(self) -> int:
+        """Registers (or bits, for coil/discrete) the tag spans, every array element included."""
+        return self.element_width * (self.count or 1)
+
     @model_validator(mode="after")
     def _check_combination(self) -> ModbusTag:
+        self._check_write_keys()
+        if self.count is not None and self.type in ("bool", "string"):
+            raise ValueError(f"count (arrays) is for numeric register tags, not {self.type}")
         if self.table in BIT_TABLES:
             if self.type != "bool":
                 raise ValueError(f"a {self.table} tag must be type bool, not {self.type}")
@@ -134,6 +268,19 @@ class ModbusTag(TagBase):
             )
         return self
 
+    def _check_write_keys(self) -> None:
+        if self.writable and self.table not in ("holding", "coil"):
+            raise ValueError(
+                f"{self.table} tags cannot be writable: Modbus writes holding registers and coils"
+            )
+        bounded = [key for key in ("min", "max") if getattr(self, key) is not None]
+        if bounded and not self.writable:
+            raise ValueError(f"{'/'.join(bounded)} only bound writes: this tag is not writable")
+        if bounded and self.type in ("bool", "string"):
+            raise ValueError(f"{' and '.join(bounded)} not allowed on a {self.type} tag")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+
 
 class ModbusDevice(DeviceBase):
     """A Modbus TCP device: connection, request planning limits and tags."""
@@ -158,16 +305,56 @@ class ModbusDevice(DeviceBase):
     max_bits: int = Field(
         default=2000, ge=1, le=2000, description="coils or discrete inputs per read request"
     )
+    # -- quirks: see drivers/modbus/README.md for the symptoms that call for each --------------
+    no_coalescing: bool = Field(
+        default=False, description="one request per tag (devices that refuse reads across tags)"
+    )
+    address_offset: int = Field(
+        default=0,
+        ge=-1,
+        le=1,
+        description="added to every tag address on the wire: -1 for devices documented 1-based",
+    )
+    read_function: Literal[3, 4] | None = Field(
+        default=None,
+        description="read every register tag with this function (4: meters that serve their "
+        "holding map only as input registers)",
+    )
+    write_function: Literal[16] | None = Field(
+        default=None,
+        description="16: write single registers with function 16 too, coils with 15 (devices "
+        "that do not implement 6 and 5)",
+    )
+    pause_between_requests: Duration = Field(
+        default=0.0,
+        description="silence before each request (slow devices that miss requests sent right "
+        "after an answer)",
+    )
+    close_connection_after_poll: bool = Field(
+        default=False,
+        description="tcp: reconnect for every poll (devices that drop idle connections)",
+    )
     tags: Sequence[ModbusTag] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_tags_fit(self) -> ModbusDevice:
         for tag in self.tags:
-            if tag.table not in BIT_TABLES and tag.width > self.max_registers:
+            if tag.table not in BIT_TABLES and tag.element_width > self.max_registers:
                 raise ValueError(
-                    f"tag {tag.name} spans {tag.width} registers, more than max_registers "
-                    f"({self.max_registers}) allows in one read"
+                    f"tag {tag.name} spans {tag.element_width} registers, more than "
+                    f"max_registers ({self.max_registers}) allows in one read"
                 )
+            first = tag.address + self.address_offset
+            if first < 0 or first + tag.width - 1 > 65535:
+                raise ValueError(
+                    f"tag {tag.name} at address {tag.address} with address_offset "
+                    f"{self.address_offset} falls outside 0..65535 on the wire"
+                )
+        if self.close_connection_after_poll and self.connection.shared:
+            raise ValueError(
+                "close_connection_after_poll is for transport tcp; the "
+                f"{self.connection.transport} line is shared by its devices"
+            )
         return self
 
 

@@ -1,27 +1,57 @@
-"""The Modbus TCP driver: connect, poll the planned requests, decode, report quality per tag.
+"""The Modbus driver: connect, poll the planned requests, decode, report quality per tag; writes.
 
 pymodbus is told neither to retry nor to reconnect (``retries=0``, ``reconnect_delay=0``): the
 agent owns backoff, and a client retrying behind its back would multiply the cost of a dead device
 (``timeout x (retries + 1)`` per request) and hide connection loss from the device status.
+
+Exception 2 (illegal data address) on a read that joins several tags means some address in it
+does not exist on the device (maps with holes the manual does not show). The request is split in
+two and both halves are sent at once, recursively, until every tag that still fails is alone;
+those are marked bad with the exception and left out of the plan, and the split plan is kept, so
+the failing request is not repeated every cycle. The learned plan is forgotten (the device
+probed again with the full plan) after every reconnect and every ``REPROBE_INTERVAL`` seconds, so
+a firmware update or a replaced device is noticed without a restart.
+
+Writes encode the value with the tag's type, byte order, scale and offset (inverted), use
+function 5 for a coil, 6 for one register and 16 for more (15 and 16 always with the
+``write_function: 16`` quirk), and read the tag back to confirm.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.base import DeviceBase, DeviceError, Driver, Reading
-from drivers.modbus.codec import Decoded, TagCodec, make_decoder, resolve_byte_order
-from drivers.modbus.config import BIT_TABLES, ModbusDevice, ModbusProfile, ModbusTag
-from drivers.modbus.planner import Request, plan
+from drivers.base import DeviceBase, DeviceError, Driver, Line, LineSettings, Reading, WriteError
+from drivers.modbus.codec import (
+    Decoded,
+    TagCodec,
+    encode,
+    make_array_decoder,
+    make_decoder,
+    resolve_byte_order,
+)
+from drivers.modbus.config import (
+    BIT_TABLES,
+    ModbusConnection,
+    ModbusDevice,
+    ModbusProfile,
+    ModbusTag,
+)
+from drivers.modbus.link import ModbusLink
+from drivers.modbus.planner import Request, TagSlice, plan
+
+#: Seconds after which a plan split by exception 2 is dropped and the full plan probed again.
+REPROBE_INTERVAL = 600.0
+#: Registers per write request (function 16 allows 123).
+MAX_WRITE_REGISTERS = 123
 
 #: Modbus exception codes as the specification names them, for the quality reason.
 EXCEPTION_NAMES = {
@@ -36,7 +66,7 @@ EXCEPTION_NAMES = {
     11: "gateway target device failed to respond",
 }
 
-Decoder = Callable[[Sequence[int] | Sequence[bool]], Decoded]
+Decoder = Callable[[Sequence[int] | Sequence[bool]], Decoded | list[Decoded]]
 
 
 def exception_reason(code: int) -> str:
@@ -48,7 +78,7 @@ def tag_codec(tag: ModbusTag, device_byte_order: str) -> TagCodec:
     """One tag's decoding facts; the device's byte order applies where the tag has none."""
     if tag.table in BIT_TABLES:
         return TagCodec(type="bool", count=1, from_bits=True)
-    width = tag.width
+    width = tag.element_width
     order = "ABCD"
     if tag.type not in ("bool", "string"):
         if tag.byte_order is not None:
@@ -65,16 +95,51 @@ def tag_codec(tag: ModbusTag, device_byte_order: str) -> TagCodec:
     )
 
 
+def _decoder(tag: ModbusTag, device_byte_order: str) -> Decoder:
+    codec = tag_codec(tag, device_byte_order)
+    if tag.count is not None:
+        return make_array_decoder(codec, tag.count)
+    return make_decoder(codec)
+
+
+def _sub_request(req: Request, slices: Sequence[TagSlice]) -> Request:
+    """The part of ``req`` that covers only ``slices`` (for splitting on exception 2)."""
+    first = min(s.start for s in slices)
+    last = max(s.start + s.count for s in slices)
+    moved = tuple(TagSlice(s.tag, s.start - first, s.count, s.part) for s in slices)
+    return Request(table=req.table, address=req.address + first, count=last - first, slices=moved)
+
+
+def _without(reads: list[Request], name: str) -> list[Request]:
+    """``reads`` with tag ``name`` taken out (requests that read nothing else dropped)."""
+    return [
+        r if name not in r.tags else _sub_request(r, [s for s in r.slices if s.tag != name])
+        for r in reads
+        if set(r.tags) != {name}
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class _PlannedRead:
-    """A request with, for each of its tags, where to slice the answer and how to decode it."""
+    """A request with, for each of its slices, where it sits in the answer and its decoder."""
 
     request: Request
     tags: tuple[tuple[str, int, int, Decoder], ...]
 
 
+@dataclass(slots=True)
+class _Parked:
+    """A tag whose address the device refuses (exception 2), out of the plan until a probe
+    reads it again."""
+
+    reason: str
+    requests: list[Request]
+    step: int  # cycles skipped before the next probe, doubled per failed probe
+    due: int  # the cycle of the next probe
+
+
 class ModbusDriver(Driver):
-    """One Modbus TCP device (or one unit id behind a gateway)."""
+    """One Modbus device (or one unit id behind a gateway or on an RS-485 line)."""
 
     name = "modbus"
     device_model = ModbusDevice
@@ -90,24 +155,23 @@ class ModbusDriver(Driver):
             max_gap=device.max_gap,
             max_registers=device.max_registers,
             max_bits=device.max_bits,
+            coalesce=not device.no_coalescing,
+            address_offset=device.address_offset,
         )
-        by_name = {t.name: t for t in device.tags}
-        self._reads: tuple[_PlannedRead, ...] = tuple(
-            _PlannedRead(
-                request=req,
-                tags=tuple(
-                    (
-                        s.tag,
-                        s.start,
-                        s.count,
-                        make_decoder(tag_codec(by_name[s.tag], device.byte_order)),
-                    )
-                    for s in req.slices
-                ),
-            )
-            for req in self.requests
-        )
-        self._client: AsyncModbusTcpClient | None = None
+        self._tags: dict[str, ModbusTag] = {t.name: t for t in device.tags}
+        self._decoders: dict[str, Decoder] = {
+            t.name: _decoder(t, device.byte_order) for t in device.tags
+        }
+        self._plan: list[Request] = list(self.requests)
+        self._parked: dict[str, _Parked] = {}  # tags learned to answer exception 2
+        self._learned_at: float | None = None
+        self._cycle = 0
+        self._max_step = max(1, int(REPROBE_INTERVAL / device.poll_interval))
+        self._link: ModbusLink | None = None
+        self._shared = device.connection.shared
+        self._raw: dict[str, Any] = {}
+        self.splits = 0  # requests split on exception 2 since start (tests, metrics)
+        self._errors: Counter[str] = Counter()
 
     def describe_plan(self) -> dict[str, Any]:
         return {
@@ -116,106 +180,411 @@ class ModbusDriver(Driver):
             "bits": sum(r.count for r in self.requests if r.is_bits),
         }
 
-    async def connect(self) -> None:
-        await self.close()
-        conn = self.config.connection
-        client = AsyncModbusTcpClient(
-            conn.host,
-            port=conn.port,
-            timeout=conn.timeout,
-            retries=0,
-            reconnect_delay=0,
+    @property
+    def _reads(self) -> tuple[_PlannedRead, ...]:
+        """The plan as it stands, each slice with its tag's decoder (property tests decode
+        arbitrary answers through it)."""
+        return tuple(
+            _PlannedRead(
+                r, tuple((s.tag, s.start, s.count, self._decoders[s.tag]) for s in r.slices)
+            )
+            for r in self._plan
         )
-        if await client.connect() and client.connected:
-            self._client = client
-            return
-        client.close()
-        # pymodbus only says "False"; a second, bare attempt tells the operator why.
-        raise await self._why_unreachable()
 
-    async def _why_unreachable(self) -> DeviceError:
-        conn = self.config.connection
-        where = f"{conn.host}:{conn.port}"
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(conn.host, conn.port), timeout=conn.timeout
-            )
-        except ConnectionRefusedError as exc:
-            return DeviceError("connection refused", f"{where}: {exc}")
-        except TimeoutError:
-            return DeviceError("timeout", f"{where}: no answer to connect within {conn.timeout}s")
-        except OSError as exc:
-            if exc.errno == errno.ECONNREFUSED:
-                return DeviceError("connection refused", f"{where}: {exc}")
-            return DeviceError("unreachable", f"{where}: {exc}")
-        writer.close()
-        return DeviceError("unreachable", f"{where}: connect failed, then succeeded on retry")
+    def error_counts(self) -> Mapping[str, int]:
+        """Timeouts, exception answers by code, answers pymodbus could not use."""
+        return dict(self._errors)
 
-    async def poll(self) -> list[Reading]:
-        client = self._client
-        if client is None or not client.connected:
-            raise DeviceError("connection lost", "not connected")
-        unit = self.config.connection.unit_id
-        readings: list[Reading] = []
-        answered = 0
-        for index, planned in enumerate(self._reads):
-            req = planned.request
-            try:
-                response = await self._read(client, req, unit)
-            except ModbusIOException as exc:
-                if not client.connected:
-                    raise DeviceError("connection lost", str(exc)) from exc
-                if answered == 0:
-                    raise DeviceError(
-                        "timeout", f"no answer from unit {unit} within {self._timeout}s"
-                    ) from exc
-                # The device stopped answering mid-cycle: one timeout is enough per cycle.
-                now = time.time()
-                for later in self._reads[index:]:
-                    readings.extend(Reading.bad(t[0], now, "timeout") for t in later.tags)
-                return readings
-            except ConnectionException as exc:
-                raise DeviceError("connection lost", str(exc)) from exc
-            except ModbusException as exc:
-                now = time.time()
-                answered += 1
-                readings.extend(Reading.bad(t[0], now, f"error: {exc}") for t in planned.tags)
-                continue
-            now = time.time()
-            answered += 1
-            if response.isError():
-                reason = exception_reason(int(response.exception_code))
-                readings.extend(Reading.bad(t[0], now, reason) for t in planned.tags)
-                continue
-            words: Sequence[int] | Sequence[bool] = (
-                response.bits if req.is_bits else response.registers
+    def raw_values(self) -> Mapping[str, Any]:
+        return dict(self._raw)
+
+    # -- lines ------------------------------------------------------------------------------------
+
+    @classmethod
+    def line_settings(cls, entry: Mapping[str, Any]) -> LineSettings | None:
+        conn = entry.get("connection")
+        if not isinstance(conn, Mapping):
+            return None
+        transport = conn.get("transport", "tcp")
+        if transport == "rtu":
+            port = conn.get("port")
+            if not isinstance(port, str):
+                return None
+            defaults = ModbusConnection.model_fields
+            agree: dict[str, object] = {"driver": "modbus", "connection.transport": "rtu"}
+            for key in ("baudrate", "parity", "stopbits", "bytesize"):
+                agree[f"connection.{key}"] = conn.get(key, defaults[key].default)
+            return LineSettings(key=port, agree=agree)
+        if transport in ("rtu-over-tcp", "tcp-gateway"):
+            host, port = conn.get("host"), conn.get("port", 502)
+            if not isinstance(host, str):
+                return None
+            return LineSettings(
+                key=f"{host}:{port}",
+                agree={"driver": "modbus", "connection.transport": transport},
             )
-            for name, start, count, decoder in planned.tags:
-                part = words[start : start + count]
-                if len(part) < count:
-                    readings.append(Reading.bad(name, now, "short response"))
-                else:
-                    readings.append(Reading(tag=name, value=decoder(part), ts=now))
-        return readings
+        return None
+
+    def line_key(self) -> str | None:
+        return self.config.connection.endpoint if self._shared else None
+
+    def make_line(self) -> Line:
+        return ModbusLink(self.config.connection)
+
+    def use_line(self, line: Line) -> None:
+        if not isinstance(line, ModbusLink):
+            raise TypeError(f"a Modbus device cannot share {line.key} with another protocol")
+        self._link = line
+
+    @property
+    def link(self) -> ModbusLink | None:
+        """The medium this device talks through (tests and the benchmark count its frames)."""
+        return self._link
+
+    # -- connection -------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self._open()
+        self._relearn()
+
+    async def _open(self) -> None:
+        if self._shared:
+            if self._link is None:
+                raise DeviceError("no line", "use_line() was not called")
+            await self._link.open()
+        else:
+            await self.close()
+            link = ModbusLink(self.config.connection)
+            await link.open()
+            self._link = link
+
+    async def close(self) -> None:
+        if not self._shared and self._link is not None:
+            link, self._link = self._link, None
+            await link.close()
+
+    def _relearn(self) -> None:
+        """Back to the full plan: addresses learned invalid are probed again."""
+        self._plan = list(self.requests)
+        self._parked.clear()
+        self._learned_at = None
 
     @property
     def _timeout(self) -> float:
         return self.config.connection.timeout
 
-    @staticmethod
-    async def _read(client: AsyncModbusTcpClient, req: Request, unit: int) -> Any:
-        if req.table == "holding":
+    async def _execute(self, call: Callable[[ModbusBaseClient], Any]) -> Any:
+        link = self._link
+        if link is None:
+            raise DeviceError("connection lost", "not connected")
+        return await link.execute(
+            call, timeout=self._timeout, pause=self.config.pause_between_requests
+        )
+
+    # -- polling ----------------------------------------------------------------------------------
+
+    async def poll(self) -> list[Reading]:
+        if not self.config.close_connection_after_poll:
+            return await self._poll()
+        # The quirk: a connection per poll (what was learned about the device stays).
+        if not self.connected:
+            await self._open()
+        try:
+            return await self._poll()
+        finally:
+            await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and self._link.connected
+
+    async def _poll(self) -> list[Reading]:
+        if not self.connected:
+            raise DeviceError("connection lost", "not connected")
+        if self._learned_at is not None and time.monotonic() - self._learned_at > REPROBE_INTERVAL:
+            self._relearn()
+        self._cycle += 1
+        unit = self.config.connection.unit_id
+        readings: list[Reading] = []
+        parts: dict[str, list[tuple[int, Sequence[int] | Sequence[bool]]]] = {}
+        failed: dict[str, str] = {}
+        answered = 0
+        probing = [name for name, p in self._parked.items() if p.due <= self._cycle]
+        pending = list(self._plan)
+        for name in probing:
+            pending += self._parked[name].requests
+        while pending:
+            req = pending.pop(0)
+            try:
+                response = await self._execute(self._reader(req, unit))
+            except ModbusIOException as exc:
+                if not self.connected:
+                    raise DeviceError("connection lost", str(exc)) from exc
+                self._errors["timeout"] += 1
+                if answered == 0:
+                    raise DeviceError(
+                        "timeout", f"no answer from unit {unit} within {self._timeout}s"
+                    ) from exc
+                # The device stopped answering mid-cycle: one timeout is enough per cycle.
+                for later in (req, *pending):
+                    failed.update(dict.fromkeys(later.tags, "timeout"))
+                break
+            except ConnectionException as exc:
+                raise DeviceError("connection lost", str(exc)) from exc
+            except ModbusException as exc:
+                answered += 1
+                self._errors["invalid answer"] += 1
+                failed.update(dict.fromkeys(req.tags, f"error: {exc}"))
+                continue
+            answered += 1
+            if response.isError():
+                code = int(response.exception_code)
+                self._errors[f"exception {code}"] += 1
+                if code == 2 and self._learn(req, pending):
+                    continue  # split: both halves are next in ``pending``
+                failed.update(dict.fromkeys(req.tags, exception_reason(code)))
+                continue
+            words: Sequence[int] | Sequence[bool] = (
+                response.bits if req.is_bits else response.registers
+            )
+            for s in req.slices:
+                part = words[s.start : s.start + s.count]
+                if len(part) < s.count:
+                    failed[s.tag] = "short response"
+                else:
+                    parts.setdefault(s.tag, []).append((s.part, part))
+        for name in probing:
+            parked = self._parked[name]
+            if name in failed or name not in parts:
+                continue
+            # It answers again (a firmware update, or the exception was a fluke): back in.
+            del self._parked[name]
+            self._plan += parked.requests
+        now = time.time()
+        for name, parked in self._parked.items():
+            if name not in parts:
+                failed.setdefault(name, parked.reason)
+        for name, got in parts.items():
+            if name in failed:
+                continue
+            if len(got) == 1:
+                words_of_tag = got[0][1]
+            else:
+                got.sort(key=lambda p: p[0])
+                words_of_tag = [w for _, chunk in got for w in chunk]
+            self._raw[name] = list(words_of_tag)
+            readings.append(Reading(tag=name, value=self._decoders[name](words_of_tag), ts=now))
+        readings.extend(Reading.bad(name, now, reason) for name, reason in failed.items())
+        return readings
+
+    def _learn(self, req: Request, pending: list[Request]) -> bool:
+        """Exception 2 on ``req``. Several tags: split it in two, both halves sent next (at the
+        front of ``pending``) and kept in the plan. One tag: park it, probing it again after
+        skipping 1, 2, 4... cycles (at most every ``REPROBE_INTERVAL``), so a truly missing
+        address costs ever fewer requests and a fluke costs one skipped cycle. True when
+        split."""
+        self._learned_at = self._learned_at or time.monotonic()
+        if len(set(req.tags)) > 1:
+            ordered = sorted(req.slices, key=lambda s: (s.start, s.count))
+            half = len(ordered) // 2
+            halves = [_sub_request(req, ordered[:half]), _sub_request(req, ordered[half:])]
+            self._replace(req, halves)
+            pending[:0] = halves
+            self.splits += 1
+            return True
+        name = req.tags[0]
+        parked = self._parked.get(name)
+        if parked is not None:  # a probe that failed again: wait twice as long
+            parked.step = min(parked.step * 2, self._max_step)
+            parked.due = self._cycle + parked.step + 1
+            return False
+        tag = self._tags[name]
+        self._parked[name] = _Parked(
+            reason=exception_reason(2),
+            requests=list(
+                plan(
+                    [tag],
+                    max_registers=self.config.max_registers,
+                    max_bits=self.config.max_bits,
+                    address_offset=self.config.address_offset,
+                )
+            ),
+            step=1,
+            due=self._cycle + 2,
+        )
+        # Every part of an array goes: the tag is bad whole until a probe reads all of it.
+        self._plan = _without(self._plan, name)
+        pending[:] = _without(pending, name)
+        return False
+
+    def _replace(self, req: Request, halves: list[Request]) -> None:
+        for i, r in enumerate(self._plan):
+            if r is req:
+                self._plan[i : i + 1] = halves
+                return
+
+    def _read_function(self, table: str) -> int:
+        if table in BIT_TABLES:
+            return 1 if table == "coil" else 2
+        return self.config.read_function or (3 if table == "holding" else 4)
+
+    def _reader(self, req: Request, unit: int) -> Callable[[ModbusBaseClient], Any]:
+        return lambda client: self._read(client, req, unit)
+
+    async def _read(self, client: ModbusBaseClient, req: Request, unit: int) -> Any:
+        function = self._read_function(req.table)
+        if function == 3:
             return await client.read_holding_registers(req.address, count=req.count, device_id=unit)
-        if req.table == "input":
+        if function == 4:
             return await client.read_input_registers(req.address, count=req.count, device_id=unit)
-        if req.table == "coil":
+        if function == 1:
             return await client.read_coils(req.address, count=req.count, device_id=unit)
         return await client.read_discrete_inputs(req.address, count=req.count, device_id=unit)
 
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is None:
-            return
-        # close() must never raise, whatever pymodbus does with a half-dead transport.
-        with contextlib.suppress(Exception):
-            client.close()
+    # -- writes -----------------------------------------------------------------------------------
+
+    def check_write(self, tag: str, value: Any) -> None:
+        self._encode(tag, value)
+
+    def _encode(self, tag: str, value: Any) -> list[int]:
+        """The registers (or bits) the value becomes; ``WriteError`` when it cannot be written.
+
+        A bool in a register comes back as the one register with only that bit set; the write
+        itself reads the register first and changes only that bit."""
+        t = self._tags.get(tag)
+        if t is None or not t.writable:
+            raise WriteError(f"tag '{tag}' is not writable")
+        codec = tag_codec(t, self.config.byte_order)
+        if t.count is not None:
+            if not isinstance(value, list) or len(value) != t.count:
+                raise WriteError(f"tag '{tag}' takes a list of {t.count} numbers")
+            regs: list[int] = []
+            for i, element in enumerate(value):
+                regs += self._encode_one(t, codec, element, f"'{tag}'[{i}]")
+            return regs
+        return self._encode_one(t, codec, value, f"'{tag}'")
+
+    @staticmethod
+    def _encode_one(t: ModbusTag, codec: TagCodec, value: Any, what: str) -> list[int]:
+        if t.type == "bool":
+            if not isinstance(value, bool):
+                raise WriteError(f"tag {what} takes true or false, not {_json_type(value)}")
+            return encode(codec, value)
+        if t.type == "string":
+            if not isinstance(value, str):
+                raise WriteError(f"tag {what} takes a string, not {_json_type(value)}")
+            if not value.isascii():
+                raise WriteError(f"tag {what} takes ASCII text only")
+            if len(value) > codec.count * 2:
+                raise WriteError(f"tag {what} takes at most {codec.count * 2} characters")
+            return encode(codec, value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise WriteError(f"tag {what} takes a number, not {_json_type(value)}")
+        if not math.isfinite(value):
+            raise WriteError(f"tag {what} takes a finite number")
+        if t.min is not None and value < t.min:
+            raise WriteError(f"{value} is below min {t.min} of tag {what}")
+        if t.max is not None and value > t.max:
+            raise WriteError(f"{value} is above max {t.max} of tag {what}")
+        try:
+            return encode(codec, value)
+        except (ValueError, OverflowError) as exc:
+            raise WriteError(f"tag {what}: {exc}") from None
+        except Exception:  # struct.error: out of the type's range
+            raise WriteError(f"{value} does not fit tag {what} ({t.type})") from None
+
+    async def write(self, tag: str, value: Any) -> None:
+        if not self.config.close_connection_after_poll:
+            return await self._write(tag, value)
+        if not self.connected:
+            await self._open()
+        try:
+            return await self._write(tag, value)
+        finally:
+            await self.close()
+
+    async def _write(self, tag: str, value: Any) -> None:
+        regs = self._encode(tag, value)
+        t = self._tags[tag]
+        unit = self.config.connection.unit_id
+        address = t.address + self.config.address_offset
+        multiple = self.config.write_function == 16
+        try:
+            if t.table == "coil":
+                bit = bool(regs[0])
+                if multiple:
+                    await self._answered(lambda c: c.write_coils(address, [bit], device_id=unit))
+                else:
+                    await self._answered(lambda c: c.write_coil(address, bit, device_id=unit))
+                back = await self._answered(
+                    lambda c: c.read_coils(address, count=1, device_id=unit)
+                )
+                if bool(back.bits[0]) != bit:
+                    raise WriteError(f"not confirmed: read back {bool(back.bits[0])}")
+                return
+            if t.type == "bool":
+                mask = 1 << (t.bit or 0)
+                current = (await self._read_back(address, 1, unit))[0]
+                regs = [(current & ~mask) | (mask if value else 0)]
+            for first in range(0, len(regs), MAX_WRITE_REGISTERS):
+                chunk = regs[first : first + MAX_WRITE_REGISTERS]
+                at = address + first
+                if len(chunk) == 1 and not multiple:
+                    await self._answered(_call("write_register", at, chunk[0], device_id=unit))
+                else:
+                    await self._answered(_call("write_registers", at, chunk, device_id=unit))
+            back_regs = await self._read_back(address, len(regs), unit)
+        except ModbusIOException as exc:
+            if not self.connected:
+                raise DeviceError("connection lost", str(exc)) from exc
+            raise DeviceError("timeout", f"no answer from unit {unit}") from exc
+        except ConnectionException as exc:
+            raise DeviceError("connection lost", str(exc)) from exc
+        except ModbusException as exc:
+            raise WriteError(f"error: {exc}") from exc
+        if back_regs != regs:
+            shown = self._decoders[tag](back_regs)
+            raise WriteError(f"not confirmed: read back {shown!r}")
+
+    async def _answered(self, call: Callable[[ModbusBaseClient], Any]) -> Any:
+        """Run a request; an exception answer becomes ``WriteError`` with its name."""
+        response = await self._execute(call)
+        if response.isError():
+            raise WriteError(f"device answered {exception_reason(int(response.exception_code))}")
+        return response
+
+    async def _read_back(self, address: int, count: int, unit: int) -> list[int]:
+        regs: list[int] = []
+        function = self.config.read_function or 3
+        for first in range(0, count, self.config.max_registers):
+            n = min(self.config.max_registers, count - first)
+            at = address + first
+            if function == 3:
+                response = await self._answered(
+                    _call("read_holding_registers", at, count=n, device_id=unit)
+                )
+            else:
+                response = await self._answered(
+                    _call("read_input_registers", at, count=n, device_id=unit)
+                )
+            regs += [int(r) for r in response.registers[:n]]
+        return regs
+
+
+def _call(method: str, *args: Any, **kwargs: Any) -> Callable[[ModbusBaseClient], Any]:
+    """A request for ``ModbusLink.execute``: ``method`` of the client with these arguments."""
+    return lambda client: getattr(client, method)(*args, **kwargs)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"

@@ -20,16 +20,21 @@ TABLE_ORDER = ("holding", "input", "coil", "discrete")
 
 @dataclass(frozen=True, slots=True)
 class TagSlice:
-    """Where one tag's registers (or bits) sit in its request's answer."""
+    """Where one tag's registers (or bits) sit in its request's answer.
+
+    An array longer than one read is cut into parts, each in its own request; ``part`` is where
+    this slice's registers go in the tag's whole (0 for a tag read in one piece).
+    """
 
     tag: str
     start: int  # index into the answer
     count: int
+    part: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One read: ``count`` registers or bits of ``table`` from ``address``."""
+    """One read: ``count`` registers or bits of ``table`` from ``address`` (as sent on the wire)."""
 
     table: str
     address: int
@@ -46,11 +51,42 @@ class Request:
 
     def describe(self) -> str:
         """One line, as the plan corpus's ``expected.txt`` writes it."""
-        return f"{self.table} {self.address} {self.count} tags={','.join(self.tags)}"
+        names = (s.tag if s.part == 0 else f"{s.tag}@{s.part}" for s in self.slices)
+        return f"{self.table} {self.address} {self.count} tags={','.join(names)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """A tag, or one part of an array too long for one read, at its wire address."""
+
+    tag: str
+    table: str
+    address: int
+    width: int
+    part: int
+
+
+def _spans(tag: ModbusTag, cap: int, address_offset: int) -> list[_Span]:
+    """The tag in pieces of at most ``cap``, cut at element boundaries (an element is never
+    split, so every piece decodes on its own terms when the tag is reassembled)."""
+    address = tag.address + address_offset
+    if tag.width <= cap:
+        return [_Span(tag.name, tag.table, address, tag.width, 0)]
+    step = max(1, cap // tag.element_width) * tag.element_width
+    return [
+        _Span(tag.name, tag.table, address + part, min(step, tag.width - part), part)
+        for part in range(0, tag.width, step)
+    ]
 
 
 def plan(
-    tags: Sequence[ModbusTag], *, max_gap: int = 16, max_registers: int = 125, max_bits: int = 2000
+    tags: Sequence[ModbusTag],
+    *,
+    max_gap: int = 16,
+    max_registers: int = 125,
+    max_bits: int = 2000,
+    coalesce: bool = True,
+    address_offset: int = 0,
 ) -> tuple[Request, ...]:
     """Group tags into read requests.
 
@@ -58,33 +94,44 @@ def plan(
     when the registers it would add in between are at most ``max_gap`` and the request would stay
     within the size cap, otherwise it opens a new one. For tags that do not overlap, closing a
     request as late as possible gives the fewest requests; overlapping tags just share a request
-    when they fit.
-    Raises ``ValueError`` when one tag alone is larger than the cap (config validation prevents it).
+    when they fit. An array longer than the cap is cut into parts that are planned like tags.
+    ``coalesce=False`` (the ``no_coalescing`` quirk) gives every tag a request of its own.
+    ``address_offset`` is added to every address (the ``address_offset`` quirk).
+    Raises ``ValueError`` when one value alone is larger than the cap (config validation
+    prevents it).
     """
     requests: list[Request] = []
     for table in TABLE_ORDER:
         cap = max_bits if table in BIT_TABLES else max_registers
-        in_table = sorted(
-            (t for t in tags if t.table == table), key=lambda t: (t.address, t.address + t.width)
-        )
-        group: list[ModbusTag] = []
+        spans: list[_Span] = []
+        for t in tags:
+            if t.table != table:
+                continue
+            if t.element_width > cap:
+                raise ValueError(f"tag {t.name} spans {t.width}, more than {cap} per read")
+            spans.extend(_spans(t, cap, address_offset))
+        spans.sort(key=lambda s: (s.address, s.address + s.width))
+        group: list[_Span] = []
         start = end = 0  # end is exclusive
-        for tag in in_table:
-            tag_end = tag.address + tag.width
-            if tag.width > cap:
-                raise ValueError(f"tag {tag.name} spans {tag.width}, more than {cap} per read")
-            if group and tag.address - end <= max_gap and max(end, tag_end) - start <= cap:
-                group.append(tag)
-                end = max(end, tag_end)
+        for span in spans:
+            span_end = span.address + span.width
+            if (
+                coalesce
+                and group
+                and span.address - end <= max_gap
+                and max(end, span_end) - start <= cap
+            ):
+                group.append(span)
+                end = max(end, span_end)
                 continue
             if group:
                 requests.append(_request(table, start, end, group))
-            group, start, end = [tag], tag.address, tag_end
+            group, start, end = [span], span.address, span_end
         if group:
             requests.append(_request(table, start, end, group))
     return tuple(requests)
 
 
-def _request(table: str, start: int, end: int, group: list[ModbusTag]) -> Request:
-    slices = tuple(TagSlice(t.name, t.address - start, t.width) for t in group)
+def _request(table: str, start: int, end: int, group: list[_Span]) -> Request:
+    slices = tuple(TagSlice(s.tag, s.address - start, s.width, s.part) for s in group)
     return Request(table=table, address=start, count=end - start, slices=slices)
