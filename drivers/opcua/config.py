@@ -1,0 +1,273 @@
+"""The OPC UA section of the configuration: endpoint, security, user, mode and tags.
+
+Node ids are parsed here with asyncua's own parser, so a typo in ``node`` is a ``validate`` error
+with a file position rather than a tag that is bad forever. The password is never a key of the
+file: ``password_env`` or ``password_file`` name where it is, like the broker's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from asyncua import ua
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from drivers.base import DeviceBase, Duration, PositiveDuration, ProfileBase, StrictModel, TagBase
+
+Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+SecurityMode = Literal["Sign", "SignAndEncrypt"]
+
+_ENDPOINT = re.compile(r"^opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+)(:\d{1,5})?(/\S*)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SEGMENT = re.compile(r"^(?:(\d+):)?(.+)$")
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file, as everywhere in the file (the loader
+    passes its directory as ``base_dir`` in the validation context)."""
+    context = info.context if isinstance(info.context, Mapping) else {}
+    base = context.get("base_dir")
+    if value.is_absolute() or base is None:
+        return value
+    return Path(base) / value
+
+
+FilePath = Annotated[Path, AfterValidator(_relative_to_config)]
+
+
+def key_error(key: str, message: str) -> PydanticCustomError:
+    """An error shown at one key of the mapping (the config locator's ``config_key`` protocol)."""
+    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
+
+
+def parse_node(text: str) -> tuple[str | None, ua.NodeId]:
+    """``nsu=<uri>;s=X`` → (uri, NodeId in namespace 0 for now), ``ns=2;i=5`` → (None, NodeId).
+
+    The namespace URI form is what survives a server that renumbers its namespaces; its index is
+    looked up on the server at connect."""
+    uri: str | None = None
+    rest = text
+    if text.startswith("nsu="):
+        uri, sep, rest = text[4:].partition(";")
+        if not sep or not uri:
+            raise ValueError(f"invalid node id {text!r}: nsu=<namespace uri>;<i|s|g|b>=<id>")
+    try:
+        node = ua.NodeId.from_string(rest)
+    except Exception as exc:  # asyncua raises several kinds for malformed strings
+        raise ValueError(
+            f"invalid node id {text!r}: use ns=<index>;i=<number>, ns=<index>;s=<name> or "
+            f"nsu=<namespace uri>;s=<name> ({exc})"
+        ) from None
+    if uri is not None and "ns=" in rest:
+        raise ValueError(f"invalid node id {text!r}: give nsu= or ns=, not both")
+    return uri, ua.NodeId(node.Identifier, 0, node.NodeIdType) if uri else node
+
+
+def browse_segments(path: str) -> list[tuple[int | None, str]]:
+    """``Machine/Spindle/2:Speed`` → [(None, "Machine"), (None, "Spindle"), (2, "Speed")]."""
+    segments = []
+    for part in path.strip("/").split("/"):
+        m = _SEGMENT.match(part)
+        if not part or m is None:
+            raise ValueError(f"invalid browse_path {path!r}: empty segment")
+        segments.append((int(m.group(1)) if m.group(1) else None, m.group(2)))
+    return segments
+
+
+class Security(StrictModel):
+    """Message security of the secure channel. With a policy other than None the client proves
+    itself with ``cert_file``/``key_file`` and trusts exactly ``server_cert_file``."""
+
+    policy: Policy = Field(
+        default="None",
+        description="None, Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss",
+    )
+    mode: SecurityMode = Field(
+        default="SignAndEncrypt", description="Sign, or SignAndEncrypt (the default)"
+    )
+    cert_file: FilePath | None = Field(
+        default=None,
+        description="this client's certificate (DER or PEM) with its application URI in the SAN",
+    )
+    key_file: FilePath | None = Field(default=None, description="private key of cert_file (PEM)")
+    server_cert_file: FilePath | None = Field(
+        default=None,
+        description="the server's certificate to trust (pinned); connections to any other fail",
+    )
+
+    @model_validator(mode="after")
+    def _files_with_policy(self) -> Security:
+        files = ("cert_file", "key_file", "server_cert_file")
+        if self.policy == "None":
+            given = [k for k in (*files, "mode") if k in self.model_fields_set]
+            if given:
+                raise key_error(given[0], f"{given[0]} is for a security policy other than None")
+            return self
+        for key in files:
+            if getattr(self, key) is None:
+                raise key_error(
+                    "policy", f"policy {self.policy} needs cert_file, key_file and server_cert_file"
+                )
+        return self
+
+
+class OpcuaConnection(StrictModel):
+    """Where the server listens and how the client proves who it is."""
+
+    endpoint: str = Field(description="opc.tcp://host:port/path, as the server announces it")
+    security: Security = Field(default_factory=Security, description="message security")
+    username: str | None = Field(default=None, min_length=1, description="user name, if any")
+    password_env: str | None = Field(
+        default=None, description="name of the environment variable holding the password"
+    )
+    password_file: FilePath | None = Field(
+        default=None, description="file holding the password (one trailing newline is ignored)"
+    )
+    timeout: PositiveDuration = Field(
+        default=4.0, description="how long to wait for each answer (connect, read, browse)"
+    )
+    keepalive: PositiveDuration = Field(
+        default=1.0,
+        description="how often a silent session is probed; a dead server is noticed within it",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "password" in data:
+            raise key_error(
+                "password", "inline passwords are not allowed: use password_env or password_file"
+            )
+        return data
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        m = _ENDPOINT.match(value)
+        if m is None:
+            raise ValueError(f"invalid endpoint {value!r}: use opc.tcp://host:port/path")
+        if m.group(2) and not 0 < int(m.group(2)[1:]) <= 65535:
+            raise ValueError(f"port {m.group(2)[1:]} is out of range (1..65535)")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            # Not echoed: a password pasted here by mistake must not reach a log.
+            raise ValueError(
+                "not an environment variable name (letters, digits and '_', not starting with a "
+                "digit)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> OpcuaConnection:
+        if self.password_env is not None and self.password_file is not None:
+            raise key_error("password_file", "password_env and password_file exclude each other")
+        source = "password_env" if self.password_env is not None else "password_file"
+        if self.username is None and getattr(self, source) is not None:
+            raise key_error(source, "a password needs a username")
+        if self.username is not None and self.password_env is None and self.password_file is None:
+            raise key_error("username", "a username needs password_env or password_file")
+        return self
+
+
+class OpcuaTag(TagBase):
+    """One variable of the server, by node id or by browse path from Objects."""
+
+    node: str | None = Field(
+        default=None,
+        description="node id: ns=2;i=1042, ns=2;s=Spindle.Speed or nsu=<namespace uri>;s=...",
+    )
+    browse_path: str | None = Field(
+        default=None,
+        description="browse names from the Objects folder, e.g. Machine/Spindle/Vibration",
+    )
+    sampling_interval: Duration | None = Field(
+        default=None,
+        description="subscribe mode: how often the server samples (default: publishing_interval)",
+    )
+    queue_size: int = Field(
+        default=1,
+        ge=1,
+        le=10000,
+        description="subscribe mode: changes the server keeps per publishing interval (1: latest)",
+    )
+
+    @model_validator(mode="after")
+    def _one_address(self) -> OpcuaTag:
+        if (self.node is None) == (self.browse_path is None):
+            raise ValueError("a tag needs node or browse_path (exactly one)")
+        if self.node is not None:
+            try:
+                parse_node(self.node)
+            except ValueError as exc:
+                raise key_error("node", str(exc)) from None
+        if self.browse_path is not None:
+            try:
+                browse_segments(self.browse_path)
+            except ValueError as exc:
+                raise key_error("browse_path", str(exc)) from None
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.node if self.node is not None else f"browse_path {self.browse_path}"
+
+
+class OpcuaDevice(DeviceBase):
+    """An OPC UA server: one session, one subscription (or one Read per poll)."""
+
+    driver: Literal["opcua"]
+    connection: OpcuaConnection
+    mode: Literal["subscribe", "poll"] = Field(
+        default="subscribe",
+        description="subscribe: the server reports changes; poll: one Read of every tag per cycle",
+    )
+    publishing_interval: PositiveDuration = Field(
+        default=1.0,
+        description="subscribe mode: how often the server sends changes (and batches are made)",
+    )
+    tags: Sequence[OpcuaTag] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cadence(cls, data: Any) -> Any:
+        """In subscribe mode the batches come at the publishing interval, so that is the poll
+        interval too (the agent collects what arrived once per interval)."""
+        if not isinstance(data, Mapping):
+            return data
+        if data.get("mode", "subscribe") == "subscribe":
+            if "poll_interval" in data:
+                raise key_error(
+                    "poll_interval",
+                    "subscribe mode uses publishing_interval; poll_interval is for mode: poll",
+                )
+            return {**data, "poll_interval": data.get("publishing_interval", 1.0)}
+        if "publishing_interval" in data:
+            raise key_error("publishing_interval", "publishing_interval is for mode: subscribe")
+        return data
+
+    @model_validator(mode="after")
+    def _poll_mode_keys(self) -> OpcuaDevice:
+        if self.mode == "poll":
+            for i, tag in enumerate(self.tags):
+                for key in ("sampling_interval", "queue_size"):
+                    if key in tag.model_fields_set:
+                        raise ValueError(
+                            f"tags.{i} ({tag.name}): {key} is for mode: subscribe (the server "
+                            "applies it)"
+                        )
+        return self
+
+
+class OpcuaProfile(ProfileBase):
+    """An OPC UA machine type: its tag list, shared by every device that names it."""
+
+    driver: Literal["opcua"]
+    tags: Sequence[OpcuaTag] = Field(default_factory=list)

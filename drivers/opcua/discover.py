@@ -1,0 +1,354 @@
+"""``edge-agent discover opcua ENDPOINT``: browse a server and print a device entry to start from.
+
+The output is YAML the agent accepts as it is (``devices:`` and one entry): node ids by namespace
+URI (they survive the server renumbering its namespaces), tag names from the browse path, the
+type as a comment, the unit where the server has EngineeringUnits. Variables that cannot be read
+are listed commented out, with the server's reason, so the integrator sees what was left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from asyncua import Client, ua
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from pydantic import ValidationError
+
+from drivers.base import NAME_PATTERN, DeviceError
+from drivers.opcua.config import OpcuaConnection, parse_node
+from drivers.opcua.convert import status_name
+from drivers.opcua.nodes import Browser
+from drivers.opcua.session import close_session, open_session, why
+
+#: Nodes browsed (or read) per request: servers cap the operations of one call.
+PER_REQUEST = 500
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class Found:
+    """One variable: where it is, what it is."""
+
+    path: list[str]
+    node: ua.NodeId
+    name: str = ""
+    vtype: str = ""
+    array: bool = False
+    unit: str | None = None
+    problem: str | None = None
+    eu_node: ua.NodeId | None = None
+
+
+@dataclass
+class Walk:
+    found: list[Found] = field(default_factory=list)
+    objects: int = 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-agent discover opcua",
+        description="Browse an OPC UA server and print a ready-to-edit device entry (YAML).",
+    )
+    p.add_argument("endpoint", metavar="ENDPOINT", help="opc.tcp://host:port/path")
+    p.add_argument(
+        "--security",
+        metavar="POLICY,MODE",
+        help="e.g. Basic256Sha256,SignAndEncrypt (needs --cert, --key, --server-cert)",
+    )
+    p.add_argument("--cert", help="this client's certificate")
+    p.add_argument("--key", help="this client's private key")
+    p.add_argument("--server-cert", help="the server's certificate to trust")
+    p.add_argument(
+        "--save-server-cert",
+        metavar="FILE",
+        help="write the certificate the server offers to FILE (DER) and print its thumbprint, "
+        "to compare with the one the machine shows, then trust it with --server-cert",
+    )
+    p.add_argument("--username")
+    p.add_argument("--password-env", metavar="VAR", help="environment variable with the password")
+    p.add_argument("--password-file", metavar="FILE", help="file with the password")
+    p.add_argument(
+        "--under",
+        metavar="NODE",
+        default="",
+        help="start here: a browse path from Objects (Machine/Spindle) or a node id",
+    )
+    p.add_argument("--depth", type=int, default=6, help="levels to descend (default 6)")
+    p.add_argument("--name", default="opcua-device", help="device name in the output")
+    p.add_argument("--mode", choices=["subscribe", "poll"], default="subscribe")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    return p
+
+
+def connection_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``connection`` section as the agent's config will say it."""
+    conn: dict[str, Any] = {"endpoint": args.endpoint}
+    if args.security:
+        policy, _, mode = args.security.partition(",")
+        conn["security"] = {
+            "policy": policy,
+            **({"mode": mode} if mode else {}),
+            **{
+                key: value
+                for key, value in (
+                    ("cert_file", args.cert),
+                    ("key_file", args.key),
+                    ("server_cert_file", args.server_cert),
+                )
+                if value is not None
+            },
+        }
+    if args.username:
+        conn["username"] = args.username
+    if args.password_env:
+        conn["password_env"] = args.password_env
+    if args.password_file:
+        conn["password_file"] = args.password_file
+    return conn
+
+
+def tag_name(path: Sequence[str]) -> str:
+    """``["Spindle", "PartCount"]`` → ``spindle_part_count``: safe as a topic level."""
+    parts = [_NOT_NAME.sub("_", _CAMEL.sub("_", p)).strip("_").lower() for p in path]
+    name = "_".join(p for p in parts if p) or "value"
+    return name[:128]
+
+
+def node_text(node: ua.NodeId, namespaces: list[str]) -> str:
+    """The node id by namespace URI (``nsu=...;s=...``), or plain for namespace 0."""
+    plain = node.to_string()
+    if node.NamespaceIndex == 0 or node.NamespaceIndex >= len(namespaces):
+        return str(plain)
+    rest = re.sub(r"^ns=\d+;", "", plain)
+    return f"nsu={namespaces[node.NamespaceIndex]};{rest}"
+
+
+async def _start(client: Client, under: str) -> ua.NodeId:
+    if not under:
+        return ua.NodeId(ua.ObjectIds.ObjectsFolder, 0)
+    if re.match(r"^(nsu|ns|i|s|g|b)=", under):
+        uri, node = parse_node(under)
+        if uri is not None:
+            index = (await client.get_namespace_array()).index(uri)
+            node = ua.NodeId(node.Identifier, index, node.NodeIdType)
+        return node
+    found = await Browser(client).resolve(under)
+    if isinstance(found, str):
+        raise ValueError(f"--under {under}: {found}")
+    return found
+
+
+async def walk(client: Client, start: ua.NodeId, depth: int) -> Walk:
+    """Breadth first, one Browse request per level (chunked), properties aside."""
+    result = Walk()
+    level: list[tuple[ua.NodeId, list[str], Found | None]] = [(start, [], None)]
+    seen = {start}
+    for _ in range(depth + 1):
+        if not level:
+            break
+        next_level: list[tuple[ua.NodeId, list[str], Found | None]] = []
+        for i in range(0, len(level), PER_REQUEST):
+            chunk = level[i : i + PER_REQUEST]
+            browsed = await client.browse_nodes([client.get_node(n) for n, _, _ in chunk])
+            for (node, path, var), (_, res) in zip(chunk, browsed, strict=True):
+                for ref in res.References or []:
+                    child = ua.NodeId(
+                        ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType
+                    )
+                    if not ref.IsForward or child in seen:
+                        continue
+                    name = ref.BrowseName.Name
+                    if ref.ReferenceTypeId == ua.NodeId(ua.ObjectIds.HasProperty):
+                        if var is not None and name == "EngineeringUnits":
+                            var.eu_node = child
+                        continue
+                    if not _hierarchical(ref.ReferenceTypeId):
+                        continue
+                    if child.NamespaceIndex == 0 and node == ua.NodeId(ua.ObjectIds.ObjectsFolder):
+                        continue  # the Server object: diagnostics, not the machine
+                    seen.add(child)
+                    if ref.NodeClass == ua.NodeClass.Variable:
+                        found = Found(path=[*path, name], node=child)
+                        result.found.append(found)
+                        next_level.append((child, [*path, name], found))
+                    elif ref.NodeClass == ua.NodeClass.Object:
+                        result.objects += 1
+                        next_level.append((child, [*path, name], None))
+        level = next_level
+    return result
+
+
+def _hierarchical(ref_type: ua.NodeId) -> bool:
+    return (
+        ref_type
+        in {
+            ua.NodeId(ua.ObjectIds.Organizes),
+            ua.NodeId(ua.ObjectIds.HasComponent),
+            ua.NodeId(ua.ObjectIds.HasOrderedComponent),
+            ua.NodeId(ua.ObjectIds.HasChild),
+            ua.NodeId(ua.ObjectIds.Aggregates),
+        }
+        or ref_type.NamespaceIndex != 0
+    )
+
+
+async def describe(client: Client, found: list[Found]) -> None:
+    """Type, array-ness, readability and unit of every variable, a few requests in all."""
+    for i in range(0, len(found), PER_REQUEST):
+        chunk = found[i : i + PER_REQUEST]
+        values = await client.uaclient.read_attributes(
+            [f.node for f in chunk], ua.AttributeIds.Value
+        )
+        for f, dv in zip(chunk, values, strict=True):
+            code = dv.StatusCode
+            if code is not None and code.is_bad():
+                f.problem = status_name(code)
+                continue
+            if dv.Value is None or dv.Value.VariantType == ua.VariantType.Null:
+                f.problem = "no value yet"
+                continue
+            f.vtype = dv.Value.VariantType.name
+            f.array = isinstance(dv.Value.Value, list)
+            if f.vtype == "ExtensionObject":
+                f.problem = "a structure (not a value the payload carries)"
+    with_eu = [f for f in found if f.eu_node is not None]
+    for i in range(0, len(with_eu), PER_REQUEST):
+        chunk = with_eu[i : i + PER_REQUEST]
+        values = await client.uaclient.read_attributes(
+            [f.eu_node for f in chunk], ua.AttributeIds.Value
+        )
+        for f, dv in zip(chunk, values, strict=True):
+            eu = dv.Value.Value if dv.Value is not None else None
+            text = getattr(getattr(eu, "DisplayName", None), "Text", None)
+            if text:
+                f.unit = str(text)
+
+
+def render(
+    args: argparse.Namespace, found: list[Found], namespaces: list[str], start: str, out: TextIO
+) -> None:
+    names: set[str] = set()
+    for f in found:
+        base = tag_name(f.path)
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}_{n}", n + 1
+        names.add(name)
+        f.name = name
+    good = [f for f in found if f.problem is None]
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    q = json.dumps
+    out.write(
+        f"# edge-agent discover opcua {args.endpoint}: {len(good)} variables under {start} "
+        f"(depth {args.depth}), {when}\n"
+        "# Paste the entry under `devices:` of your config; rename tags, drop what you do not\n"
+        "# need, add deadband or sampling_interval where the server should filter.\n"
+        "devices:\n"
+        f"  - name: {q(args.name)}\n"
+        "    driver: opcua\n"
+        "    connection:\n"
+    )
+    for key, value in connection_of(args).items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k}: {q(v)}" for k, v in value.items())
+            out.write(f"      {key}: {{{inner}}}\n")
+        else:
+            out.write(f"      {key}: {q(value)}\n")
+    out.write(f"    mode: {args.mode}\n")
+    out.write(
+        "    publishing_interval: 1s\n" if args.mode == "subscribe" else "    poll_interval: 1s\n"
+    )
+    out.write("    tags:\n" if good else "    tags: []\n")
+    for f in found:
+        entry = f"{{name: {f.name}, node: {q(node_text(f.node, namespaces))}"
+        if f.unit is not None:
+            entry += f", unit: {q(f.unit)}"
+        entry += "}"
+        kind = f"{f.vtype}{'[]' if f.array else ''}"
+        path = "/".join(f.path)
+        if f.problem is None:
+            out.write(f"      - {entry}  # {kind} {path}\n")
+        else:
+            out.write(f"      # - {entry}  # {path}: {f.problem}\n")
+
+
+async def save_server_cert(endpoint: str, path: Path, timeout: float) -> int:
+    """Trust on first sight, checked by a human: fetch the certificate the endpoint offers
+    (GetEndpoints needs no security) and show its SHA-1 thumbprint, as servers display it."""
+    probe = Client(endpoint, timeout=timeout)
+    try:
+        endpoints = await asyncio.wait_for(
+            probe.connect_and_get_server_endpoints(), timeout=timeout
+        )
+    except Exception as exc:
+        print(f"edge-agent discover: {why(exc, _bare(endpoint)).reason}: {exc}", file=sys.stderr)
+        return 1
+    certs = {bytes(e.ServerCertificate) for e in endpoints if e.ServerCertificate}
+    if not certs:
+        print("edge-agent discover: the server offers no certificate", file=sys.stderr)
+        return 1
+    der = certs.pop()
+    # A server may send its chain; the first DER element is its own certificate.
+    cert = x509.load_der_x509_certificate(der[: int.from_bytes(der[2:4], "big") + 4])
+    await asyncio.to_thread(path.write_bytes, cert.public_bytes(serialization.Encoding.DER))
+    thumb = cert.fingerprint(hashes.SHA1()).hex(":").upper()
+    print(f"saved {path}: {cert.subject.rfc4514_string()}, SHA-1 {thumb}", file=sys.stderr)
+    return 0
+
+
+def _bare(endpoint: str) -> OpcuaConnection:
+    return OpcuaConnection.model_construct(endpoint=endpoint, timeout=5.0)
+
+
+async def run(args: argparse.Namespace, out: TextIO) -> int:
+    if args.save_server_cert:
+        code = await save_server_cert(args.endpoint, Path(args.save_server_cert), args.timeout)
+        if code or not args.security:
+            return code
+    try:
+        conn = OpcuaConnection.model_validate({**connection_of(args), "timeout": args.timeout})
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "connection"
+            print(f"edge-agent discover: {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    if not re.match(NAME_PATTERN, args.name):
+        print(f"edge-agent discover: --name {args.name!r}: use [A-Za-z0-9_.-]", file=sys.stderr)
+        return 2
+    try:
+        client = await open_session(conn)
+    except DeviceError as exc:
+        print(f"edge-agent discover: {exc.reason}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        namespaces = await client.get_namespace_array()
+        start = await _start(client, args.under)
+        result = await walk(client, start, args.depth)
+        await describe(client, result.found)
+    except (ValueError, ua.UaStatusCodeError, OSError, TimeoutError) as exc:
+        print(f"edge-agent discover: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await close_session(client, conn.timeout)
+    render(args, result.found, namespaces, args.under or "Objects", out)
+    return 0
+
+
+def discover(argv: Sequence[str], out: TextIO | None = None) -> int:
+    args = parser().parse_args(list(argv))
+    if args.depth < 0:
+        print("edge-agent discover: --depth must be 0 or more", file=sys.stderr)
+        return 2
+    return asyncio.run(run(args, out or sys.stdout))

@@ -1,0 +1,359 @@
+"""An OPC UA server modelling a CNC lathe, for development and tests (asyncua).
+
+Address space (namespace ``urn:vendor:cnc``, under Objects/Machine)::
+
+    Machine/Spindle/Speed        Double  rpm      s=Spindle.Speed
+    Machine/Spindle/Load         Float   %        s=Spindle.Load
+    Machine/Spindle/Temperature  Double  degC     s=Spindle.Temperature
+    Machine/Spindle/Vibration    Double[64] mm/s  s=Spindle.Vibration   (a waveform)
+    Machine/PartCount            UInt32           i=1042
+    Machine/ProgramName          String           s=Program.Name
+    Machine/State                String           s=Machine.State   (IDLE, RUNNING, ALARM)
+    Machine/Alarm                Boolean          s=Machine.Alarm
+    Machine/CycleEnd             DateTime         s=Machine.CycleEnd
+    Machine/Types/<Type>         every built-in numeric type, Boolean, String, DateTime, Int32[]
+    Machine/Secret               Int32, not readable (access level 0)
+
+Security: None plus Basic256Sha256 (and the two Aes policies) Sign and SignAndEncrypt when a
+certificate is given; a user with a password when ``users`` is given (then anonymous is off);
+client certificates are trusted only when listed (``trusted``). ``stop()`` then ``start()``
+serves again on the same port, which is how tests restart the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.crypto import uacrypto
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
+
+NAMESPACE = "urn:vendor:cnc"
+APP_URI = "urn:edge-agent:sim:cnc"
+WAVE_POINTS = 64
+
+
+@dataclass(frozen=True)
+class Point:
+    """One variable: its browse path under Machine, node id, type and first value."""
+
+    path: str
+    node: str | int
+    vtype: ua.VariantType
+    value: Any
+    unit: str | None = None
+    array: bool = False
+    readable: bool = True
+
+    @property
+    def node_string(self) -> str:
+        """The id as a config names it, by namespace URI."""
+        kind = "i" if isinstance(self.node, int) else "s"
+        return f"nsu={NAMESPACE};{kind}={self.node}"
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+_T0 = datetime(2026, 11, 23, 8, 0, 0, tzinfo=UTC)
+
+MACHINE: tuple[Point, ...] = (
+    Point("Spindle/Speed", "Spindle.Speed", ua.VariantType.Double, 1200.0, "rpm"),
+    Point("Spindle/Load", "Spindle.Load", ua.VariantType.Float, 42.5, "%"),
+    Point("Spindle/Temperature", "Spindle.Temperature", ua.VariantType.Double, 35.2, "degC"),
+    Point(
+        "Spindle/Vibration",
+        "Spindle.Vibration",
+        ua.VariantType.Double,
+        [0.0] * WAVE_POINTS,
+        "mm/s",
+        array=True,
+    ),
+    Point("PartCount", 1042, ua.VariantType.UInt32, 0),
+    Point("ProgramName", "Program.Name", ua.VariantType.String, "O1234 FLANGE"),
+    Point("State", "Machine.State", ua.VariantType.String, "RUNNING"),
+    Point("Alarm", "Machine.Alarm", ua.VariantType.Boolean, False),
+    Point("CycleEnd", "Machine.CycleEnd", ua.VariantType.DateTime, _T0),
+    Point("Secret", "Machine.Secret", ua.VariantType.Int32, 7, readable=False),
+)
+
+TYPES: tuple[Point, ...] = (
+    Point("Types/Boolean", "Types.Boolean", ua.VariantType.Boolean, True),
+    Point("Types/SByte", "Types.SByte", ua.VariantType.SByte, -128),
+    Point("Types/Byte", "Types.Byte", ua.VariantType.Byte, 255),
+    Point("Types/Int16", "Types.Int16", ua.VariantType.Int16, -32768),
+    Point("Types/UInt16", "Types.UInt16", ua.VariantType.UInt16, 65535),
+    Point("Types/Int32", "Types.Int32", ua.VariantType.Int32, -2147483648),
+    Point("Types/UInt32", "Types.UInt32", ua.VariantType.UInt32, 4294967295),
+    Point("Types/Int64", "Types.Int64", ua.VariantType.Int64, -9223372036854775808),
+    Point("Types/UInt64", "Types.UInt64", ua.VariantType.UInt64, 18446744073709551615),
+    Point("Types/Float", "Types.Float", ua.VariantType.Float, 229.8),
+    Point("Types/Double", "Types.Double", ua.VariantType.Double, 0.1),
+    Point("Types/String", "Types.String", ua.VariantType.String, "Grüße, CNC-7"),
+    Point("Types/DateTime", "Types.DateTime", ua.VariantType.DateTime, _T0),
+    Point("Types/Int32Array", "Types.Int32Array", ua.VariantType.Int32, [1, -2, 3], array=True),
+)
+
+POINTS: dict[str, Point] = {p.path: p for p in MACHINE + TYPES}
+
+
+class _Users(UserManager):  # type: ignore[misc]
+    """Name/password pairs; anyone else is refused."""
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username is not None and self._users.get(username) == password:
+            return User(role=UserRole.User)
+        return None
+
+
+@dataclass
+class ServerCert:
+    """The server's own certificate (DER or PEM) and key."""
+
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass
+class CncSimulator:
+    """The lathe. ``update_interval=None`` keeps values still (tests set them)."""
+
+    port: int
+    host: str = "127.0.0.1"
+    cert: ServerCert | None = None
+    users: Mapping[str, str] | None = None
+    trusted: Iterable[Path] = ()
+    update_interval: float | None = 0.1
+    extra_points: int = 0
+    read_requests: list[list[str]] = field(default_factory=list)
+    _server: Server | None = None
+    _nodes: dict[str, Any] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+    _values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}/cnc"
+
+    async def start(self) -> None:
+        server = Server(user_manager=_Users(self.users) if self.users is not None else None)
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("edge-agent CNC lathe simulator")
+        await server.set_application_uri(APP_URI)
+        policies = [ua.SecurityPolicyType.NoSecurity]
+        if self.cert is not None:
+            await server.load_certificate(str(self.cert.cert_file))
+            await server.load_private_key(str(self.cert.key_file))
+            policies += [
+                ua.SecurityPolicyType.Basic256Sha256_Sign,
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+                ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+                ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+                ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+            ]
+            trusted = [await uacrypto.load_certificate(str(p)) for p in self.trusted]
+            pinned = {uacrypto.der_from_x509(c) for c in trusted}
+
+            async def validate(cert: Any, app: ua.ApplicationDescription) -> None:
+                if uacrypto.der_from_x509(cert) not in pinned:
+                    raise ua.uaerrors.BadCertificateUntrusted()
+
+            server.set_certificate_validator(validate)
+        server.set_security_policy(policies)
+        if self.users is not None:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
+        ns = await server.register_namespace(NAMESPACE)
+        await self._build(server, ns)
+        self._count_reads(server)
+        await server.start()
+        self._server = server
+        if self.update_interval is not None:
+            self._task = asyncio.create_task(self._run(self.update_interval))
+
+    async def _build(self, server: Server, ns: int) -> None:
+        objects = server.nodes.objects
+        machine = await objects.add_object(
+            ua.NodeId("Machine", ns), ua.QualifiedName("Machine", ns)
+        )
+        folders: dict[str, Any] = {"": machine}
+        for point in MACHINE + TYPES:
+            parent_path, _, name = point.path.rpartition("/")
+            parent = folders.get(parent_path)
+            if parent is None:
+                parent = await machine.add_object(
+                    ua.NodeId(parent_path, ns), ua.QualifiedName(parent_path, ns)
+                )
+                folders[parent_path] = parent
+            value = self._values.get(point.path, point.value)
+            variant = ua.Variant(value, point.vtype, is_array=point.array)
+            node = await parent.add_variable(
+                ua.NodeId(point.node, ns), ua.QualifiedName(name, ns), variant
+            )
+            if point.unit is not None:
+                await _add_unit(node, f"{point.node}.EngineeringUnits", point.unit, ns)
+            if not point.readable:
+                await node.write_attribute(
+                    ua.AttributeIds.AccessLevel, ua.DataValue(ua.Variant(0, ua.VariantType.Byte))
+                )
+                await node.write_attribute(
+                    ua.AttributeIds.UserAccessLevel,
+                    ua.DataValue(ua.Variant(0, ua.VariantType.Byte)),
+                )
+            self._nodes[point.path] = node
+        if self.extra_points:
+            bulk = await machine.add_object(ua.NodeId("Bulk", ns), ua.QualifiedName("Bulk", ns))
+            for i in range(self.extra_points):
+                path = f"Bulk/P{i:05d}"
+                node = await bulk.add_variable(
+                    ua.NodeId(f"Bulk.P{i:05d}", ns),
+                    ua.QualifiedName(f"P{i:05d}", ns),
+                    ua.Variant(0.0, ua.VariantType.Double),
+                )
+                self._nodes[path] = node
+
+    def _count_reads(self, server: Server) -> None:
+        """Record the node ids of every Read request, so tests can count requests per cycle."""
+        service = server.iserver.attribute_service
+        inner = service.read
+
+        hidden = {self._nodes[p.path].nodeid for p in MACHINE + TYPES if not p.readable}
+
+        def read(params: ua.ReadParameters) -> list[ua.DataValue]:
+            self.read_requests.append([r.NodeId.to_string() for r in params.NodesToRead])
+            results: list[ua.DataValue] = inner(params)
+            # asyncua serves every value whatever its access level; a real machine does not.
+            return [
+                ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadNotReadable))
+                if r.NodeId in hidden and r.AttributeId == ua.AttributeIds.Value
+                else dv
+                for r, dv in zip(params.NodesToRead, results, strict=True)
+            ]
+
+        service.read = read
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        server, self._server = self._server, None
+        if server is not None:
+            # Values survive a restart, as a machine's would.
+            for path, node in self._nodes.items():
+                with contextlib.suppress(Exception):
+                    self._values[path] = await node.read_value()
+            self._nodes = {}
+            await server.stop()
+
+    async def set_value(self, path: str, value: Any, source_ts: datetime | None = None) -> None:
+        """Write a value as the machine would (``path`` under Machine, e.g. Spindle/Speed)."""
+        point = POINTS.get(path)
+        vtype = point.vtype if point is not None else ua.VariantType.Double
+        is_array = point.array if point is not None else False
+        dv = ua.DataValue(
+            ua.Variant(value, vtype, is_array=is_array),
+            SourceTimestamp=source_ts or datetime.now(UTC),
+            ServerTimestamp=datetime.now(UTC),
+        )
+        await self._nodes[path].write_value(dv)
+
+    async def value(self, path: str) -> Any:
+        return await self._nodes[path].read_value()
+
+    async def _run(self, interval: float) -> None:
+        """The machine at work: the spindle hunts around its speed, parts come off, the
+        vibration waveform is sampled."""
+        step = 0
+        rng = random.Random(7)
+        while True:
+            await asyncio.sleep(interval)
+            step += 1
+            speed = 1200.0 + 30.0 * math.sin(step / 20) + rng.uniform(-2, 2)
+            await self.set_value("Spindle/Speed", round(speed, 1))
+            await self.set_value("Spindle/Load", round(40 + 10 * math.sin(step / 15), 1))
+            await self.set_value("Spindle/Temperature", round(35 + step * 0.01, 2))
+            wave = [
+                round(
+                    2.0 * math.sin(2 * math.pi * 5 * i / WAVE_POINTS + step) + rng.gauss(0, 0.1), 3
+                )
+                for i in range(WAVE_POINTS)
+            ]
+            await self.set_value("Spindle/Vibration", wave)
+            if step % 50 == 0:
+                parts = await self.value("PartCount")
+                await self.set_value("PartCount", parts + 1)
+                await self.set_value("CycleEnd", datetime.now(UTC))
+
+
+async def _add_unit(node: Any, node_id: str, unit: str, ns: int) -> None:
+    """An EngineeringUnits property (EUInformation), as AnalogItems carry it."""
+    eu = ua.EUInformation()
+    eu.NamespaceUri = "http://www.opcfoundation.org/UA/units/un/cefact"
+    eu.UnitId = -1
+    eu.DisplayName = ua.LocalizedText(unit)
+    eu.Description = ua.LocalizedText(unit)
+    await node.add_property(
+        ua.NodeId(node_id, ns),
+        ua.QualifiedName("EngineeringUnits", 0),
+        ua.Variant(eu, ua.VariantType.ExtensionObject),
+    )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    cert = ServerCert(Path(args.cert), Path(args.key)) if args.cert else None
+    users = dict(u.split(":", 1) for u in args.user) if args.user else None
+    sim = CncSimulator(
+        port=args.port,
+        host=args.host,
+        cert=cert,
+        users=users,
+        trusted=[Path(p) for p in args.trust],
+    )
+    await sim.start()
+    print(f"CNC lathe simulator on {sim.endpoint} (namespace {NAMESPACE})", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4840)
+    parser.add_argument("--cert", help="server certificate (enables the secure policies)")
+    parser.add_argument("--key", help="server private key")
+    parser.add_argument("--trust", action="append", default=[], help="client certificate to trust")
+    parser.add_argument("--user", action="append", help="NAME:PASSWORD (disables anonymous)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The README's "Connecting OPC UA servers" tells the truth: its configs validate, its openssl
+recipe makes a certificate the server accepts, and the certificate fetch saves the server's."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from agent.config import load_config
+from agent.drivers import load_drivers
+from drivers.opcua.config import OpcuaDevice
+from drivers.opcua.driver import OpcuaDriver
+from simulators.opcua_cnc import POINTS, CncSimulator, ServerCert
+from tests.brokers import free_port
+from tests.test_opcua_support import Pki, device, make_pki
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "readme" / "opcua.md"
+EDGE_AGENT = str(Path(sys.executable).with_name("edge-agent"))
+
+
+def _blocks(kind: str) -> list[str]:
+    text = DOC.read_text(encoding="utf-8")
+    assert text.startswith("## Connecting OPC UA servers")
+    return [textwrap.dedent(b) for b in re.findall(rf"```{kind}\n(.*?)```", text, re.S)]
+
+
+async def test_every_yaml_example_validates(tmp_path: Path) -> None:
+    blocks = _blocks("yaml")
+    assert len(blocks) == 2
+    names = []
+    for i, block in enumerate(blocks):
+        body = block if block.startswith("devices:") else "devices:\n" + block
+        path = tmp_path / f"example{i}.yaml"
+        path.write_text("agent:\n  id: doc\n" + body, encoding="utf-8")
+        config = load_config(path, load_drivers())
+        names += [d.name for d in config.devices]
+        for d in config.devices:
+            OpcuaDriver(d)  # and the driver takes it
+    assert names == ["lathe-3", "lathe-3", "press-7"]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return await make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def doc_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The openssl recipe, run as written."""
+    folder = tmp_path_factory.mktemp("recipe")
+    recipe = next(b for b in _blocks("sh") if "openssl req" in b)
+    subprocess.run(["bash", "-euc", recipe], cwd=folder, check=True, capture_output=True)
+    return folder
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sim(pki: Pki, doc_certs: Path) -> AsyncIterator[CncSimulator]:
+    simulator = CncSimulator(
+        port=free_port(),
+        update_interval=None,
+        cert=ServerCert(pki.server_cert, pki.server_key),
+        trusted=[doc_certs / "agent-cert.der"],
+    )
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+async def test_the_openssl_recipe_makes_a_certificate_the_server_accepts(
+    sim: CncSimulator, pki: Pki, doc_certs: Path
+) -> None:
+    security = {
+        "policy": "Basic256Sha256",
+        "cert_file": str(doc_certs / "agent-cert.der"),
+        "key_file": str(doc_certs / "agent-key.pem"),
+        "server_cert_file": str(pki.server_cert),
+    }
+    tags = [{"name": "speed", "node": POINTS["Spindle/Speed"].node_string}]
+    entry = device(sim.endpoint, tags, connection={"security": security}, mode="poll")
+    driver = OpcuaDriver(OpcuaDevice.model_validate(entry))
+    await driver.connect()
+    try:
+        (reading,) = await driver.poll()
+    finally:
+        await driver.close()
+    assert reading.value == 1200.0
+
+
+async def test_save_server_cert_writes_what_the_server_offers(
+    sim: CncSimulator, pki: Pki, tmp_path: Path
+) -> None:
+    saved = tmp_path / "lathe-3.der"
+    proc = await asyncio.create_subprocess_exec(
+        EDGE_AGENT,
+        "discover",
+        "opcua",
+        sim.endpoint,
+        "--save-server-cert",
+        str(saved),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert saved.read_bytes() == pki.server_cert.read_bytes()
+    assert re.search(rb"SHA-1 ([0-9A-F]{2}:){19}[0-9A-F]{2}", err)
+
+
+async def test_discover_over_a_secure_channel_writes_the_security_it_used(
+    sim: CncSimulator, pki: Pki, doc_certs: Path, tmp_path: Path
+) -> None:
+    cert, key = doc_certs / "agent-cert.der", doc_certs / "agent-key.pem"
+    proc = await asyncio.create_subprocess_exec(
+        EDGE_AGENT,
+        "discover",
+        "opcua",
+        sim.endpoint,
+        "--under",
+        "Machine/Spindle",
+        "--security",
+        "Basic256Sha256,SignAndEncrypt",
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "--server-cert",
+        str(pki.server_cert),
+        "--depth",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    text = out.decode()
+    assert 'security: {policy: "Basic256Sha256", mode: "SignAndEncrypt"' in text
+    assert "{name: speed," in text and "{name: load," in text
+    path = tmp_path / "found.yaml"
+    path.write_text("agent:\n  id: doc\n" + text, encoding="utf-8")
+    (dev,) = load_config(path, load_drivers()).devices
+    assert (
+        isinstance(dev, OpcuaDevice) and dev.connection.security.server_cert_file == pki.server_cert
+    )
