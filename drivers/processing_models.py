@@ -1,0 +1,528 @@
+"""Config models of edge processing: the keys a tag and a device take to be processed at the edge.
+
+They live here, beside ``drivers.base``, because the tag and device models every driver subclasses
+carry them (``TagBase.window``, ``DeviceBase.state``...), and ``drivers.base`` may import only the
+standard library and pydantic. So this module depends on nothing else either: ``drivers.base``
+imports it, not the other way round (its duration type is resolved lazily, at validation time, to
+keep the import one-way). The agent's ``agent.processing`` package gives these keys their meaning.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # the contract's names (same as drivers.base.NAME_PATTERN)
+_Name = Annotated[str, StringConstraints(pattern=_NAME_PATTERN, min_length=1, max_length=128)]
+
+
+def _duration(value: Any) -> Any:
+    from drivers.base import parse_duration  # lazy: drivers.base imports this module
+
+    return parse_duration(value)
+
+
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$"},
+    ],
+    "description": "seconds, or a string such as 250ms, 1s, 5m",
+}
+_Duration = Annotated[
+    float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA), Field(ge=0)
+]
+_PositiveDuration = Annotated[
+    float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA), Field(gt=0)
+]
+
+
+def _key_error(key: str, message: str) -> PydanticCustomError:
+    """An error shown at one key of the mapping (the config locator's ``config_key`` protocol)."""
+    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------- conditions
+
+_CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_TAG_CONDITION = re.compile(
+    r"^\s*([A-Za-z0-9_.-]+)\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+
+
+def parse_condition(text: str) -> tuple[Op, float]:
+    """``"> 7.1"`` → ``(">", 7.1)``; ``ValueError`` when it is not an operator and a number."""
+    m = _CONDITION.match(text)
+    if m is None:
+        raise ValueError(
+            f"invalid condition {text!r}: write an operator (> >= < <= == !=) and a number, "
+            "like '> 7.1'"
+        )
+    return m.group(1), float(m.group(2))  # type: ignore[return-value]
+
+
+def parse_tag_condition(text: str) -> tuple[str, Op, float]:
+    """``"spindle_speed > 50"`` → ``("spindle_speed", ">", 50.0)``."""
+    m = _TAG_CONDITION.match(text)
+    if m is None:
+        raise ValueError(
+            f"invalid condition {text!r}: write a tag, an operator (> >= < <= == !=) and a "
+            "number, like 'spindle_speed > 50'"
+        )
+    return m.group(1), m.group(2), float(m.group(3))  # type: ignore[return-value]
+
+
+def _check_condition(text: str) -> str:
+    parse_condition(text)
+    return text
+
+
+def _check_tag_condition(text: str) -> str:
+    parse_tag_condition(text)
+    return text
+
+
+#: ``"> 7.1"``: an operator and a number.
+Condition = Annotated[str, AfterValidator(_check_condition)]
+#: ``"spindle_speed > 50"``: a tag, an operator and a number.
+TagCondition = Annotated[str, AfterValidator(_check_tag_condition)]
+
+
+# ------------------------------------------------------------------------ report by exception
+
+Stat = Literal["min", "max", "mean", "last", "first", "count", "sum", "stddev"]
+DEFAULT_STATS: tuple[Stat, ...] = ("min", "max", "mean", "last", "count")
+
+
+class WindowSpec(_Model):
+    """Aggregates over wall-clock-aligned windows, published as ``<tag>.<stat>``."""
+
+    length: _PositiveDuration = Field(
+        description="window length; edges fall on multiples of it since the epoch (1m: each minute)"
+    )
+    stats: list[Stat] = Field(
+        default_factory=lambda: list(DEFAULT_STATS),
+        min_length=1,
+        description="aggregates published at each window's end",
+    )
+    raw: bool = Field(
+        default=False,
+        description="also publish the raw values (subject to the deadband); default: aggregates "
+        "instead of raw values",
+    )
+
+
+class DeviceProcessing(_Model):
+    """Defaults for every tag of the device; a tag's own key overrides the default."""
+
+    deadband: float | None = Field(default=None, ge=0, description="default tag deadband")
+    deadband_percent: float | None = Field(
+        default=None, gt=0, le=100, description="default tag deadband_percent"
+    )
+    max_silence: _PositiveDuration | None = Field(
+        default=None, description="default tag max_silence"
+    )
+    window: WindowSpec | None = Field(default=None, description="default tag window")
+
+    @model_validator(mode="after")
+    def _one_deadband(self) -> DeviceProcessing:
+        if self.deadband is not None and self.deadband_percent is not None:
+            raise _key_error("deadband_percent", "give deadband or deadband_percent, not both")
+        return self
+
+
+# --------------------------------------------------------------------------------- waveforms
+
+Feature = Literal[
+    "rms",
+    "peak",
+    "peak_to_peak",
+    "crest_factor",
+    "kurtosis",
+    "skewness",
+    "dominant_frequency",
+    "bands",
+    "envelope",
+    "velocity_rms",
+    "iso_zone",
+]
+DEFAULT_FEATURES: tuple[Feature, ...] = ("rms", "peak", "crest_factor", "kurtosis")
+#: ISO 10816-1 zone limits (A/B, B/C, C/D) in mm/s RMS, by machine class.
+ISO_CLASSES: dict[str, tuple[float, float, float]] = {
+    "I": (0.71, 1.8, 4.5),  # small machines, up to 15 kW
+    "II": (1.12, 2.8, 7.1),  # medium machines, 15-75 kW, or up to 300 kW on special foundations
+    "III": (1.8, 4.5, 11.2),  # large machines on rigid foundations
+    "IV": (2.8, 7.1, 18.0),  # large machines on soft foundations
+}
+FAULT_FREQUENCIES = ("bpfo", "bpfi", "bsf", "ftf")
+
+
+class BearingSpec(_Model):
+    """Rolling-element bearing geometry, from the bearing's data sheet."""
+
+    balls: int = Field(ge=3, le=100, description="number of rolling elements")
+    ball_diameter: float = Field(gt=0, description="rolling element diameter (any length unit)")
+    pitch_diameter: float = Field(gt=0, description="pitch diameter (same unit)")
+    contact_angle: float = Field(default=0.0, ge=0, lt=90, description="contact angle, degrees")
+
+    @model_validator(mode="after")
+    def _geometry(self) -> BearingSpec:
+        if self.ball_diameter >= self.pitch_diameter:
+            raise _key_error("ball_diameter", "ball_diameter must be less than pitch_diameter")
+        return self
+
+    def orders(self) -> dict[str, float]:
+        """Fault frequencies as multiples of the shaft speed (outer race fixed)."""
+        r = self.ball_diameter / self.pitch_diameter * math.cos(math.radians(self.contact_angle))
+        n = self.balls
+        return {
+            "bpfo": n / 2 * (1 - r),
+            "bpfi": n / 2 * (1 + r),
+            "bsf": self.pitch_diameter / (2 * self.ball_diameter) * (1 - r * r),
+            "ftf": 0.5 * (1 - r),
+        }
+
+
+class ZoneSpec(_Model):
+    """Vibration severity zones (ISO 10816 / 20816) from velocity RMS in mm/s."""
+
+    machine_class: Literal["I", "II", "III", "IV"] | None = Field(
+        default="II", description="ISO 10816-1 machine class whose limits apply"
+    )
+    limits: tuple[float, float, float] | None = Field(
+        default=None,
+        description="own A/B, B/C and C/D limits in mm/s (for example from ISO 20816-3); "
+        "override machine_class",
+    )
+
+    @model_validator(mode="after")
+    def _ascending(self) -> ZoneSpec:
+        if self.limits is not None and not (0 < self.limits[0] < self.limits[1] < self.limits[2]):
+            raise _key_error("limits", "limits must be positive and ascending (A/B, B/C, C/D)")
+        return self
+
+    def effective(self) -> tuple[float, float, float]:
+        if self.limits is not None:
+            return self.limits
+        return ISO_CLASSES[self.machine_class or "II"]
+
+
+Band = tuple[float, float]
+
+
+class WaveformSpec(_Model):
+    """A waveform tag (a list value, or a scalar sampled ``length`` times) and its features."""
+
+    sample_rate: float = Field(gt=0, description="samples per second of the waveform, Hz")
+    length: int | None = Field(
+        default=None,
+        ge=16,
+        le=1_048_576,
+        description="for a scalar tag: collect this many readings into one waveform",
+    )
+    quantity: Literal["acceleration_g", "acceleration_ms2", "velocity_mms", "other"] = Field(
+        default="other",
+        description="what the samples measure; velocity_rms and iso_zone need one of the first "
+        "three",
+    )
+    features: list[Feature] = Field(
+        default_factory=lambda: list(DEFAULT_FEATURES),
+        min_length=1,
+        description="what to compute from each waveform, published as <tag>.<feature>",
+    )
+    bands: dict[_Name, Band] = Field(
+        default_factory=dict,
+        description="named frequency bands [low, high] in Hz; feature bands publishes the RMS "
+        "within each as <tag>.band_<name>",
+    )
+    bearing: BearingSpec | None = Field(
+        default=None, description="bearing geometry, for the envelope's fault frequencies"
+    )
+    shaft_rpm: float | None = Field(default=None, gt=0, description="fixed shaft speed, rpm")
+    shaft_rpm_tag: _Name | None = Field(
+        default=None, description="tag of the same device holding the shaft speed in rpm"
+    )
+    envelope_band: Band | None = Field(
+        default=None,
+        description="band-pass [low, high] Hz before enveloping; default: sample_rate/8 to "
+        "sample_rate/2.5 (where impacts ring resonances)",
+    )
+    tolerance: float = Field(
+        default=0.03,
+        gt=0,
+        le=0.2,
+        description="relative width searched around each fault frequency (shaft speed error)",
+    )
+    velocity_band: Band | None = Field(
+        default=None,
+        description="band of velocity_rms in Hz; default 10-1000 (ISO 10816), or up to the "
+        "Nyquist frequency (sample_rate/2) when that is lower",
+    )
+    zones: ZoneSpec = Field(default_factory=ZoneSpec, description="severity zone limits")
+    raw: bool = Field(default=False, description="also publish the samples themselves")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WaveformSpec:
+        nyquist = self.sample_rate / 2
+        for name, (lo, hi) in self.bands.items():
+            if not 0 <= lo < hi <= nyquist:
+                raise _key_error(
+                    "bands", f"band {name} [{lo}, {hi}] must have 0 <= low < high <= {nyquist} Hz"
+                )
+        for key in ("envelope_band", "velocity_band"):
+            band = getattr(self, key)
+            if band is not None and not 0 <= band[0] < band[1] <= nyquist:
+                raise _key_error(key, f"{key} must have 0 <= low < high <= {nyquist} Hz")
+        if "bands" in self.features and not self.bands:
+            raise _key_error("bands", "feature bands needs bands")
+        velocity = {"velocity_rms", "iso_zone"} & set(self.features)
+        if velocity and self.quantity == "other":
+            raise _key_error(
+                "quantity",
+                f"{' and '.join(sorted(velocity))} needs quantity (acceleration_g, "
+                "acceleration_ms2 or velocity_mms)",
+            )
+        if self.shaft_rpm is not None and self.shaft_rpm_tag is not None:
+            raise _key_error("shaft_rpm_tag", "give shaft_rpm or shaft_rpm_tag, not both")
+        if self.bearing is not None and self.shaft_rpm is None and self.shaft_rpm_tag is None:
+            raise _key_error("bearing", "bearing fault frequencies need shaft_rpm or shaft_rpm_tag")
+        return self
+
+    def effective_velocity_band(self) -> Band:
+        return self.velocity_band or (10.0, min(1000.0, self.sample_rate / 2))
+
+    def outputs(self) -> list[str]:
+        """The feature names this waveform publishes (``<tag>.<name>``)."""
+        out: list[str] = []
+        for f in self.features:
+            if f == "bands":
+                out += [f"band_{name}" for name in self.bands]
+            elif f == "envelope":
+                out.append("envelope_peak_frequency")
+                if self.bearing is not None:
+                    out += list(FAULT_FREQUENCIES)
+            else:
+                out.append(f)
+        return out
+
+
+# ---------------------------------------------------------------------------------- counters
+
+
+class CounterSpec(_Model):
+    """A counter derived at the edge from this tag: parts, or energy in kWh."""
+
+    kind: Literal["parts", "energy", "power"] = Field(
+        description="parts: a part counter register; energy: an energy register; power: a power "
+        "value integrated over time"
+    )
+    rollover: int | None = Field(
+        default=None,
+        ge=1,
+        description="the register's largest value before it wraps to 0 (65535 for 16 bits); "
+        "without it every decrease is a reset",
+    )
+    scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="multiplies the value into parts, kWh (energy) or kW (power: 0.001 for W)",
+    )
+    rate_per: _PositiveDuration = Field(
+        default=60.0, description="parts: production rate unit (60: parts per minute)"
+    )
+    rate_window: _PositiveDuration = Field(
+        default=60.0, description="parts: production rate over this trailing period"
+    )
+    max_gap: _PositiveDuration = Field(
+        default=60.0,
+        description="power: readings further apart than this are not integrated (device down)",
+    )
+
+    def outputs(self) -> list[str]:
+        return ["total", "rate"] if self.kind == "parts" else ["kwh"]
+
+
+# ------------------------------------------------------------------------------------ alarms
+
+
+def _overlap(on: tuple[Op, float], off: tuple[Op, float]) -> bool:
+    """True when some value satisfies both conditions (the alarm would flap) or they leave no
+    hysteresis direction (``on`` upward needs ``off`` downward)."""
+    (op1, a), (op2, b) = on, off
+    if op1 in (">", ">="):
+        return op2 not in ("<", "<=") or b > a
+    if op1 in ("<", "<="):
+        return op2 not in (">", ">=") or b < a
+    return False
+
+
+class AlarmSpec(_Model):
+    """A condition watched on one of the tag's values; raises and clears events."""
+
+    name: _Name = Field(description="the alarm's name in events")
+    value: _Name | None = Field(
+        default=None,
+        description="what is watched: the tag's value (default) or one of its features or "
+        "window stats (rms, mean...)",
+    )
+    mode: Literal["level", "rate", "anomaly"] = Field(
+        default="level",
+        description="level: the value; rate: its change per `per`; anomaly: its z-score against "
+        "an EWMA mean and variance",
+    )
+    on: Condition = Field(description="raise when this holds, like '> 7.1'")
+    off: Condition | None = Field(
+        default=None,
+        description="clear when this holds, like '< 6.5' (hysteresis); default: when on no "
+        "longer holds",
+    )
+    for_: _Duration = Field(
+        default=0.0,
+        alias="for",
+        description="on (and off) must hold this long before the alarm raises (clears)",
+    )
+    per: _PositiveDuration = Field(default=60.0, description="rate: change per this long")
+    learn: _Duration = Field(
+        default=3600.0,
+        description="anomaly: learning period (no alarm) while the mean and variance settle",
+    )
+    half_life: _PositiveDuration = Field(
+        default=3600.0,
+        description="anomaly: how fast the EWMA mean and variance forget (a value this old "
+        "weighs half); a drift slower than this is learnt as normal, not flagged",
+    )
+    severity: Literal["info", "warning", "critical"] = Field(default="warning")
+    states: list[_Name] | None = Field(
+        default=None,
+        description="judge only while the device's machine state is one of these (running); "
+        "in other states the alarm keeps its state and its delay restarts",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlarmSpec:
+        if self.off is not None and _overlap(parse_condition(self.on), parse_condition(self.off)):
+            raise _key_error(
+                "off", f"off {self.off!r} overlaps on {self.on!r}: the alarm would chatter"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- machine state
+
+
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class StateRule(_Model):
+    state: _Name = Field(description="the state when every condition holds")
+    when: Annotated[list[TagCondition], BeforeValidator(_listed)] = Field(
+        description="'tag op number', or a list of them that must all hold"
+    )
+
+    def conditions(self) -> list[tuple[str, Op, float]]:
+        return [parse_tag_condition(c) for c in self.when]
+
+
+class StateSpec(_Model):
+    """Machine state from the device's tags: the first rule that holds wins."""
+
+    rules: list[StateRule] = Field(min_length=1, description="checked in order")
+    default: _Name = Field(default="idle", description="the state when no rule holds")
+    down: _Name = Field(default="stopped", description="the state while the device is down")
+    report_every: _PositiveDuration = Field(
+        default=60.0, description="publish the run time per state at least this often"
+    )
+
+
+# ----------------------------------------------------------------------------------- checks
+
+
+def tag_outputs(
+    name: str,
+    window: WindowSpec | None,
+    waveform: WaveformSpec | None,
+    counter: CounterSpec | None,
+) -> list[str]:
+    """Feature names (after ``<tag>.``) a tag publishes; alarms may watch any of them."""
+    out: list[str] = []
+    if window is not None:
+        out += list(window.stats)
+    if waveform is not None:
+        out += waveform.outputs()
+    if counter is not None:
+        out += counter.outputs()
+    return out
+
+
+def check_tag_processing(tag: Any) -> None:
+    """Rules across a tag's processing keys (called from ``TagBase``)."""
+    if tag.deadband is not None and tag.deadband_percent is not None:
+        raise _key_error("deadband_percent", "give deadband or deadband_percent, not both")
+    known = tag_outputs(tag.name, tag.window, tag.waveform, tag.counter)
+    for i, alarm in enumerate(tag.alarms):
+        if alarm.value is None:
+            if tag.waveform is not None and tag.waveform.length is None:
+                raise _key_error(
+                    "alarms",
+                    f"alarms.{i}: a waveform's value is a list: watch a feature (value: rms...)",
+                )
+            continue
+        stats = set(Stat.__args__)  # type: ignore[attr-defined]
+        if alarm.value not in known and not (tag.window is None and alarm.value in stats):
+            raise _key_error(
+                "alarms",
+                f"alarms.{i}.value: tag {tag.name} publishes no {alarm.value!r}"
+                + (f" (it publishes: {', '.join(known)})" if known else ""),
+            )
+
+
+def check_device_processing(device: Any) -> None:
+    """Rules across a device's tags (called from ``DeviceBase``). A device with a profile is
+    checked after the merge, by ``agent.processing``, since its profile's tags are not here."""
+    names = {t.name for t in device.tags}
+    state = device.state
+    if state is not None:
+        for reserved in ("state", "runtime"):
+            if reserved in names:
+                raise _key_error(
+                    "state", f"a device with state: cannot have a tag named {reserved!r}"
+                )
+        if device.profile is None:
+            for i, rule in enumerate(state.rules):
+                for tag, _, _ in rule.conditions():
+                    if tag not in names:
+                        raise _key_error(
+                            "state", f"rules.{i}.when: unknown tag {tag!r} of device {device.name}"
+                        )
+    if state is None:
+        for tag in device.tags:
+            if any(a.states is not None for a in getattr(tag, "alarms", ())):
+                raise _key_error(
+                    "tags", f"tag {tag.name}: an alarm with states needs the device's state:"
+                )
+    if device.profile is None:
+        for tag in device.tags:
+            wf = getattr(tag, "waveform", None)
+            if wf is not None and wf.shaft_rpm_tag is not None and wf.shaft_rpm_tag not in names:
+                raise _key_error(
+                    "tags", f"tag {tag.name}: shaft_rpm_tag {wf.shaft_rpm_tag!r} is not a tag"
+                )
