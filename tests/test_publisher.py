@@ -125,3 +125,29 @@ async def test_every_command_gets_a_reply(tmp_path: Path, broker: Mosquitto) -> 
         assert replies[0]["id"] is None and replies[0]["ok"] is False
         assert replies[1] == {"id": "c1", "ok": False, "error": "tag 't' is not writable"}
     sub.stop()
+
+
+class _Fussy(JsonFormat):
+    """A format with a bug that only one batch triggers."""
+
+    def pack(self, rows: Any) -> Any:
+        if any(r.seq == 3 for r in rows):
+            if len(rows) > 1:
+                raise ValueError("cannot encode a group with seq 3")
+            raise ValueError("cannot encode seq 3")
+        return super().pack(rows)
+
+
+async def test_a_batch_the_format_cannot_encode_does_not_stop_the_rest(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    sub = Subscriber(broker.port, ["edge/gw/+/data"]).start()
+    rig = Rig(tmp_path, broker.port)
+    rig.publisher._fmt = _Fussy("gw", "edge/gw")
+    async with rig:
+        await rig.put("d1", 6)
+        await sub.wait_for(lambda m: len(data_seqs(m, "d1")) >= 5)
+        await until(lambda: rig.buffer.stats().batches == 0, timeout=5)
+        assert rig.publisher.connected.is_set()
+    sub.stop()
+    assert data_seqs(sub.messages, "d1") == [1, 2, 4, 5, 6]

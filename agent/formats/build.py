@@ -1,0 +1,106 @@
+"""Choosing and configuring the format named by ``mqtt.format``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent.formats.alibaba import AlibabaFormat
+from agent.formats.aws import MAX_PAYLOAD as MAX_AWS
+from agent.formats.aws import AwsIotFormat
+from agent.formats.azure import MAX_PAYLOAD as MAX_AZURE
+from agent.formats.azure import AzureIotFormat
+from agent.formats.base import Format
+from agent.formats.huawei import HuaweiFormat
+from agent.formats.jsonfmt import JsonFormat
+from agent.formats.sparkplug.format import SparkplugFormat
+from agent.formats.thingsboard import DEFAULT_MAX_PAYLOAD, ThingsBoardFormat
+from agent.northbound.config import PLACEMENT_FIELDS
+
+
+def build_format(config: Any) -> Format:
+    """The format object for this config (``config`` is the validated top-level model)."""
+    agent, mqtt = config.agent, config.mqtt
+    prefix = mqtt.topic_prefix or f"edge/{agent.id}"
+    devices = [d for d in config.devices if getattr(d, "enabled", True)]
+    if mqtt.format == "sparkplug":
+        sp = mqtt.sparkplug
+        return SparkplugFormat(
+            sp.group_id,
+            sp.edge_node_id or agent.id,
+            Path(agent.data_dir),
+            primary_host_id=sp.primary_host_id,
+            tag_types={d.name: _tag_types(d) for d in devices},
+            topic_prefix=prefix,
+        )
+    if mqtt.format == "aws":
+        aws = mqtt.aws
+        return AwsIotFormat(agent.id, prefix, max_payload=aws.max_payload if aws else MAX_AWS)
+    if mqtt.format == "azure":
+        az = mqtt.azure
+        return AzureIotFormat(
+            agent.id,
+            (az.hub if az else None) or mqtt.host,
+            mqtt.client_id or agent.id,
+            token_ttl=az.token_ttl if az else 3600.0,
+            max_payload=az.max_payload if az else MAX_AZURE,
+        )
+    if mqtt.format == "alibaba":
+        ali = mqtt.alibaba
+        subs = {}
+        for d in devices:
+            own = ali.devices.get(d.name)
+            pk = (own.product_key if own else None) or ali.sub_product_key
+            subs[d.name] = (pk, (own.device_name if own else None) or d.name)
+        return AlibabaFormat(
+            ali.product_key,
+            ali.device_name or agent.id,
+            subs,
+            max_payload=ali.max_payload,
+            tls=mqtt.tls is not None,
+        )
+    if mqtt.format == "huawei":
+        hw = mqtt.huawei
+        ids = {d.name: hw.devices.get(d.name) or f"{hw.sub_product_id}_{d.name}" for d in devices}
+        return HuaweiFormat(hw.device_id, ids, service_id=hw.service_id, max_payload=hw.max_payload)
+    if mqtt.format == "thingsboard":
+        tb = mqtt.thingsboard
+        return ThingsBoardFormat(
+            [d.name for d in devices],
+            device_type=tb.device_type if tb else None,
+            max_payload=tb.max_payload if tb else DEFAULT_MAX_PAYLOAD,
+        )
+    options = getattr(mqtt, "json_options", None)
+    if options is None:
+        return JsonFormat(agent.id, prefix)
+    placement = {}
+    for d in devices:
+        own = options.placement.get(d.name)
+        fields = {}
+        for key in PLACEMENT_FIELDS:
+            value = getattr(own, key, None) or getattr(agent, key, None)
+            if value is not None:
+                fields[key] = value
+        placement[d.name] = fields
+    return JsonFormat(
+        agent.id,
+        prefix,
+        topic_template=options.topic_template,
+        placement=placement,
+        user_properties=options.user_properties,
+    )
+
+
+def _tag_types(device: Any) -> dict[str, str]:
+    """Tag name to the driver's declared ``type`` (where a driver declares one)."""
+    out = {}
+    for tag in device.tags:
+        declared = getattr(tag, "type", None)
+        scaled = getattr(tag, "scale", None) not in (None, 1) or getattr(
+            tag, "offset", None
+        ) not in (None, 0)
+        if isinstance(declared, str):
+            out[tag.name] = "float64" if scaled and declared != "bool" else declared
+        elif declared is not None and isinstance(getattr(declared, "value", None), str):
+            out[tag.name] = "float64" if scaled else declared.value
+    return out

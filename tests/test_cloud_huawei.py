@@ -1,0 +1,123 @@
+"""Huawei Cloud IoTDA: the CONNECT authentication of the documentation (client id example and
+the HMAC, checked by openssl), the gateway topics and payloads, and a session against a broker
+shaped like IoTDA with a responder playing the platform."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from agent.buffer import StoredBatch
+from agent.commands import CommandHandler
+from agent.formats.huawei import HuaweiFormat, event_time, mqtt_credentials
+from drivers.base import DeviceBase, TagBase
+from tests.e2e import until
+from tests.platforms.huawei import GATEWAY, IotdaResponder, huawei_broker
+from tests.test_failover import Rig, _settings
+
+SECRET = "gw-device-secret"
+#: 2018-07-24 17:xx UTC, the hour of the documented client id D39564861q3gDa_0_0_2018072417
+WHEN = calendar.timegm((2018, 7, 24, 17, 42, 0)) + 0.5
+
+
+def test_connect_authentication_as_documented() -> None:
+    client_id, user, password = mqtt_credentials(GATEWAY, SECRET, WHEN)
+    assert client_id == "D39564861q3gDa_0_0_2018072417"
+    assert user == GATEWAY
+    # "the device secret encrypted by HMAC-SHA256 with the timestamp as the key"
+    done = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-hmac", "2018072417", "-hex"],
+        input=SECRET.encode(), capture_output=True, check=True,
+    )  # fmt: skip
+    assert password == done.stdout.decode().split("= ")[-1].strip()
+
+
+def test_report_status_and_command_payloads() -> None:
+    fmt = HuaweiFormat(GATEWAY, {"press-1": "prod_press-1"}, clock=lambda: WHEN)
+    body = json.dumps({"ts": 1532454120000, "values": {"t": 1.5}}).encode()
+    [packed] = fmt.pack([StoredBatch(1, "press-1", "data", 1, 1532454120000, body, 0.0)])
+    assert packed.message is not None
+    assert (
+        packed.message.topic == f"$oc/devices/{GATEWAY}/sys/gateway/sub_devices/properties/report"
+    )
+    assert json.loads(packed.message.payload) == {
+        "devices": [
+            {
+                "device_id": "prod_press-1",
+                "services": [
+                    {
+                        "service_id": "edge",
+                        "properties": {"t": 1.5},
+                        "event_time": "20180724T174200Z",
+                    }
+                ],
+            }
+        ]
+    }
+    assert event_time(0) == "19700101T000000Z"
+    [status] = fmt.status_changed("press-1", "down", "timeout", 0)
+    doc = json.loads(status.payload)
+    assert status.topic == f"$oc/devices/{GATEWAY}/sys/events/up"
+    assert doc["services"][0]["event_type"] == "sub_device_update_status"
+    assert doc["services"][0]["paras"] == {
+        "device_statuses": [{"device_id": "prod_press-1", "status": "OFFLINE"}]
+    }
+    topic = f"$oc/devices/{GATEWAY}/sys/commands/request_id=42"
+    cmd = {"object_device_id": "prod_press-1", "command_name": "write", "paras": {"sp": 3}}
+    reaction = fmt.incoming(topic, json.dumps(cmd).encode())
+    assert reaction is not None and reaction.command is not None
+    assert reaction.command.writes == {"sp": 3}
+    reply = fmt.reply(reaction.command, {"id": "42", "ok": False, "error": "no"})
+    assert reply is not None
+    assert reply.topic == f"$oc/devices/{GATEWAY}/sys/commands/response/request_id=42"
+    assert json.loads(reply.payload)["result_code"] == 1
+
+
+class _Tag(TagBase):
+    writable: bool = False
+
+
+class _Target:
+    def __init__(self) -> None:
+        self.written: dict[str, object] = {}
+
+    def check_write(self, tag: str, value: object) -> None:
+        return None
+
+    async def write(self, tag: str, value: object) -> None:
+        self.written[tag] = value
+
+
+async def test_gateway_session_against_an_iotda_shaped_broker(tmp_path: Path) -> None:
+    fmt = HuaweiFormat(GATEWAY, {"press-1": "prod_press-1"}, clock=lambda: WHEN)
+    client_id, user, password = mqtt_credentials(GATEWAY, SECRET, WHEN)
+    broker = huawei_broker(tmp_path / "iotda", user, password)
+    broker.start()
+    iotda = IotdaResponder(broker.port, ["$oc/devices/#"], client_id="iotda").start()
+    target = _Target()
+    devices: Mapping[str, DeviceBase] = {
+        "press-1": DeviceBase(name="press-1", driver="x", tags=[_Tag(name="sp", writable=True)])
+    }
+    settings = _settings([f"127.0.0.1:{broker.port}"], protocol="3.1.1")
+    try:
+        commands = CommandHandler(devices, lambda d: target)
+        async with Rig(tmp_path, settings, fmt, commands, SECRET) as rig:
+            await rig.put("press-1", 4)
+            await until(lambda: rig.buffer.stats().batches == 0, timeout=10)
+            iotda.command("9", "prod_press-1", "write", {"sp": 5})
+            await iotda.wait_for(lambda m: bool(iotda.of("/commands/response/")))
+    finally:
+        iotda.stop()
+        broker.stop()
+    log = (tmp_path / "iotda" / "mosquitto.log").read_text()
+    assert "Denied PUBLISH from" not in log and client_id in log
+    reports = [json.loads(m.payload) for m in iotda.of("/properties/report")]
+    values = [d["services"][0]["properties"]["i"] for r in reports for d in r["devices"]]
+    assert values == [0, 1, 2, 3]
+    [online] = [json.loads(m.payload) for m in iotda.of("/events/up")]
+    assert online["services"][0]["paras"]["device_statuses"][0]["status"] == "ONLINE"
+    [response] = iotda.of("/commands/response/request_id=9")
+    assert json.loads(response.payload)["result_code"] == 0 and target.written == {"sp": 5}

@@ -1,0 +1,262 @@
+"""Sparkplug B 3.0 against a real mosquitto, every payload decoded by protoc (not our code).
+
+Each test names the rules of the specification it checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.commands import CommandHandler
+from agent.formats.sparkplug.format import SparkplugFormat
+from drivers.base import DeviceBase, TagBase
+from tests.brokers import Mosquitto, Received, Subscriber
+from tests.e2e import until
+from tests.platforms.sparkplug_host import Decoded, encode
+from tests.test_failover import Rig, _settings
+
+INT16, INT64, FLOAT, DOUBLE, BOOLEAN = 2, 4, 9, 10, 11
+NODE = "spBv1.0/plant1/{}/gw"
+
+
+def _fmt(tmp: Path, host: str | None = None, grace: float = 2.0) -> SparkplugFormat:
+    return SparkplugFormat(
+        "plant1",
+        "gw",
+        tmp / "state",
+        primary_host_id=host,
+        tag_types={"d1": {"t": "int16", "f": "float32"}},
+        history_grace=grace,
+    )
+
+
+def _decoded(messages: list[Received]) -> list[Decoded]:
+    return [Decoded(m.topic, m.payload) for m in messages if "/STATE/" not in m.topic]
+
+
+def _kinds(messages: list[Received]) -> list[str]:
+    return [m.topic.split("/")[2] for m in messages if "/STATE/" not in m.topic]
+
+
+def _count(kind: str, n: int = 1) -> Any:
+    return lambda ms: _kinds(ms).count(kind) >= n
+
+
+def _row(i: int, t: int = -5, f: float = 1.5) -> dict[str, Any]:
+    return {"ts": 1_700_000_000_000 + i, "values": {"t": t, "f": f}}
+
+
+class Recorder(CommandHandler):
+    """The real command path, recording what reached it."""
+
+    def __init__(self) -> None:
+        dev = DeviceBase(name="d1", driver="x", tags=[TagBase(name="t")])
+        super().__init__({"d1": dev})
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def write(
+        self, device: str, cmd_id: str | None, writes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        self.seen.append((device, {"id": cmd_id, "write": dict(writes)}))
+        return await super().write(device, cmd_id, writes)
+
+
+def _host(broker: Mosquitto, name: str = "host") -> Subscriber:
+    return Subscriber(broker.port, ["spBv1.0/#"], client_id=name).start()
+
+
+async def test_births_aliases_datatypes_and_seq(tmp_path: Path, broker: Mosquitto) -> None:
+    """NBIRTH seq 0 with bdSeq (Int64) and Node Control/Rebirth; DBIRTH with name, alias and
+    datatype of every metric; DDATA by alias only; seq +1 per message; payload timestamps."""
+    host = _host(broker)
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), _fmt(tmp_path)) as rig:
+        await host.wait_for(_count("NBIRTH"))
+        for i in range(3):
+            await rig.put_doc("d1", _row(i, t=-5 - i))
+        msgs = await host.wait_for(_count("DDATA", 3))
+    host.stop()
+    decoded = _decoded(msgs)
+    assert [d.kind for d in decoded][:5] == ["NBIRTH", "DBIRTH", "DDATA", "DDATA", "DDATA"]
+    assert [d.seq for d in decoded][:5] == [0, 1, 2, 3, 4]
+    nbirth, dbirth, ddata = decoded[0], decoded[1], decoded[2]
+    assert nbirth.topic == NODE.format("NBIRTH")
+    bdseq = nbirth.metric("bdSeq")
+    assert (bdseq["datatype"], bdseq["long_value"]) == (INT64, 0)
+    rebirth = nbirth.metric("Node Control/Rebirth")
+    assert (rebirth["datatype"], rebirth["boolean_value"]) == (BOOLEAN, False)
+    assert dbirth.topic == NODE.format("DBIRTH") + "/d1"
+    types = {m["name"]: m["datatype"] for m in dbirth.metrics}
+    assert types == {"t": INT16, "f": FLOAT}
+    aliases = [m["alias"] for m in nbirth.metrics + dbirth.metrics if "alias" in m]
+    assert len(aliases) == len(nbirth.metrics + dbirth.metrics) == len(set(aliases))
+    alias_of = {m["name"]: m["alias"] for m in dbirth.metrics}
+    assert all("name" not in m for m in ddata.metrics)  # data by alias only
+    by_alias = {m["alias"]: m for m in ddata.metrics}
+    t = by_alias[alias_of["t"]]
+    # Int16 travels as two's complement in the unsigned 32-bit int_value (spec 6.4.16)
+    assert t["int_value"] == (-5) & 0xFFFFFFFF
+    assert by_alias[alias_of["f"]]["float_value"] == 1.5
+    assert t["timestamp"] == 1_700_000_000_000
+    assert all(abs(d.timestamp - time.time() * 1000) < 60_000 for d in decoded)
+    assert "is_historical" not in t
+
+
+@pytest.mark.slow
+async def test_seq_wraps_from_255_to_0(tmp_path: Path, broker: Mosquitto) -> None:
+    host = _host(broker)
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), _fmt(tmp_path)) as rig:
+        for i in range(300):
+            await rig.put_doc("d1", _row(i))
+        msgs = await host.wait_for(_count("DDATA", 300), timeout=30)
+    host.stop()
+    seqs = [d.seq for d in _decoded(msgs)][:302]
+    assert seqs == [i % 256 for i in range(302)]
+
+
+async def test_will_bdseq_matches_nbirth_and_rebirth_on_ncmd(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The will is NDEATH (QoS 1, not retained) with the bdSeq of the NBIRTH that followed the
+    same CONNECT; the next CONNECT increments it (persisted); NCMD Rebirth re-births the node
+    (seq 0, same bdSeq) and its devices."""
+    host = _host(broker)
+    fmt = _fmt(tmp_path)
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), fmt) as rig:
+        await rig.put_doc("d1", _row(0))
+        await host.wait_for(_count("DDATA"))
+        client = rig.publisher._client
+        assert client is not None
+        sock = client.socket()
+        assert sock is not None
+        sock.shutdown(socket.SHUT_RDWR)  # an unclean loss: the broker sends the will
+        msgs = await host.wait_for(_count("NBIRTH", 2))
+        host._client.publish(
+            NODE.format("NCMD"),
+            encode('metrics { name: "Node Control/Rebirth" datatype: 11 boolean_value: true }'),
+            qos=0,
+        )
+        msgs = await host.wait_for(_count("NBIRTH", 3))
+        await rig.put_doc("d1", _row(1))
+        msgs = await host.wait_for(_count("DDATA", 2))
+    host.stop()
+    decoded = _decoded(msgs)
+    births = [d for d in decoded if d.kind == "NBIRTH"]
+    [death] = [m for m in msgs if m.topic == NODE.format("NDEATH")][:1]
+    assert not death.retain
+    ndeath = Decoded(death.topic, death.payload)
+    assert ndeath.seq is None  # NDEATH has no seq
+    assert ndeath.metric("bdSeq") == {"name": "bdSeq", "datatype": INT64, "long_value": 0}
+    assert [b.metric("bdSeq")["long_value"] for b in births] == [0, 1, 1]
+    assert [b.seq for b in births] == [0, 0, 0]
+    after_rebirth = [d.kind for d in decoded[decoded.index(births[2]) :]]
+    assert after_rebirth[:2] == ["NBIRTH", "DBIRTH"]
+    assert (tmp_path / "state" / "sparkplug-bdseq").read_text().strip() == "1"
+    # a restarted agent continues from the persisted value
+    assert _fmt(tmp_path).will() is not None
+    assert (tmp_path / "state" / "sparkplug-bdseq").read_text().strip() == "2"
+
+
+async def test_ddeath_on_device_down_dbirth_when_back_and_dcmd_writes(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    host = _host(broker)
+    commands = Recorder()
+    settings = _settings([f"127.0.0.1:{broker.port}"])
+    async with Rig(tmp_path, settings, _fmt(tmp_path), commands) as rig:
+        await rig.put_doc("d1", _row(0))
+        msgs = await host.wait_for(_count("DDATA"))
+        dbirth = next(d for d in _decoded(msgs) if d.kind == "DBIRTH")
+        alias_t = dbirth.metric("t")["alias"]
+        rig.publisher.device_status("d1", "down", "timeout", time.time())
+        await host.wait_for(_count("DDEATH"))
+        # the lost device's all-bad batch: said by the DDEATH, acknowledged, not sent
+        await rig.put_doc("d1", {"ts": 1, "values": {}, "quality": {"t": "bad: timeout"}})
+        await until(lambda: rig.buffer.stats().batches == 0, timeout=5)
+        rig.publisher.device_status("d1", "up", None, time.time())
+        await rig.put_doc("d1", _row(2, t=7))
+        msgs = await host.wait_for(_count("DDATA", 2))
+        # DCMD by alias, value as the host encodes an Int16 -3
+        host._client.publish(
+            NODE.format("DCMD") + "/d1",
+            encode(f"metrics {{ alias: {alias_t} datatype: 2 int_value: {(-3) & 0xFFFFFFFF} }}"),
+            qos=0,
+        )
+        await until(lambda: bool(commands.seen), timeout=5)
+    host.stop()
+    kinds = [k for k in _kinds(msgs)]
+    assert kinds == ["NBIRTH", "DBIRTH", "DDATA", "DDEATH", "DBIRTH", "DDATA"]
+    seqs = [d.seq for d in _decoded(msgs)]
+    assert seqs == list(range(6))
+    assert commands.seen == [("d1", {"id": "dcmd-1", "write": {"t": -3}})]
+
+
+async def test_buffered_history_is_flagged_after_an_outage(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    host = Subscriber(broker.port, ["spBv1.0/#"], client_id="host-persist").start()
+    fmt = _fmt(tmp_path, grace=0)
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), fmt) as rig:
+        await host.wait_for(_count("NBIRTH"))
+        await rig.put_doc("d1", _row(0))
+        await host.wait_for(_count("DDATA"))
+        broker.stop()
+        await until(lambda: not rig.publisher.connected.is_set(), timeout=5)
+        for i in range(1, 4):
+            await rig.put_doc("d1", _row(i))
+        broker.start()
+        assert host.connected.wait(10)
+        await rig.publisher.connected.wait()
+        await until(lambda: rig.buffer.stats().batches == 0, timeout=10)
+        await rig.put_doc("d1", _row(9))
+        msgs = await host.wait_for(_count("DDATA", 5), timeout=10)
+    host.stop()
+    ddata = [d for d in _decoded(msgs) if d.kind == "DDATA"]
+    flags = [all(m.get("is_historical") is True for m in d.metrics) for d in ddata]
+    assert flags == [False, True, True, True, False]
+
+
+async def test_primary_host_state_gates_births_and_data(tmp_path: Path, broker: Mosquitto) -> None:
+    """With primary_host_id: births only once STATE says online; an older STATE is ignored;
+    online false: NDEATH, disconnect, reconnect, and wait for the host again."""
+    host = _host(broker)
+    state = "spBv1.0/STATE/scada"
+    fmt = _fmt(tmp_path, host="scada", grace=0)
+
+    def say(online: bool, ts: int) -> None:
+        doc = json.dumps({"online": online, "timestamp": ts}).encode()
+        host._client.publish(state, doc, qos=1, retain=True)
+
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), fmt) as rig:
+        await rig.publisher.connected.wait()
+        await rig.put_doc("d1", _row(0))
+        await asyncio.sleep(0.3)  # a negative check: nothing may be born without the host
+        assert _count("NBIRTH")(host.messages) is False
+        say(True, 1000)
+        await host.wait_for(_count("DDATA"))
+        say(False, 2000)
+        await host.wait_for(_count("NDEATH"))
+        await until(lambda: rig.publisher.sessions == 2, timeout=5)
+        await rig.put_doc("d1", _row(1))
+        say(True, 1500)  # older than the offline STATE: ignored
+        await asyncio.sleep(0.3)
+        assert _kinds(host.messages).count("NBIRTH") == 1
+        say(True, 3000)
+        msgs = await host.wait_for(_count("DDATA", 2))
+    host.stop()
+    decoded = _decoded(msgs)
+    assert [d.kind for d in decoded] == [
+        "NBIRTH", "DBIRTH", "DDATA", "NDEATH", "NBIRTH", "DBIRTH", "DDATA",
+    ]  # fmt: skip
+    nbirths = [d for d in decoded if d.kind == "NBIRTH"]
+    ndeath = next(d for d in decoded if d.kind == "NDEATH")
+    assert ndeath.metric("bdSeq")["long_value"] == nbirths[0].metric("bdSeq")["long_value"] == 0
+    assert nbirths[1].metric("bdSeq")["long_value"] == 1
+    assert decoded[-1].metrics[0].get("is_historical") is True  # buffered while the host was away
