@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -19,8 +20,18 @@ _STANDARD = frozenset(
 )
 
 
+#: Field names whose values are never printed, whatever a caller passes by mistake.
+_SECRET = re.compile(r"pass(word|wd)?|secret|token|credential", re.I)
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    """Fields from ``extra=``; a field named like a secret is masked (a safety net: the config
+    already keeps secrets in ``SecretStr``, so this should never have anything to do)."""
+    return {
+        k: "***" if _SECRET.search(k) else v
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD
+    }
 
 
 def _utc(record: logging.LogRecord) -> str:

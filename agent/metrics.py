@@ -5,6 +5,7 @@ The names are the public contract (INTERFACES.md); extensions are additive.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -82,6 +83,11 @@ class Metrics:
             "edge_agent_mqtt_connected", "1 while connected to the broker", registry=r
         )
         # Extensions beyond the contract's minimum.
+        self.buffer_max_bytes = Gauge(
+            "edge_agent_buffer_max_bytes",
+            "buffer.max_size: the bound edge_agent_buffer_bytes never passes",
+            registry=r,
+        )
         self.buffer_oldest_age = Gauge(
             "edge_agent_buffer_oldest_age_seconds",
             "Age of the oldest batch still in the buffer (0 when empty)",
@@ -92,6 +98,37 @@ class Metrics:
             "Broker connection attempts that failed or connections that were lost",
             registry=r,
         )
+        # Operations (issue 9): clock, reloads, identity for dashboards.
+        self.clock_synchronized = Gauge(
+            "edge_agent_clock_synchronized",
+            "1 when the system clock is NTP-synchronised, 0 when not, -1 when unknown",
+            registry=r,
+        )
+        self.clock_synchronized.set(-1)
+        self.config_reloads = Counter(
+            "edge_agent_config_reloads_total",
+            "Config reloads (SIGHUP) by result: applied or refused (the old config kept running)",
+            ["result"],
+            registry=r,
+        )
+        self.info = Gauge(
+            "edge_agent_info",
+            "Always 1; labels say which gateway and which version",
+            ["agent", "version"],
+            registry=r,
+        )
+
+    def forget_device(self, device: str) -> None:
+        """Drop a removed device's series, so dashboards stop showing a machine that is gone."""
+        for family in (
+            self.reads,
+            self.read_errors,
+            self.poll_duration,
+            self.poll_overruns,
+            self.device_up,
+        ):
+            with contextlib.suppress(KeyError):
+                family.remove(device)
 
 
 class DriverErrors(Collector):
@@ -103,6 +140,11 @@ class DriverErrors(Collector):
     """
 
     def __init__(self, drivers: Mapping[str, Driver]) -> None:
+        self._drivers = dict(drivers)
+
+    def set_drivers(self, drivers: Mapping[str, Driver]) -> None:
+        """After a reload: the devices now polled (a new dict, swapped in one assignment, so a
+        scrape running on the server's thread sees the old set or the new one)."""
         self._drivers = dict(drivers)
 
     def collect(self) -> Iterator[CounterMetricFamily]:

@@ -1,0 +1,1 @@
+"""The status page: server-rendered HTML, no scripts, no build step."""
