@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv system-deps demo test test-fast lint typecheck schema bench clean
+.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm test test-fast lint typecheck schema proto bench soak clean
 
 venv: $(VENV)/.installed
 
@@ -21,20 +21,34 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-# mosquitto (broker for tests and the demo; its system service is not used), socat (serial ptys).
+# mosquitto: the broker for the demo and the tests (its system service is not used).
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		{ $(APT) update -qq && $(APT) install -y -qq mosquitto mosquitto-clients; }
 
+# What only the tests need: headless Chromium and CJK fonts (the status page in both languages),
+# systemd-analyze (the unit file), protoc (an independent Sparkplug decoder), openssl (certificates
+# and the cloud platforms' signature vectors).
+TEST_TOOLS := chromium systemd-analyze protoc openssl
+test-deps: system-deps
+	@{ for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || exit 1; done; \
+		[ -d /usr/share/fonts/opentype/noto ]; } || \
+		{ $(APT) update -qq && \
+		  $(APT) install -y -qq chromium fonts-noto-cjk systemd protobuf-compiler openssl; }
+
 demo: venv system-deps
 	$(PY) -m simulators.demo
 
+# Predictive maintenance: a pump's bearing wearing out over a month, in about three minutes.
+demo-pdm: venv system-deps
+	$(PY) -m simulators.demo_pdm
+
 # Lint and types first, so the suite's own summary line is the last thing printed.
-test: venv system-deps
+test: venv test-deps
 	$(MAKE) --no-print-directory lint typecheck
 	$(PY) -m pytest -q
 
-test-fast: venv system-deps
+test-fast: venv test-deps
 	$(PY) -m pytest -q -m "not slow"
 
 lint: venv
@@ -47,9 +61,25 @@ typecheck: venv
 schema: venv
 	$(VENV)/bin/edge-agent schema > config/schema.json
 
+# Sparkplug B: regenerate the committed Python module from the .proto (needs protobuf-compiler).
+proto:
+	cd agent/formats/sparkplug && protoc --python_out=. sparkplug_b.proto
+
+# The 30-minute soak (200 devices, broker flapping): fails on growth beyond 2 % after warm-up.
+soak: venv system-deps
+	$(PY) -m tests.test_soak --minutes 30
+
 bench: venv system-deps
 	$(PY) -m bench.bench_e2e
 	$(PY) -m bench.bench_buffer
+	$(PY) -m bench.bench_processing
+
+# Wheels of the agent and all its dependencies, for gateways without internet:
+# copy the repository with ./wheelhouse to the gateway, then `sudo systemd/install.sh`.
+# Build it on the gateway's CPU architecture and Python version (e.g. on a spare Pi).
+wheelhouse: venv
+	rm -rf wheelhouse
+	$(PY) -m pip wheel --quiet --wheel-dir wheelhouse .
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data wheelhouse .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The ``edge-agent`` command: ``validate``, ``schema``, ``run`` and ``sniff``.
+"""The ``edge-agent`` command: ``validate``, ``schema``, ``run``, ``status``, ``read``, ``sniff``...
 
 Operators script it, so the output and exit codes are a contract (INTERFACES.md): 0 success,
 1 runtime failure, 2 bad config or usage; config problems are one ``FILE:LINE:COL: path: message``
@@ -42,6 +42,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, metavar="FILE")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="text", choices=["text", "json"])
+    status = sub.add_parser("status", help="what the running agent is doing (its local listener)")
+    status.add_argument("-c", "--config", metavar="FILE", help="find the listener in this config")
+    status.add_argument("--url", help="the agent's listener, e.g. http://127.0.0.1:9108")
+    status.add_argument("--json", action="store_true", help="print /status.json as it comes")
+    read = sub.add_parser(
+        "read", help="one poll of a device now: values, quality, raw registers (commissioning)"
+    )
+    read.add_argument("-c", "--config", required=True, metavar="FILE")
+    read.add_argument("device", metavar="DEVICE")
+    read.add_argument("tags", nargs="*", metavar="TAG", help="only these tags (default: all)")
+    read.add_argument("--url", help="the running agent's listener (default: metrics.listen)")
+    discover = sub.add_parser(
+        "discover",
+        help="browse a device and print a ready-to-edit YAML device entry (commissioning)",
+        add_help=False,  # --help goes to the driver, which knows its own options
+    )
+    discover.add_argument("driver", metavar="DRIVER", help="e.g. opcua")
+    discover.add_argument("driver_args", nargs=argparse.REMAINDER, metavar="ARGS")
     sniff = sub.add_parser(
         "sniff", help="print what a serial port receives, with escapes and timing"
     )
@@ -134,6 +152,21 @@ def _sniff(args: argparse.Namespace, drivers: Mapping[str, type[Driver]]) -> int
     return EXIT_OK
 
 
+def _discover(name: str, argv: list[str], drivers: Mapping[str, type[Driver]]) -> int:
+    """Hand ``edge-agent discover DRIVER ARGS...`` to the driver's own ``discover``."""
+    cls = drivers.get(name)
+    code = cls.discover(argv) if cls is not None else None
+    if code is None:
+        able = sorted(n for n, d in drivers.items() if "discover" in vars(d))
+        print(
+            f"edge-agent: driver {name!r} cannot discover devices "
+            f"(drivers that can: {', '.join(able) or 'none'})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting, for tests."""
     args = _parser().parse_args(argv)
@@ -155,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "sniff":
         return _sniff(args, drivers)
+    if args.command == "discover":
+        return _discover(args.driver, args.driver_args, drivers)
+    if args.command in ("status", "read"):
+        from agent import status_cli
+
+        if args.command == "status":
+            return status_cli.status_command(args.url, args.config, args.json)
+        return status_cli.read_command(args.config, args.device, args.tags, args.url)
     config = _load(args.config, drivers, resolve_secrets=True)
     if isinstance(config, int):
         return config

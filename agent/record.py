@@ -29,17 +29,25 @@ def encode_batch(batch: Batch) -> bytes:
     """Serialise a batch for the buffer. Bad readings carry no value, only their quality."""
     values: dict[str, Any] = {}
     quality: dict[str, str] = {}
+    ts_source: dict[str, int] = {}
+    batch_ts = ts_ms(batch.ts)
     for r in batch.readings:
         if r.quality is not Quality.BAD and r.value is not None and not _finite(r.value):
             quality[r.tag] = "bad: not a number"
             continue
         if r.quality is not Quality.BAD and r.value is not None:
             values[r.tag] = r.value
+            if r.source_ts is not None and ts_ms(r.source_ts) != batch_ts:
+                ts_source[r.tag] = ts_ms(r.source_ts)
         if r.quality is not Quality.GOOD:
             quality[r.tag] = f"{r.quality.value}: {r.reason or 'unknown'}"
-    doc: dict[str, Any] = {"ts": ts_ms(batch.ts), "values": values}
+    doc: dict[str, Any] = {"ts": batch_ts, "values": values}
     if quality:
         doc["quality"] = quality
+    if ts_source:
+        # Compatible extension: when the device stamped a value itself (OPC UA source
+        # timestamp) and that differs from the batch time, tag to ms; absent otherwise.
+        doc["ts_source"] = ts_source
     return _dumps(doc).encode()
 
 

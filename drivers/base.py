@@ -21,6 +21,18 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
+)
+
+from drivers.processing_models import (
+    AlarmSpec,
+    CounterSpec,
+    DeviceProcessing,
+    StateSpec,
+    WaveformSpec,
+    WindowSpec,
+    check_device_processing,
+    check_tag_processing,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -130,6 +142,19 @@ class TagBase(StrictModel):
     deadband_percent: float | None = Field(
         default=None, gt=0, le=100, description="deadband as a percentage of the last value"
     )
+    # Edge processing (drivers/processing_models.py; meaning in agent/processing/).
+    max_silence: PositiveDuration | None = Field(
+        default=None, description="report by exception: publish anyway after this long"
+    )
+    window: WindowSpec | None = Field(default=None, description="aggregates over time windows")
+    waveform: WaveformSpec | None = Field(default=None, description="waveform features")
+    counter: CounterSpec | None = Field(default=None, description="parts or energy counter")
+    alarms: list[AlarmSpec] = Field(default_factory=list, description="alarms on this tag")
+
+    @model_validator(mode="after")
+    def _check_processing(self) -> TagBase:
+        check_tag_processing(self)
+        return self
 
 
 class ProfileBase(StrictModel):
@@ -150,6 +175,16 @@ class DeviceBase(StrictModel):
     profile: Name | None = None
     enabled: bool = True
     tags: Sequence[TagBase] = Field(default_factory=list)
+    # Edge processing (drivers/processing_models.py; meaning in agent/processing/).
+    processing: DeviceProcessing | None = Field(
+        default=None, description="processing defaults for every tag of the device"
+    )
+    state: StateSpec | None = Field(default=None, description="machine state rules")
+
+    @model_validator(mode="after")
+    def _check_processing(self) -> DeviceBase:
+        check_device_processing(self)
+        return self
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,6 +210,9 @@ class Reading:
     ts: float  # seconds since the Unix epoch (UTC), taken when the device answered
     quality: Quality = Quality.GOOD
     reason: str | None = None  # why it is not good: "timeout", "exception 2 (illegal data address)"
+    #: When the device itself says the value changed (an OPC UA source timestamp), if it says;
+    #: the payload carries it under ``ts_source`` where it differs from the batch's ``ts``.
+    source_ts: float | None = None
 
     @classmethod
     def bad(cls, tag: str, ts: float, reason: str) -> Reading:
@@ -206,6 +244,11 @@ class DeviceError(Exception):
     def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(detail or reason)
         self.reason = reason
+
+
+class WriteError(Exception):
+    """A write refused or failed; the message is the command reply's ``error`` (short, for the
+    person who sent it: "above max 80", "exception 2 (illegal data address)")."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,6 +343,34 @@ class Driver(abc.ABC):
         running Python code over a dict the event loop may be changing (``dict(counter)``).
         """
         return {}
+
+    def raw_values(self) -> Mapping[str, Any]:
+        """Optional, for commissioning (``edge-agent read``): what the last ``poll()`` received
+        per tag before decoding (Modbus: the list of registers or bits; serial: the frame). {}
+        when the driver does not keep it; the raw column is then left out."""
+        return {}
+
+    @classmethod
+    def discover(cls, argv: Sequence[str]) -> int | None:
+        """Optional, for commissioning (``edge-agent discover DRIVER ARGS...``): parse ``argv``
+        (the driver's own options), look at a device and print a ready-to-edit YAML device
+        entry on stdout; return the exit code (0, 1 runtime failure, 2 usage). None when the
+        driver cannot discover devices (the default)."""
+        return None
+
+    # -- writes (commands from the cloud; only tags the config marks writable reach here) --------
+
+    def check_write(self, tag: str, value: Any) -> None:
+        """Refuse a value before anything is sent (wrong type, out of range): raise
+        ``WriteError``. The agent checks every tag of a command first, so a command with one bad
+        value changes nothing."""
+        raise WriteError(f"driver {self.name!r} does not support writes")
+
+    async def write(self, tag: str, value: Any) -> None:
+        """Write one tag and confirm it (read back); raise ``WriteError`` with the reason when
+        refused or not confirmed, ``DeviceError`` when the device is lost. The agent calls it
+        between polls, never during one, so the driver needs no lock of its own."""
+        raise WriteError(f"driver {self.name!r} does not support writes")
 
     # -- shared lines (a bus several devices are polled through, one request at a time) ---------
 

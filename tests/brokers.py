@@ -173,3 +173,76 @@ class Subscriber:
 
 def data_seqs(messages: list[Received], device: str) -> list[int]:
     return [m.json()["seq"] for m in messages if m.topic.endswith(f"/{device}/data")]
+
+
+@dataclass
+class V5Received:
+    topic: str
+    payload: bytes
+    user_properties: list[tuple[str, str]]
+
+
+class V5Subscriber:
+    """An MQTT v5 subscriber that keeps each message's user properties (clean start)."""
+
+    def __init__(self, port: int, topics: list[str], client_id: str = "test-v5-sub") -> None:
+        self.port = port
+        self.topics = topics
+        self.messages: list[V5Received] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        for t in self.topics:
+            client.subscribe(t, qos=1)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg.properties, "UserProperty", None) or []
+        with self._cond:
+            self.messages.append(V5Received(msg.topic, bytes(msg.payload), list(props)))
+            self._cond.notify_all()
+
+    def start(self) -> V5Subscriber:
+        self._client.connect("127.0.0.1", self.port, keepalive=5)
+        self._client.loop_start()
+        if not self._subscribed.wait(5):
+            raise RuntimeError("v5 subscriber did not subscribe")
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> list[V5Received]:
+        def waiter() -> bool:
+            with self._cond:
+                return bool(self._cond.wait_for(lambda: predicate(list(self.messages)), timeout))
+
+        if not await asyncio.to_thread(waiter):
+            raise AssertionError(f"condition not met within {timeout}s")
+        with self._cond:
+            return list(self.messages)
+
+
+def platform_broker(workdir: Path, users: dict[str, str], acl: str) -> Mosquitto:
+    """A mosquitto shaped like a cloud platform: no anonymous clients, these users (name:
+    password), and an ACL (mosquitto ``acl_file`` syntax) limiting each user to its topics."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pwfile = workdir / "passwords"
+    for i, (user, password) in enumerate(users.items()):
+        args = ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(pwfile), user, password]
+        subprocess.run(args, check=True, capture_output=True)
+    aclfile = workdir / "acl"
+    aclfile.write_text(acl)
+    # log_type all: denied publishes are logged, so a test can assert there were none
+    extra = f"password_file {pwfile}\nacl_file {aclfile}\nlog_type all\n"
+    return Mosquitto(workdir, extra_conf=extra, anonymous=False)

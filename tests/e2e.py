@@ -77,3 +77,41 @@ async def until(predicate: Any, timeout: float = 10.0, step: float = 0.02) -> No
 
 def point(name: str) -> Point:
     return POINTS[name]
+
+
+# -- helpers of the fault and soak tests -----------------------------------------------------------
+
+
+def expected_value(sim_value: object, p: Point) -> object:
+    """What the agent must publish for a simulator value: scaled exactly, in decimal."""
+    if p.scale is None:
+        return sim_value
+    from decimal import Decimal
+
+    return float(Decimal(str(sim_value)) * Decimal(str(p.scale)))
+
+
+def buffer_state(data_dir: Path) -> tuple[dict[str, int], dict[str, set[int]]]:
+    """After the agent stopped: (last seq handed out, seqs still waiting in the buffer) per device.
+
+    Together with what a subscriber received they prove delivery: every seq from 1 to the last
+    either reached the broker or is still in the buffer, waiting.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "buffer.db")
+    try:
+        rows = conn.execute("SELECT device, last FROM seqs WHERE kind = 'data'")
+        last = {d: int(n) for d, n in rows}
+        waiting: dict[str, set[int]] = {}
+        for d, s in conn.execute("SELECT device, seq FROM batches WHERE kind = 'data'"):
+            waiting.setdefault(d, set()).add(int(s))
+        return last, waiting
+    finally:
+        conn.close()
+
+
+def delivery_gaps(received: list[int], last: int, waiting: set[int]) -> list[int]:
+    """Seqs from 1 to ``last`` neither received nor still buffered: lost data (should be [])."""
+    have = set(received) | waiting
+    return [s for s in range(1, last + 1) if s not in have]

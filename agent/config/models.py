@@ -29,6 +29,16 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from agent.northbound.config import (
+    AlibabaOptions,
+    AwsOptions,
+    AzureOptions,
+    HuaweiOptions,
+    JsonOptions,
+    SparkplugOptions,
+    ThingsBoardOptions,
+    placement_issues,
+)
 from drivers.base import (
     NAME_PATTERN,
     DeviceBase,
@@ -120,6 +130,9 @@ class AgentSection(StrictModel):
         description="buffer and sequence state; a relative path is relative to the config file's "
         "directory",
     )
+    site: Name | None = Field(default=None, description="plant site, for mqtt.json.topic_template")
+    area: Name | None = Field(default=None, description="plant area, for mqtt.json.topic_template")
+    line: Name | None = Field(default=None, description="production line, for topic templates")
 
 
 class TlsSection(StrictModel):
@@ -143,6 +156,10 @@ class TlsSection(StrictModel):
         if self.key_file is not None and self.cert_file is None:
             raise key_error("key_file", "key_file needs cert_file")
         return self
+
+
+#: The northbound dialects (agent/formats); each one's options go in the section of its name.
+FormatName = Literal["json", "sparkplug", "thingsboard", "aws", "azure", "alibaba", "huawei"]
 
 
 class MqttSection(StrictModel):
@@ -175,7 +192,42 @@ class MqttSection(StrictModel):
         max_length=TOPIC_PREFIX_MAX,
         description="first topic levels; default edge/<agent.id>",
     )
-    format: Literal["json"] = Field(default="json", description="payload format")
+    format: FormatName = Field(
+        default="json", description="payload format; its options go in the section of that name"
+    )
+    json_options: JsonOptions | None = Field(
+        default=None, alias="json", description="options of format: json"
+    )
+    sparkplug: SparkplugOptions | None = Field(
+        default=None, description="options of format: sparkplug (required with it)"
+    )
+    thingsboard: ThingsBoardOptions | None = Field(
+        default=None, description="options of format: thingsboard"
+    )
+    aws: AwsOptions | None = Field(default=None, description="options of format: aws")
+    azure: AzureOptions | None = Field(default=None, description="options of format: azure")
+    alibaba: AlibabaOptions | None = Field(
+        default=None, description="options of format: alibaba (required with it)"
+    )
+    huawei: HuaweiOptions | None = Field(
+        default=None, description="options of format: huawei (required with it)"
+    )
+    max_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="data messages per second at most; default: the platform's limit (aws 100)",
+    )
+    servers: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="broker cluster nodes as host:port, tried in turn; instead of host and port",
+    )
+    protocol: Literal["auto", "3.1.1", "5"] = Field(
+        default="auto", description="MQTT version; auto: v5 where the broker supports it"
+    )
+    message_expiry: PositiveDuration | None = Field(
+        default=None, description="MQTT v5 message expiry of data messages; none by default"
+    )
     keepalive: Annotated[Duration, Field(le=KEEPALIVE_MAX)] = Field(
         default=30.0, description="MQTT keepalive"
     )
@@ -196,6 +248,8 @@ class MqttSection(StrictModel):
             raise key_error(
                 "password", "inline passwords are not allowed: use password_env or password_file"
             )
+        if isinstance(data, Mapping) and data.get("servers") is not None:
+            return data  # host/port do not apply (checked once the fields are valid)
         if isinstance(data, Mapping) and "port" not in data and data.get("tls") is not None:
             return {**data, "port": 8883}
         return data
@@ -223,12 +277,47 @@ class MqttSection(StrictModel):
     def _topic(cls, value: str | None) -> str | None:
         return None if value is None else check_topic_prefix(value)
 
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: list[str] | None) -> list[str] | None:
+        for entry in value or []:
+            parse_listen(entry)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> MqttSection:
+        if self.servers is not None and {"host", "port"} & self.model_fields_set:
+            raise key_error("servers", "use servers or host/port, not both")
+        if self.format == "huawei" and self.huawei is None:
+            raise key_error("format", "format: huawei needs a huawei section (device ids)")
+        if self.format == "alibaba" and self.alibaba is None:
+            raise key_error("format", "format: alibaba needs an alibaba section (product keys)")
+        if self.format == "sparkplug" and self.sparkplug is None:
+            raise key_error("format", "format: sparkplug needs a sparkplug section (group_id)")
+        for section, name in (
+            ("json", "json"),
+            ("sparkplug", "sparkplug"),
+            ("thingsboard", "thingsboard"),
+            ("aws", "aws"),
+            ("azure", "azure"),
+            ("alibaba", "alibaba"),
+            ("huawei", "huawei"),
+        ):
+            attr = "json_options" if section == "json" else section
+            if getattr(self, attr) is not None and self.format != name:
+                raise key_error(section, f"the {section} section needs format: {name}")
         if self.password_env is not None and self.password_file is not None:
             raise key_error("password_file", "password_env and password_file exclude each other")
         source = "password_env" if self.password_env is not None else "password_file"
-        if self.username is None and getattr(self, source) is not None:
+        if self.format == "aws" and (self.tls is None or self.tls.cert_file is None):
+            raise key_error("format", "format: aws needs tls with cert_file and key_file")
+        if self.format == "aws" and self.topic_prefix and self.topic_prefix.count("/") > 4:
+            raise key_error(
+                "topic_prefix", "AWS IoT allows 7 slashes per topic: at most 5 prefix levels"
+            )
+        # With these formats the password is a token (sent as user) or a key (signs one).
+        token = self.format in ("thingsboard", "azure", "alibaba", "huawei")
+        if self.username is None and getattr(self, source) is not None and not token:
             # MQTT 3.1.1 sends no password without a user name; the client would drop it silently.
             raise key_error(source, "a password needs a username (MQTT 3.1.1 sends none without)")
         if self.reconnect_min > self.reconnect_max:
@@ -311,6 +400,13 @@ class Config(StrictModel):
         if mqtt.get("topic_prefix") is None:
             mqtt["topic_prefix"] = f"edge/{agent_id}"
         return {**data, "mqtt": mqtt}
+
+    @model_validator(mode="after")
+    def _placement(self) -> Config:
+        names = [d.name for d in self.devices]
+        for key, message in placement_issues(self.agent, self.mqtt, names):
+            raise key_error("mqtt", f"json.{key}: {message}")
+        return self
 
     def tag_count(self) -> int:
         """Tags over all devices (profiles merged in by load_config)."""
