@@ -497,7 +497,7 @@ def check_tag_processing(tag: Any) -> None:
 
 def check_device_processing(device: Any) -> None:
     """Rules across a device's tags (called from ``DeviceBase``). A device with a profile is
-    checked after the merge, by ``agent.processing``, since its profile's tags are not here."""
+    checked after the merge, by ``agent.config.loader``, since its profile's tags are not here."""
     names = {t.name for t in device.tags}
     state = device.state
     if state is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 from agent.config.checks import cross_check, line_check, precheck
 from agent.config.errors import ROOT_PATH, YAML_PATH, ConfigErrors, ConfigIssue
@@ -20,6 +21,7 @@ from agent.config.models import BASE_DIR, Config, MqttSection, build_config_mode
 from agent.config.secrets import resolve_secrets as fill_secrets
 from agent.config.yamlpos import EMPTY_MESSAGE, parse_yaml
 from drivers.base import Driver
+from drivers.processing_models import check_device_processing
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_TITLE = "edge-agent configuration"
@@ -111,7 +113,27 @@ def load_config(
             issues += secret_issues
     if issues or config is None:
         raise ConfigErrors(issues)
-    return _merge_profiles(config).model_copy(update={"mqtt": mqtt})
+    merged = _merge_profiles(config)
+    issues += _after_merge(merged, loc)
+    if issues:
+        raise ConfigErrors(issues)
+    return merged.model_copy(update={"mqtt": mqtt})
+
+
+def _after_merge(config: Config, loc: Locator) -> list[ConfigIssue]:
+    """Rules across a device's tags (state rules, a waveform's shaft speed tag) for devices with a
+    profile: only now are the profile's tags part of the device. Reported at the device's key,
+    like the same mistake in a device without a profile."""
+    issues: list[ConfigIssue] = []
+    for i, device in enumerate(config.devices):
+        if device.profile is None:
+            continue
+        try:
+            check_device_processing(device.model_copy(update={"profile": None}))
+        except PydanticCustomError as exc:
+            ctx = exc.context or {}
+            issues.append(loc.at_key(("devices", i, str(ctx.get("key"))), str(ctx.get("message"))))
+    return issues
 
 
 def _mqtt_alone(data: dict[str, Any], context: dict[str, Any]) -> MqttSection | None:

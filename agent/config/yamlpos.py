@@ -75,8 +75,13 @@ def _mark(node: Node) -> Mark:
 
 
 def dotted(path: DataPath) -> str:
-    """The path as the contract prints it: ``devices.1.tags.3.type``."""
-    return ".".join(str(p) for p in path) if path else ROOT_PATH
+    """The path as the contract prints it: ``devices.1.tags.3.type``. A key that is empty (or
+    would read as a separator) is quoted, so the path is never blank or ambiguous."""
+    if not path:
+        return ROOT_PATH
+    return ".".join(
+        repr(p) if p == "" or (isinstance(p, str) and "." in p) else str(p) for p in path
+    )
 
 
 class _Builder:
