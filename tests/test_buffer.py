@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -427,11 +428,54 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-async def test_real_disk_full_refuses_puts_keeps_committed_and_recovers(tiny_fs: Path) -> None:
+async def test_small_disk_bounds_the_buffer_drops_oldest_counted(
+    tiny_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """max_size far above what the file system holds: the room on disk is the bound."""
     (tiny_fs / "filler").write_bytes(b"f" * 1_000_000)
     data = tiny_fs / "data"
-    buf = await _open(data, 64 * MIN_SIZE)  # larger than the file system
-    acknowledged: list[int] = []
+    buf = await _open(data, 64 * MIN_SIZE)
+    acknowledged = [await buf.put("a", i, os.urandom(3000)) for i in range(1500)]
+    assert acknowledged == list(range(1, 1501))  # never refused
+    rows = await buf.fetch(0, 10_000)
+    dropped = buf.stats().dropped_total
+    assert dropped > 0 and len(rows) + dropped == 1500
+    assert [r.seq for r in rows] == acknowledged[dropped:]  # the oldest went
+    assert _buffer_warnings(caplog, "disk has less room than buffer.max_size")
+    (tiny_fs / "filler").unlink()  # space returns: the bound grows back
+    buf._store._stat_at = 0.0  # as one second later: the next commit sees the room
+    limit = buf._store.limit
+    await buf.put("a", 0, BODY)
+    dropped = buf.stats().dropped_total
+    rows = await buf.fetch(0, 10_000)
+    for i in range(150):  # 600 KB more, within the megabyte that came back
+        await buf.put("a", i, os.urandom(3000))
+    assert buf._store.limit > limit + 900_000
+    assert buf.stats().dropped_total == dropped
+    assert buf.stats().batches == len(rows) + 150
+    await buf.close()
+    assert _integrity(data) == "ok"
+
+
+async def test_disk_filled_to_the_last_byte_refuses_puts_keeps_committed_and_recovers(
+    tiny_fs: Path,
+) -> None:
+    """Another program takes every byte after the buffer opened: SQLite cannot even write the
+    deletes that would make room. Puts fail (the caller's batch is not stored, no seq used),
+    nothing committed is lost, and storing resumes when space returns."""
+    data = tiny_fs / "data"
+    buf = await _open(data, 64 * MIN_SIZE)
+    acknowledged = [await buf.put("a", i, os.urandom(3000)) for i in range(100)]
+    fd = os.open(tiny_fs / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"f" * 65536)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"f")
+    finally:
+        os.close(fd)
     failures = 0
     for i in range(3000):
         try:
@@ -440,14 +484,17 @@ async def test_real_disk_full_refuses_puts_keeps_committed_and_recovers(tiny_fs:
             failures += 1
             if failures == 20:  # the next puts retried, and failed too
                 break
-    assert failures == 20 and acknowledged
+    assert failures == 20
     assert acknowledged == list(range(1, len(acknowledged) + 1))
-    assert [r.seq for r in await buf.fetch(0, 10_000)] == acknowledged  # nothing committed lost
+    stored = [r.seq for r in await buf.fetch(0, 10_000)]
+    assert stored == acknowledged[len(acknowledged) - len(stored) :]  # nothing committed lost
+    assert len(stored) + buf.stats().dropped_total == len(acknowledged)
     (tiny_fs / "filler").unlink()  # space returns
+    buf._store._stat_at = 0.0
     assert await buf.put("a", 0, BODY) == len(acknowledged) + 1
     await buf.close()
     assert _integrity(data) == "ok"
-    assert _stored(data)["a"] == [*acknowledged, len(acknowledged) + 1]
+    assert _stored(data)["a"][-1] == len(acknowledged) + 1
 
 
 # -- corruption and lost databases -----------------------------------------------------------------
@@ -636,3 +683,149 @@ def test_behaves_like_a_simple_model(ops: list[tuple[str, int, int]]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(scenario(Path(tmp)))
+
+
+# -- the buffer inside a running agent ---------------------------------------------------------
+
+
+def _agent_config(
+    tmp_path: Path, data_dir: Path, broker_port: int, sim_port: int, size: str
+) -> Path:
+    from simulators.modbus_map import PRESS_POINTS, TYPE_TEST_POINTS
+    from tests.e2e import write_config
+
+    path = write_config(
+        tmp_path / "c.yaml",
+        broker_port=broker_port,
+        modbus_port=sim_port,
+        devices=[
+            {
+                "name": f"d{u}",
+                "poll_interval": "20ms",
+                "connection": {"host": "127.0.0.1", "port": sim_port, "unit_id": u},
+                "tags": [p.tag() for p in PRESS_POINTS + TYPE_TEST_POINTS],
+            }
+            for u in (1, 2, 3, 4)
+        ],
+    )
+    text = path.read_text().replace(str(tmp_path / "data"), str(data_dir))
+    path.write_text(text.replace('"16MB"', f'"{size}"'))
+    return path
+
+
+@pytest.mark.slow
+async def test_agent_buffer_stays_within_bound_at_all_times_while_the_broker_is_away(
+    tmp_path: Path,
+) -> None:
+    """Sampled every millisecond from another thread while four devices fill a 1 MB buffer."""
+    from simulators.modbus_tcp import ModbusSimulator
+    from tests.brokers import free_port
+    from tests.e2e import AgentRig, until
+
+    data = tmp_path / "data"
+    async with ModbusSimulator(port=free_port(), units=(1, 2, 3, 4)) as sim:
+        cfg = _agent_config(tmp_path, data, free_port(), sim.port, "1MB")  # no broker there
+        peak = 0
+        stop = threading.Event()
+
+        def sampler() -> None:
+            nonlocal peak
+            while not stop.wait(0.001):
+                peak = max(peak, _disk_bytes(data))
+
+        thread = threading.Thread(target=sampler)
+        thread.start()
+        try:
+            async with AgentRig(cfg) as agent:
+                buf = agent.buffer
+                await until(lambda: buf.stats().dropped_total > 0, timeout=30)
+                dropped = buf.stats().dropped_total
+                await until(lambda: buf.stats().dropped_total > 3 * dropped + 200, timeout=30)
+                cycles = [p.cycles for p in agent.pollers]
+                await until(
+                    lambda: all(
+                        p.cycles > c + 5 for p, c in zip(agent.pollers, cycles, strict=True)
+                    )
+                )
+        finally:
+            stop.set()
+            thread.join()
+    assert 0 < peak <= MIN_SIZE * 1.05, peak
+    print(f"agent buffer: peak {peak} bytes on disk for max_size {MIN_SIZE}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_agent_on_a_full_disk_keeps_polling_drops_oldest_counted_and_recovers(
+    tiny_fs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real ENOSPC: the buffer (max_size far above the file system) fills a 3 MB tmpfs while
+    the broker is away. The agent keeps polling, makes room by dropping the oldest batches and
+    counts them, and when space and the broker return every batch not counted as dropped is
+    delivered."""
+    from simulators.modbus_tcp import ModbusSimulator
+    from tests.brokers import Mosquitto, Subscriber, data_seqs, free_port
+    from tests.e2e import AgentRig, buffer_state, until
+
+    (tiny_fs / "filler").write_bytes(b"f" * 1_200_000)
+    data = tiny_fs / "data"
+    broker = Mosquitto(tmp_path / "mosquitto")
+    caplog.set_level(logging.WARNING, logger="agent.buffer")
+    async with ModbusSimulator(port=free_port(), units=(1, 2, 3, 4)) as sim:
+        cfg = _agent_config(tmp_path, data, broker.port, sim.port, "64MB")
+        sub: Subscriber | None = None
+        try:
+            async with AgentRig(cfg) as agent:
+                buf = agent.buffer
+                await until(lambda: buf.stats().dropped_total > 0, timeout=60)
+                assert _buffer_warnings(caplog, "disk has less room than buffer.max_size")
+                # The disk is full: polling goes on, every cycle, and the oldest batches make room.
+                cycles = [p.cycles for p in agent.pollers]
+                await until(
+                    lambda: all(
+                        p.cycles > c + 20 for p, c in zip(agent.pollers, cycles, strict=True)
+                    )
+                )
+                await until(lambda: buf.stats().dropped_total > 0, timeout=30)
+                reads = agent.metrics.registry.get_sample_value
+                before = sum(
+                    reads("edge_agent_reads_total", {"device": p.device.name}) or 0
+                    for p in agent.pollers
+                )
+                await asyncio.sleep(0.5)
+                after = sum(
+                    reads("edge_agent_reads_total", {"device": p.device.name}) or 0
+                    for p in agent.pollers
+                )
+                assert after > before  # batches are still committed, in the room drops made
+                # Space and the broker return: everything still buffered goes out.
+                (tiny_fs / "filler").unlink()
+                await asyncio.to_thread(broker.start)
+                sub = Subscriber(broker.port, ["edge/test-gw/+/data"], client_id="full").start()
+                await until(agent.publisher.connected.is_set, timeout=10)
+                # The backlog is sent: nothing older than two seconds waits any more.
+                await until(lambda: (buf.stats().oldest_created or 1e18) > time.time() - 2, 90)
+                dropped = buf.stats().dropped_total
+                metric = reads("edge_agent_buffer_dropped_batches_total")
+            last, waiting = buffer_state(data)
+            assert sub is not None
+            await sub.wait_for(
+                lambda m: all(
+                    max(data_seqs(m, d) or [0]) >= last[d] - len(waiting.get(d, ())) for d in last
+                ),
+                timeout=30,
+            )
+        finally:
+            if sub is not None:
+                sub.stop()
+            broker.stop()
+    assert metric == dropped > 0
+    missing = 0
+    for device, n in last.items():
+        have = set(data_seqs(sub.snapshot(), device)) | waiting.get(device, set())
+        lost = [s for s in range(1, n + 1) if s not in have]
+        # Drops take the oldest: every missing seq comes before every delivered one.
+        assert not lost or max(lost) < min(have - set(lost)), device
+        missing += len(lost)
+    assert missing == dropped  # every gap is a counted drop, every counted drop a gap
+    print(f"full disk: {dropped} oldest batches dropped and counted, the rest delivered")

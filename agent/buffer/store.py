@@ -70,6 +70,7 @@ _WAL_MAX = 16 * 1024 * 1024
 _RECORD_OVERHEAD = 30  # record header and the seq, ts_ms, created columns of one row
 _LOG_INTERVAL = 60.0  # seconds between two log lines of one drop (or disk-full) episode
 _STAT_INTERVAL = 1.0  # seconds between two stat() calls for the buffer_bytes gauge
+_DISK_RESERVE = 256 * 1024  # left free on the file system: seq.json, the -shm file, the lock
 _CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 _SCHEMA = """
@@ -168,7 +169,10 @@ class SqliteStore:
         self.wal_allowance = min(max(max_size // 8, _WAL_MIN), _WAL_MAX)
         self.txn_cap = self.wal_allowance // 2
         self.page_size = 4096
-        self.budget_pages = 0
+        self.budget_pages = 0  # the bound on used pages in force now (see _fit_to_disk)
+        self.max_budget_pages = 0  # the bound max_size alone sets
+        self.limit = max_size  # max_size, or less while the file system has less room
+        self.wal_limit = self.wal_allowance
         self._max_body: int | None = None
         self.conn: sqlite3.Connection | None = None
         self.lock_fd: int | None = None
@@ -211,7 +215,9 @@ class SqliteStore:
                 reserved[key] = max(reserved.get(key, 0), last)
             conn = self._connect_checked()
         self.conn = conn
-        self.budget_pages = (self.max_size - self.wal_allowance) // self.page_size
+        self.max_budget_pages = (self.max_size - self.wal_allowance) // self.page_size
+        self.budget_pages = self.max_budget_pages
+        self._fit_to_disk(self._file_bytes())
         self._initialise(reserved)
         self.seqs = {(d, k): last for d, k, last in conn.execute("SELECT * FROM seqs")}
         for key, last in self.seqs.items():
@@ -255,9 +261,9 @@ class SqliteStore:
         conn.execute("PRAGMA secure_delete=OFF")
         self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         self._max_body = None
-        checkpoint_pages = max(4, self.wal_allowance // 4 // self.page_size)
+        checkpoint_pages = max(4, self.wal_limit // 4 // self.page_size)
         conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint_pages}")
-        conn.execute(f"PRAGMA journal_size_limit={self.wal_allowance // 4}")
+        conn.execute(f"PRAGMA journal_size_limit={self.wal_limit // 4}")
         return conn
 
     def _connect_checked(self) -> sqlite3.Connection:
@@ -616,7 +622,7 @@ class SqliteStore:
             if self.metrics is not None:
                 self.metrics.buffer_dropped.inc(dropped)
             self._log_drops(dropped)
-        if pages > self.budget_pages:
+        if pages > self.max_budget_pages:
             # The file keeps its high-water mark after deletes; only VACUUM gives pages back. It
             # needs temporary space about the size of the database, once, at start.
             try:
@@ -646,7 +652,7 @@ class SqliteStore:
             size = os.stat(f"{self.path}-wal").st_size
         except OSError:
             return
-        if size > self.wal_allowance * 3 // 4:
+        if size > self.wal_limit * 3 // 4:
             with contextlib.suppress(sqlite3.Error):
                 # RESTART, not TRUNCATE: the next commit cuts the file to journal_size_limit and
                 # keeps that much allocated, room a commit can still use when the disk is full.
@@ -721,11 +727,57 @@ class SqliteStore:
         if not force and now - self._stat_at < _STAT_INTERVAL:
             return
         self._stat_at = now
+        self.disk_bytes = self._file_bytes()
+        if self.conn is not None:
+            self._fit_to_disk(self.disk_bytes)
+
+    def _file_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
                 total += os.stat(f"{self.path}{suffix}").st_size
-        self.disk_bytes = total
+        return total
+
+    def _fit_to_disk(self, files: int) -> None:
+        """Bound the buffer by the room the file system really has, when that is below max_size.
+
+        A disk that fills up (a small partition, a quota, another program's logs) would
+        otherwise meet the buffer with ENOSPC, and in WAL mode that can wedge it: the batches sit
+        in the WAL, a checkpoint needs the database file to grow to take them, and deleting the
+        oldest needs new WAL frames. So once a second the bound in force (and the WAL's share of
+        it) is recomputed from what our files hold plus the free space, less a small reserve:
+        the ordinary drop-oldest path then makes room, counted, before the disk is full, and
+        the bound grows back to max_size when space returns.
+        """
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        room = files + st.f_bavail * st.f_frsize - _DISK_RESERVE
+        limit = min(self.max_size, max(room, 2 * _WAL_MIN))
+        wal = min(max(limit // 8, _WAL_MIN), _WAL_MAX)
+        budget = max(1, (limit - wal) // self.page_size)
+        if budget == self.budget_pages and wal == self.wal_limit:
+            return
+        was_limited = self.limit < self.max_size
+        self.limit, self.wal_limit, self.budget_pages = limit, wal, budget
+        conn = self.conn
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA wal_autocheckpoint={max(4, wal // 4 // self.page_size)}")
+                conn.execute(f"PRAGMA journal_size_limit={wal // 4}")
+        limited = limit < self.max_size
+        if limited and not was_limited:
+            log.warning(
+                "disk has less room than buffer.max_size: the buffer keeps within %d bytes",
+                limit,
+                extra={"file": str(self.path), "limit": limit, "max_size": self.max_size},
+            )
+        elif was_limited and not limited:
+            log.info(
+                "disk has room again: the buffer may grow to max_size",
+                extra={"file": str(self.path), "max_size": self.max_size},
+            )
 
     def _log_drops(self, n: int, *, force: bool = False) -> None:
         """One WARNING per episode, then at most one a minute summing up the drops since."""
@@ -734,9 +786,9 @@ class SqliteStore:
         if force or self._drop_logged_at is None or now - self._drop_logged_at >= _LOG_INTERVAL:
             dropped = self._drops_unlogged
             log.warning(
-                "buffer full: dropped %d oldest batches (max_size=%d)",
+                "buffer full: dropped %d oldest batches (bound %d bytes)",
                 dropped,
-                self.max_size,
+                self.limit,
                 extra={
                     "dropped": dropped,
                     "dropped_total": self.dropped_total,
