@@ -12,15 +12,12 @@ import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    StringConstraints,
-    WithJsonSchema,
     model_validator,
 )
 
@@ -35,93 +32,49 @@ from drivers.processing_models import (
     check_tag_processing,
 )
 
+# Value types shared by every config section, re-exported so drivers keep importing the contract.
+from drivers.units import NAME_PATTERN as NAME_PATTERN
+from drivers.units import Duration as Duration
+from drivers.units import Name as Name
+from drivers.units import PositiveDuration as PositiveDuration
+from drivers.units import Size as Size
+from drivers.units import key_error as key_error
+from drivers.units import parse_duration as parse_duration
+from drivers.units import parse_size as parse_size
+
 # --------------------------------------------------------------------------------------------------
-# Value types shared by every config section
+# Secret references: a password is never a key of the file, only where to find it
 # --------------------------------------------------------------------------------------------------
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
-#: Agent ids, device names and tag names: safe as one MQTT topic level (no ``/``, ``+``, ``#``).
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, min_length=1, max_length=128)]
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def parse_duration(value: Any) -> Any:
-    """Turn ``250ms``, ``1s``, ``5m`` or a plain number of seconds into float seconds.
+def refuse_inline_password(data: Any) -> Any:
+    """Body of a ``mode="before"`` model validator: an inline ``password`` key is refused, so
+    configs can be shared and committed; ``password_env`` or ``password_file`` say where it is."""
+    if isinstance(data, Mapping) and "password" in data:
+        raise key_error(
+            "password", "inline passwords are not allowed: use password_env or password_file"
+        )
+    return data
 
-    Anything unparseable is passed through unchanged so pydantic reports it as a type error with
-    the offending key, rather than this function raising a bare exception.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m is None:
-            raise ValueError(
-                f"invalid duration {value!r}: use seconds or a string like 250ms, 1s, 5m"
-            )
-        return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+def check_env_name(value: str | None) -> str | None:
+    """Field validator of ``password_env``: it must name an environment variable."""
+    if value is not None and not _ENV_NAME.match(value):
+        # The value is not echoed: a password pasted here by mistake must not reach a log.
+        raise ValueError(
+            "not an environment variable name (letters, digits and '_', not starting with a digit)"
+        )
     return value
 
 
-def parse_size(value: Any) -> Any:
-    """Turn ``512KB``, ``256MB``, ``1GiB`` or a plain number of bytes into int bytes."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m is None:
-            raise ValueError(
-                f"invalid size {value!r}: use bytes or a string like 512KB, 256MB, 1GiB"
-            )
-        unit = (m.group(2) or "B").lower()
-        return int(float(m.group(1)) * _SIZE_UNITS[unit])
-    return value
-
-
-_DURATION_SCHEMA = {
-    "anyOf": [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$"},
-    ],
-    "description": "seconds, or a string such as 250ms, 1s, 5m",
-}
-_SIZE_SCHEMA = {
-    "anyOf": [
-        {"type": "integer", "minimum": 0},
-        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGTkmgt][iI]?[bB]|[bB])?\s*$"},
-    ],
-    "description": "bytes, or a string such as 512KB, 256MB, 1GiB",
-}
-
-#: A duration in seconds (float); YAML may say ``250ms``, ``1s``, ``5m``.
-Duration = Annotated[
-    float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA), Field(ge=0)
-]
-#: A positive duration, for intervals and timeouts.
-PositiveDuration = Annotated[
-    float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA), Field(gt=0)
-]
-#: A size in bytes (int); YAML may say ``512KB``, ``256MB``, ``1GiB``.
-Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA), Field(ge=0)]
+def password_source(password_env: str | None, password_file: object | None) -> str:
+    """The key that says where the password is (``password_env`` unless only the file is given);
+    both at once are refused, at ``password_file``."""
+    if password_env is not None and password_file is not None:
+        raise key_error("password_file", "password_env and password_file exclude each other")
+    return "password_env" if password_env is not None else "password_file"
 
 
 class StrictModel(BaseModel):

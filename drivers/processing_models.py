@@ -3,8 +3,8 @@
 They live here, beside ``drivers.base``, because the tag and device models every driver subclasses
 carry them (``TagBase.window``, ``DeviceBase.state``...), and ``drivers.base`` may import only the
 standard library and pydantic. So this module depends on nothing else either: ``drivers.base``
-imports it, not the other way round (its duration type is resolved lazily, at validation time, to
-keep the import one-way). The agent's ``agent.processing`` package gives these keys their meaning.
+imports it, not the other way round (the value types both share live in ``drivers.units``). The
+agent's ``agent.processing`` package gives these keys their meaning.
 """
 
 from __future__ import annotations
@@ -19,40 +19,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    StringConstraints,
-    WithJsonSchema,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # the contract's names (same as drivers.base.NAME_PATTERN)
-_Name = Annotated[str, StringConstraints(pattern=_NAME_PATTERN, min_length=1, max_length=128)]
-
-
-def _duration(value: Any) -> Any:
-    from drivers.base import parse_duration  # lazy: drivers.base imports this module
-
-    return parse_duration(value)
-
-
-_DURATION_SCHEMA = {
-    "anyOf": [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$"},
-    ],
-    "description": "seconds, or a string such as 250ms, 1s, 5m",
-}
-_Duration = Annotated[
-    float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA), Field(ge=0)
-]
-_PositiveDuration = Annotated[
-    float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA), Field(gt=0)
-]
-
-
-def _key_error(key: str, message: str) -> PydanticCustomError:
-    """An error shown at one key of the mapping (the config locator's ``config_key`` protocol)."""
-    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
+from drivers.units import Duration as _Duration
+from drivers.units import Name as _Name
+from drivers.units import PositiveDuration as _PositiveDuration
+from drivers.units import key_error as _key_error
 
 
 class _Model(BaseModel):

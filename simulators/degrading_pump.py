@@ -34,19 +34,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import math
-import signal
 import struct
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from simulators.service import Service, bound_port, cancel, serve_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +190,7 @@ class PumpModel:
         }
 
 
-class DegradingPump:
+class DegradingPump(Service):
     """The model behind a Modbus TCP server, advancing ``time_scale`` simulated seconds per real
     second and refreshing the registers every ``update_interval`` real seconds."""
 
@@ -239,32 +238,16 @@ class DegradingPump:
         await server.serve_forever(background=True)
         self._server = server
         if self.port == 0:
-            listener: Any = server.transport
-            self.port = int(listener.sockets[0].getsockname()[1])
+            self.port = bound_port(server)
         self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        ticker, self._ticker = self._ticker, None
+        await cancel(ticker)
         if self._server is not None:
             shutdown: Any = self._server.shutdown
             await shutdown()
             self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _access(
         self,
@@ -302,17 +285,14 @@ def _duration(text: str) -> float:
 async def _serve(args: argparse.Namespace) -> None:
     model = PumpModel(onset=args.onset, life=args.life, seed=args.seed)
     pump = DegradingPump(args.host, args.port, args.time_scale, model=model)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with pump:
-        print(
+    await serve_until_signal(
+        pump,
+        lambda: print(
             f"degrading pump on {args.host}:{pump.port}, time x{args.time_scale:g}, fault onset "
             f"day {args.onset / DAY:g}, end of life day {args.life / DAY:g}",
             flush=True,
-        )
-        await stop.wait()
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import socket
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,28 @@ def _print_message(msg: mqtt.MQTTMessage) -> None:
     sys.stdout.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
-    parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
-    args = parser.parse_args(argv)
-
+def run_demo(
+    *,
+    config: str,
+    seconds: float,
+    broker_port: int,
+    simulator: list[str],
+    simulator_port: int,
+    simulator_name: str,
+    watch_id: str,
+    on_message: Callable[[mqtt.MQTTMessage], None],
+    banner: str,
+    workdir_prefix: str,
+) -> int:
+    """Run a private mosquitto on ``broker_port``, the simulator module ``simulator`` (its
+    arguments after ``-m``) until it listens on ``simulator_port``, and ``edge-agent run -c
+    config``; hand every message the agent publishes to ``on_message`` until Ctrl-C (or
+    ``seconds``), then stop them all. Both demos are this, with their own machine and printout."""
     bindir = Path(sys.executable).parent
-    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
+    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
     conf = workdir / "mosquitto.conf"
     conf.write_text(
-        f"listener {DEMO_BROKER_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         "log_dest none\n"
     )
     procs: list[subprocess.Popen[bytes]] = []
@@ -93,27 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         broker = subprocess.Popen([_mosquitto(), "-c", str(conf)])
         procs.append(broker)
-        _wait_port(DEMO_BROKER_PORT, broker, "mosquitto")
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "simulators.modbus_tcp", "--port", str(DEMO_MODBUS_PORT)],
-            cwd=ROOT,
-        )
+        _wait_port(broker_port, broker, "mosquitto")
+        sim = subprocess.Popen([sys.executable, "-m", *simulator], cwd=ROOT)
         procs.append(sim)
-        _wait_port(DEMO_MODBUS_PORT, sim, "simulator")
-        env = dict(os.environ)
-        agent = subprocess.Popen([str(bindir / "edge-agent"), "run", "-c", args.config], env=env)
+        _wait_port(simulator_port, sim, simulator_name)
+        agent = subprocess.Popen([str(bindir / "edge-agent"), "run", "-c", config])
         procs.append(agent)
 
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-watch")
-        client.on_message = lambda c, u, m: _print_message(m)
-        client.connect("127.0.0.1", DEMO_BROKER_PORT)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=watch_id)
+        client.on_message = lambda c, u, m: on_message(m)
+        client.connect("127.0.0.1", broker_port)
         client.subscribe("edge/#", qos=1)
         client.loop_start()
-        print(
-            f"demo running: broker 127.0.0.1:{DEMO_BROKER_PORT}, simulator 127.0.0.1:"
-            f"{DEMO_MODBUS_PORT}, metrics http://127.0.0.1:9108/metrics; Ctrl-C to stop"
-        )
-        deadline = time.monotonic() + args.seconds if args.seconds else None
+        print(banner, flush=True)
+        deadline = time.monotonic() + seconds if seconds else None
         while not stop and (deadline is None or time.monotonic() < deadline):
             if agent.poll() is not None:
                 print(f"agent exited with code {agent.returncode}")
@@ -132,6 +136,28 @@ def main(argv: list[str] | None = None) -> int:
                     p.kill()
         shutil.rmtree(workdir, ignore_errors=True)
         print("demo stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
+    parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
+    args = parser.parse_args(argv)
+    return run_demo(
+        config=args.config,
+        seconds=args.seconds,
+        broker_port=DEMO_BROKER_PORT,
+        simulator=["simulators.modbus_tcp", "--port", str(DEMO_MODBUS_PORT)],
+        simulator_port=DEMO_MODBUS_PORT,
+        simulator_name="simulator",
+        watch_id="demo-watch",
+        on_message=_print_message,
+        banner=(
+            f"demo running: broker 127.0.0.1:{DEMO_BROKER_PORT}, simulator 127.0.0.1:"
+            f"{DEMO_MODBUS_PORT}, metrics http://127.0.0.1:9108/metrics; Ctrl-C to stop"
+        ),
+        workdir_prefix="edge-agent-demo-",
+    )
 
 
 if __name__ == "__main__":

@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from simulators.demo import _mosquitto, _wait_port
+from simulators.demo import run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_PORT = 18831  # not the plain demo's 18830/5020/9108: both demos can run side by side
@@ -95,76 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=TIME_SCALE)
     args = parser.parse_args(argv)
 
-    bindir = Path(sys.executable).parent
-    workdir = Path(tempfile.mkdtemp(prefix="edge-agent-pdm-demo-"))
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {BROKER_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "log_dest none\n"
-    )
     # A fresh bearing each run: the run time and counter totals of a previous run would not match.
     shutil.rmtree(ROOT / "data" / "pdm-demo" / "processing", ignore_errors=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    stop = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    client: mqtt.Client | None = None
-    try:
-        broker = subprocess.Popen([_mosquitto(), "-c", str(conf)])
-        procs.append(broker)
-        _wait_port(BROKER_PORT, broker, "mosquitto")
-        sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "simulators.degrading_pump",
-                "--port",
-                str(MODBUS_PORT),
-                "--time-scale",
-                str(args.time_scale),
-            ],
-            cwd=ROOT,
-        )
-        procs.append(sim)
-        _wait_port(MODBUS_PORT, sim, "pump simulator")
-        agent = subprocess.Popen([str(bindir / "edge-agent"), "run", "-c", args.config])
-        procs.append(agent)
-
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pdm-demo-watch")
-        client.on_message = lambda c, u, m: _on_message(m)
-        client.connect("127.0.0.1", BROKER_PORT)
-        client.subscribe("edge/#", qos=1)
-        client.loop_start()
-        print(
+    return run_demo(
+        config=args.config,
+        seconds=args.seconds,
+        broker_port=BROKER_PORT,
+        simulator=[
+            "simulators.degrading_pump",
+            "--port",
+            str(MODBUS_PORT),
+            "--time-scale",
+            str(args.time_scale),
+        ],
+        simulator_port=MODBUS_PORT,
+        simulator_name="pump simulator",
+        watch_id="pdm-demo-watch",
+        on_message=_on_message,
+        banner=(
             f"pdm demo: broker 127.0.0.1:{BROKER_PORT}, pump 127.0.0.1:{MODBUS_PORT} "
             f"(x{args.time_scale:g}: a day every {86400 / args.time_scale:.0f} s; fault from "
-            "day 10, end of life day 30); Ctrl-C to stop",
-            flush=True,
-        )
-        deadline = time.monotonic() + args.seconds if args.seconds else None
-        while not stop and (deadline is None or time.monotonic() < deadline):
-            if agent.poll() is not None:
-                print(f"agent exited with code {agent.returncode}")
-                return agent.returncode or 1
-            time.sleep(0.2)
-        return 0
-    finally:
-        if client is not None:
-            client.loop_stop()
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
-        print("demo stopped")
+            "day 10, end of life day 30); Ctrl-C to stop"
+        ),
+        workdir_prefix="edge-agent-pdm-demo-",
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import tty
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,7 @@ from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import SimDevice
 
 from simulators.modbus_tcp import ModbusSimulator, parse_units
+from simulators.service import run_modbus_cli, serve_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,8 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         update_interval=args.update_interval or None,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with sim:
+
+    def ready() -> None:
         for unit in args.silent:
             sim.set_silent(unit)
         for unit, first, last in args.illegal:
@@ -172,7 +169,8 @@ async def _serve(args: argparse.Namespace) -> None:
             f"units {','.join(str(u) for u in sim.units)}",
             flush=True,
         )
-        await stop.wait()
+
+    await serve_until_signal(sim, ready)
 
 
 def _illegal(text: str) -> tuple[int, int, int]:
@@ -203,11 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--update-interval", type=float, default=0.5)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
-    return 0
+    return run_modbus_cli(_serve(args), args.log_level)
 
 
 if __name__ == "__main__":

@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import math
 import random
-import signal
 import sys
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -57,6 +54,13 @@ from simulators.modbus_map import (
     bench_config,
     from_registers,
     to_registers,
+)
+from simulators.service import (
+    Service,
+    bound_port,
+    cancel,
+    run_modbus_cli,
+    serve_until_signal,
 )
 
 log = logging.getLogger(__name__)
@@ -233,7 +237,7 @@ def parse_units(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(units)))
 
 
-class ModbusSimulator:
+class ModbusSimulator(Service):
     """The simulated machines on one TCP port, one per unit id, each with its own state.
 
     ``update_interval=None`` freezes the physics (values change only through :meth:`step`,
@@ -369,8 +373,7 @@ class ModbusSimulator:
         )
         await server.serve_forever(background=True)
         if self.port == 0:
-            listener: Any = server.transport  # an asyncio.Server once listening
-            self.port = int(listener.sockets[0].getsockname()[1])
+            self.port = bound_port(server)
         return server
 
     def _trace_connect(self, connected: bool) -> None:
@@ -379,27 +382,12 @@ class ModbusSimulator:
 
     async def stop(self) -> None:
         """Close the listener and every client connection (as a power cut would)."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        ticker, self._ticker = self._ticker, None
+        await cancel(ticker)
         if self._server is not None:
             shutdown: Any = self._server.shutdown  # untyped in pymodbus
             await shutdown()
             self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _tick(self, interval: float) -> None:
         loop = asyncio.get_running_loop()
@@ -508,16 +496,13 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         update_interval=args.update_interval or None,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with sim:
-        print(
+    await serve_until_signal(
+        sim,
+        lambda: print(
             f"modbus simulator on {args.host}:{sim.port}, units {_describe(sim.units)}",
             flush=True,
-        )
-        await stop.wait()
+        ),
+    )
 
 
 def _describe(units: Sequence[int]) -> str:
@@ -555,12 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.write_bench_config, "w", encoding="utf-8") as out:
             out.write(bench_config(len(args.units), args.port, args.broker_port, args.data_dir))
         return 0
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
-    # pymodbus logs every dropped or refused request at error level; that is the point here.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
-    return 0
+    return run_modbus_cli(_serve(args), args.log_level)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from asyncua.crypto import uacrypto
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 
+from simulators.service import cancel
+
 NAMESPACE = "urn:vendor:cnc"
 APP_URI = "urn:edge-agent:sim:cnc"
 WAVE_POINTS = 64
@@ -256,10 +258,7 @@ class CncSimulator:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         server, self._server = self._server, None
         if server is not None:
             # Values survive a restart, as a machine's would.

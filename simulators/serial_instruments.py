@@ -31,13 +31,12 @@ import functools
 import math
 import os
 import random
-import signal
 import sys
 import time
 import tty
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from simulators.service import Service, cancel, serve_until_signal
 
 STX, ETX = b"\x02", b"\x03"
 
@@ -47,7 +46,7 @@ def xor_hex(body: bytes) -> bytes:
     return f"{functools.reduce(lambda a, b: a ^ b, body, 0):02X}".encode()
 
 
-class PtyInstrument:
+class PtyInstrument(Service):
     """A pty whose master side plays the instrument; subclasses say what it sends and answers."""
 
     def __init__(self, *, link: Path | None = None) -> None:
@@ -138,26 +137,11 @@ class PtyInstrument:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         self._close_pty()
         if self.link is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.link.unlink()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _run(self) -> None:
         """What the instrument does by itself; nothing for instruments that only answer."""
@@ -398,13 +382,7 @@ async def _serve(args: argparse.Namespace) -> None:
         sim = OvenBus([OvenSimulator(address=f"{n:02d}") for n in (1, 2, 3)], link=link)
     else:
         sim = NoisySimulator(seed=args.seed, link=link)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with sim:
-        print(link or sim.path, flush=True)
-        await stop.wait()
+    await serve_until_signal(sim, lambda: print(link or sim.path, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,3 +18,14 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def quiet_pymodbus() -> Iterator[None]:
+    """pymodbus logs every unanswered or refused request at error level; in the tests that provoke
+    them (``pytestmark = pytest.mark.usefixtures("quiet_pymodbus")``) that is the point."""
+    logger = logging.getLogger("pymodbus")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 from agent.buffer import StoredBatch
-from agent.commands import CommandHandler
 from agent.formats.alibaba import AlibabaFormat, mqtt_credentials, sign
-from drivers.base import DeviceBase, TagBase
 from tests.e2e import until
 from tests.platforms.alibaba import (
     GW_DN,
@@ -20,6 +17,7 @@ from tests.platforms.alibaba import (
     AlibabaResponder,
     alibaba_broker,
 )
+from tests.platforms.common import RecordingTarget, press_commands
 from tests.test_failover import Rig, _settings
 
 #: The device triple and fixed timestamp of Alibaba's Link SDK examples (dev_sign, aiot demos).
@@ -95,34 +93,16 @@ def test_property_set_reply_has_the_documented_shape() -> None:
     }  # fmt: skip
 
 
-class _Tag(TagBase):
-    writable: bool = False
-
-
-class _Target:
-    def __init__(self) -> None:
-        self.written: dict[str, object] = {}
-
-    def check_write(self, tag: str, value: object) -> None:
-        return None
-
-    async def write(self, tag: str, value: object) -> None:
-        self.written[tag] = value
-
-
 async def test_gateway_session_against_an_alibaba_shaped_broker(tmp_path: Path) -> None:
     fmt = AlibabaFormat(GW_PK, GW_DN, {"press-1": (SUB_PK, "press-1")}, clock=lambda: TS / 1000)
     client_id, user, password = mqtt_credentials(GW_PK, GW_DN, SECRET, TS)
     broker = alibaba_broker(tmp_path / "ali", user, password)
     broker.start()
     platform = AlibabaResponder(broker.port, ["/sys/#", "/ext/#"], client_id="platform").start()
-    target = _Target()
-    devices: Mapping[str, DeviceBase] = {
-        "press-1": DeviceBase(name="press-1", driver="x", tags=[_Tag(name="sp", writable=True)])
-    }
+    target = RecordingTarget()
     settings = _settings([f"127.0.0.1:{broker.port}"], protocol="3.1.1")
     try:
-        commands = CommandHandler(devices, lambda d: target)
+        commands = press_commands(target)
         async with Rig(tmp_path, settings, fmt, commands, SECRET) as rig:
             await rig.put("press-1", 3)
             await until(lambda: rig.buffer.stats().batches == 0, timeout=10)

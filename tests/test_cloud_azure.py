@@ -9,7 +9,6 @@ import json
 import subprocess
 import urllib.parse
 from base64 import b64decode, b64encode
-from collections.abc import Mapping
 from hashlib import sha256
 from hmac import HMAC
 from pathlib import Path
@@ -17,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from agent.commands import CommandHandler
 from agent.formats.azure import AzureIotFormat, sas_token
-from drivers.base import DeviceBase, TagBase
 from tests.brokers import Mosquitto
 from tests.e2e import until
 from tests.platforms.cloud import AZURE_DEVICE, AZURE_HUB, IotHubResponder, azure_broker
+from tests.platforms.common import RecordingTarget, press_commands
 from tests.test_failover import Rig, _settings
 
 KEY = base64.b64encode(b"a device key of 32 bytes length!").decode()
@@ -90,21 +88,6 @@ def test_direct_methods() -> None:
     assert bad is not None and bad.publish[0].topic == "$iothub/methods/res/400/?$rid=3"
 
 
-class _Tag(TagBase):
-    writable: bool = False
-
-
-class _Target:
-    def __init__(self) -> None:
-        self.written: dict[str, object] = {}
-
-    def check_write(self, tag: str, value: object) -> None:
-        return None
-
-    async def write(self, tag: str, value: object) -> None:
-        self.written[tag] = value
-
-
 async def test_end_to_end_against_an_iot_hub_shaped_broker(tmp_path: Path) -> None:
     fmt = AzureIotFormat("gw", AZURE_HUB, AZURE_DEVICE, clock=lambda: NOW + 10**9)
     user, token = fmt.credentials(None, KEY)
@@ -114,11 +97,8 @@ async def test_end_to_end_against_an_iot_hub_shaped_broker(tmp_path: Path) -> No
     hub = IotHubResponder(
         broker.port, ["devices/+/messages/events/#", "$iothub/methods/res/#"], client_id="hub"
     ).start()
-    target = _Target()
-    devices: Mapping[str, DeviceBase] = {
-        "press-1": DeviceBase(name="press-1", driver="x", tags=[_Tag(name="sp", writable=True)])
-    }
-    commands = CommandHandler(devices, lambda d: target)
+    target = RecordingTarget()
+    commands = press_commands(target)
     settings = _settings([f"127.0.0.1:{broker.port}"], username=None)
     try:
         async with Rig(tmp_path, settings, fmt, commands, KEY) as rig:

@@ -7,14 +7,12 @@ from __future__ import annotations
 import calendar
 import json
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 from agent.buffer import StoredBatch
-from agent.commands import CommandHandler
 from agent.formats.huawei import HuaweiFormat, event_time, mqtt_credentials
-from drivers.base import DeviceBase, TagBase
 from tests.e2e import until
+from tests.platforms.common import RecordingTarget, press_commands
 from tests.platforms.huawei import GATEWAY, IotdaResponder, huawei_broker
 from tests.test_failover import Rig, _settings
 
@@ -76,34 +74,16 @@ def test_report_status_and_command_payloads() -> None:
     assert json.loads(reply.payload)["result_code"] == 1
 
 
-class _Tag(TagBase):
-    writable: bool = False
-
-
-class _Target:
-    def __init__(self) -> None:
-        self.written: dict[str, object] = {}
-
-    def check_write(self, tag: str, value: object) -> None:
-        return None
-
-    async def write(self, tag: str, value: object) -> None:
-        self.written[tag] = value
-
-
 async def test_gateway_session_against_an_iotda_shaped_broker(tmp_path: Path) -> None:
     fmt = HuaweiFormat(GATEWAY, {"press-1": "prod_press-1"}, clock=lambda: WHEN)
     client_id, user, password = mqtt_credentials(GATEWAY, SECRET, WHEN)
     broker = huawei_broker(tmp_path / "iotda", user, password)
     broker.start()
     iotda = IotdaResponder(broker.port, ["$oc/devices/#"], client_id="iotda").start()
-    target = _Target()
-    devices: Mapping[str, DeviceBase] = {
-        "press-1": DeviceBase(name="press-1", driver="x", tags=[_Tag(name="sp", writable=True)])
-    }
+    target = RecordingTarget()
     settings = _settings([f"127.0.0.1:{broker.port}"], protocol="3.1.1")
     try:
-        commands = CommandHandler(devices, lambda d: target)
+        commands = press_commands(target)
         async with Rig(tmp_path, settings, fmt, commands, SECRET) as rig:
             await rig.put("press-1", 4)
             await until(lambda: rig.buffer.stats().batches == 0, timeout=10)

@@ -5,16 +5,14 @@ platform (RPC calls to writes, replies)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.buffer import StoredBatch
-from agent.commands import CommandHandler
 from agent.formats.base import Reaction
 from agent.formats.thingsboard import ThingsBoardFormat
-from drivers.base import DeviceBase, TagBase
 from tests.e2e import until
+from tests.platforms.common import RecordingTarget, WritableTag, press_commands
 from tests.platforms.thingsboard import (
     GATEWAY_PASSWORD,
     GATEWAY_USER,
@@ -105,33 +103,11 @@ def test_messages_split_at_the_size_limit_and_quality_travels() -> None:
     assert first["d"][0]["values"]["t.quality"] == "bad: timeout"
 
 
-class _Tag(TagBase):
-    writable: bool = False
-
-
-class _Target:
-    """A writable device that records what was written (the real check and write path
-    of CommandHandler runs around it)."""
-
-    def __init__(self) -> None:
-        self.written: dict[str, object] = {}
-
-    def check_write(self, tag: str, value: object) -> None:
-        return None
-
-    async def write(self, tag: str, value: object) -> None:
-        self.written[tag] = value
-
-
 async def test_end_to_end_against_a_thingsboard_shaped_broker(tmp_path: Path) -> None:
     broker = thingsboard_broker(tmp_path / "tb")
     broker.start()
-    target = _Target()
-    tags = [_Tag(name="t"), _Tag(name="sp", writable=True)]
-    devices: Mapping[str, DeviceBase] = {
-        "press-1": DeviceBase(name="press-1", driver="x", tags=tags)
-    }
-    commands = CommandHandler(devices, lambda d: target if d == "press-1" else None)
+    target = RecordingTarget()
+    commands = press_commands(target, WritableTag(name="t"), WritableTag(name="sp", writable=True))
     platform = make_responder(broker.port).start()
     settings = _settings([f"127.0.0.1:{broker.port}"], username=GATEWAY_USER, protocol="3.1.1")
     try:

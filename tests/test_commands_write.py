@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +99,7 @@ ROUND_TRIPS: list[tuple[str, Any, list[int]]] = [
 ADDRESS = {t["name"]: (t["table"], t["address"]) for t in TAGS}
 
 
-@pytest.fixture(autouse=True)
-def quiet_pymodbus() -> Iterator[None]:
-    logger = logging.getLogger("pymodbus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_pymodbus")
 
 
 def make_device(port: int, **extra: Any) -> ModbusDevice:

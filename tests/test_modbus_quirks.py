@@ -3,8 +3,7 @@ tags and the automatic split on exception 2."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,14 +14,7 @@ from drivers.modbus.driver import ModbusDriver
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import free_port
 
-
-@pytest.fixture(autouse=True)
-def quiet_pymodbus() -> Iterator[None]:
-    logger = logging.getLogger("pymodbus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_pymodbus")
 
 
 @pytest.fixture

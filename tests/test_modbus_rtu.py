@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,7 @@ PRESS_TAGS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def quiet_pymodbus() -> Iterator[None]:
-    """pymodbus logs every unanswered request at error level; here that is the point."""
-    logger = logging.getLogger("pymodbus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_pymodbus")
 
 
 def rtu_device(
@@ -185,30 +177,33 @@ async def test_baud_rate_is_honest_a_read_takes_its_bytes_on_the_wire() -> None:
     assert 0.139 <= took < 0.25, took
 
 
+def tcp_unit(unit: int, port: int, transport: str, **connection: Any) -> ModbusDevice:
+    """Device ``unit-N``: unit id N behind one TCP port (``rtu-over-tcp`` or ``tcp-gateway``)."""
+    return ModbusDevice.model_validate(
+        {
+            "name": f"unit-{unit}",
+            "driver": "modbus",
+            "poll_interval": 0.1,
+            "connection": {
+                "transport": transport,
+                "host": "127.0.0.1",
+                "port": port,
+                "unit_id": unit,
+                **connection,
+            },
+            "tags": PRESS_TAGS,
+        }
+    )
+
+
 async def test_rtu_over_tcp_devices_share_one_connection_and_read_exact_values() -> None:
     async with ModbusSimulator(
         port=free_port(), units=(1, 2), update_interval=None, framer="rtu"
     ) as sim:
         for unit in (1, 2):
             sim.set_value(unit, "oil_temp", 500 + unit)
-        devices = [
-            ModbusDevice.model_validate(
-                {
-                    "name": f"unit-{u}",
-                    "driver": "modbus",
-                    "poll_interval": 0.1,
-                    "connection": {
-                        "transport": "rtu-over-tcp",
-                        "host": "127.0.0.1",
-                        "port": sim.port,
-                        "unit_id": u,
-                        "timeout": 0.5,
-                    },
-                    "tags": PRESS_TAGS,
-                }
-            )
-            for u in (1, 2, 3)  # unit 3 is not on the line: nobody answers
-        ]
+        # unit 3 is not on the line: nobody answers
+        devices = [tcp_unit(u, sim.port, "rtu-over-tcp", timeout=0.5) for u in (1, 2, 3)]
         async with polling(devices) as (poller, sink):
             await sink.until(
                 lambda: (
@@ -226,23 +221,7 @@ async def test_rtu_over_tcp_devices_share_one_connection_and_read_exact_values()
 
 async def test_tcp_gateway_unit_ids_share_one_connection() -> None:
     async with ModbusSimulator(port=free_port(), units=(1, 2, 3), update_interval=None) as sim:
-        devices = [
-            ModbusDevice.model_validate(
-                {
-                    "name": f"unit-{u}",
-                    "driver": "modbus",
-                    "poll_interval": 0.1,
-                    "connection": {
-                        "transport": "tcp-gateway",
-                        "host": "127.0.0.1",
-                        "port": sim.port,
-                        "unit_id": u,
-                    },
-                    "tags": PRESS_TAGS,
-                }
-            )
-            for u in (1, 2, 3)
-        ]
+        devices = [tcp_unit(u, sim.port, "tcp-gateway") for u in (1, 2, 3)]
         async with polling(devices) as (_, sink):
             await sink.until(lambda: all(good_values(sink, f"unit-{u}") for u in (1, 2, 3)))
         assert sim.connections == 1

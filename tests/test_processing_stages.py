@@ -346,22 +346,9 @@ async def test_state_rules_run_time_and_the_retained_message(make_rig: Any) -> N
         await rig.feed(T0 + t, spindle_speed=speed, alarm_code=code)
     await rig.feed(T0 + 130, spindle_speed=BAD, alarm_code=BAD)  # the device is down
     await rig.feed(T0 + 150, spindle_speed=BAD, alarm_code=BAD)
-    assert [v for _, v in rig.published("state")] == [
-        "idle",
-        "running",
-        "alarm",
-        "idle",
-        "running",
-        "stopped",
-    ]
-    assert [r["state"] for r in rig.retained] == [
-        "idle",
-        "running",
-        "alarm",
-        "idle",
-        "running",
-        "stopped",
-    ]
+    states = ["idle", "running", "alarm", "idle", "running", "stopped"]
+    assert [v for _, v in rig.published("state")] == states
+    assert [r["state"] for r in rig.retained] == states
     last = rig.retained[-1]
     assert last["runtime"] == {"alarm": 5.0, "idle": 35.0, "running": 90.0, "stopped": 0.0}
     assert last["since"] == round((T0 + 130) * 1000)

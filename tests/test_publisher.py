@@ -9,12 +9,10 @@ from typing import Any
 
 import pytest
 
-from agent.buffer import Buffer
 from agent.commands import CommandHandler
 from agent.formats import JsonFormat
-from agent.metrics import Metrics
-from agent.publisher import Publisher
 from drivers.base import DeviceBase, TagBase
+from tests import test_failover as failover
 from tests.brokers import Mosquitto, Subscriber, data_seqs
 from tests.e2e import until
 
@@ -35,39 +33,12 @@ def _settings(port: int, **kw: Any) -> SimpleNamespace:
     return SimpleNamespace(**base)
 
 
-class Rig:
+class Rig(failover.Rig):
+    """The failover tests' publisher rig on one broker, with a device ``d1`` commands can name."""
+
     def __init__(self, tmp: Path, port: int) -> None:
-        self.metrics = Metrics()
-        self.buffer = Buffer(tmp / "data", 8_000_000, self.metrics)
         dev = DeviceBase(name="d1", driver="x", tags=[TagBase(name="t")])
-        self.publisher = Publisher(
-            _settings(port),
-            "gw-test",
-            None,
-            self.buffer,
-            JsonFormat("gw", "edge/gw"),
-            self.metrics,
-            CommandHandler({"d1": dev}),
-        )
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Rig:
-        await self.buffer.open()
-        self.task = asyncio.create_task(self.publisher.run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.publisher.stop()
-        assert self.task is not None
-        try:
-            await asyncio.wait_for(self.task, 3)
-        except TimeoutError:
-            self.task.cancel()
-        await self.buffer.close()
-
-    async def put(self, device: str, n: int) -> None:
-        for i in range(n):
-            await self.buffer.put(device, 1000 + i, b'{"ts":%d,"values":{"i":%d}}' % (1000 + i, i))
+        super().__init__(tmp, _settings(port), commands=CommandHandler({"d1": dev}))
 
     def metric(self, name: str) -> float:
         return self.metrics.registry.get_sample_value(name) or 0.0

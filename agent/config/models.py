@@ -27,7 +27,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import PydanticCustomError
 
 from agent.northbound.config import (
     AlibabaOptions,
@@ -49,6 +48,10 @@ from drivers.base import (
     ProfileBase,
     Size,
     StrictModel,
+    check_env_name,
+    key_error,
+    password_source,
+    refuse_inline_password,
 )
 
 #: pydantic error type of ``key_error``; the locator reads ``ctx["key"]`` to point at that key.
@@ -62,14 +65,7 @@ TOPIC_PREFIX_MAX = 200
 #: MQTT carries the keepalive as a 16-bit number of seconds.
 KEEPALIVE_MAX = 65535
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})$")
-
-
-def key_error(key: str, message: str) -> PydanticCustomError:
-    """A model-level error that belongs to one key of the mapping (shown at that key)."""
-    # The message goes in the context, not in the template, so braces in it are never formatted.
-    return PydanticCustomError(KEY_ERROR, "{message}", {"key": key, "message": message})
 
 
 def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
@@ -244,10 +240,7 @@ class MqttSection(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_tls(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "password" in data:
-            raise key_error(
-                "password", "inline passwords are not allowed: use password_env or password_file"
-            )
+        refuse_inline_password(data)
         if isinstance(data, Mapping) and data.get("servers") is not None:
             return data  # host/port do not apply (checked once the fields are valid)
         if isinstance(data, Mapping) and "port" not in data and data.get("tls") is not None:
@@ -264,13 +257,7 @@ class MqttSection(StrictModel):
     @field_validator("password_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.match(value):
-            # The value is not echoed: a password pasted here by mistake must not reach a log.
-            raise ValueError(
-                "not an environment variable name (letters, digits and '_', not starting with a "
-                "digit)"
-            )
-        return value
+        return check_env_name(value)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -306,9 +293,7 @@ class MqttSection(StrictModel):
             attr = "json_options" if section == "json" else section
             if getattr(self, attr) is not None and self.format != name:
                 raise key_error(section, f"the {section} section needs format: {name}")
-        if self.password_env is not None and self.password_file is not None:
-            raise key_error("password_file", "password_env and password_file exclude each other")
-        source = "password_env" if self.password_env is not None else "password_file"
+        source = password_source(self.password_env, self.password_file)
         if self.format == "aws" and (self.tls is None or self.tls.cert_file is None):
             raise key_error("format", "format: aws needs tls with cert_file and key_file")
         if self.format == "aws" and self.topic_prefix and self.topic_prefix.count("/") > 4:

@@ -14,15 +14,24 @@ from typing import Annotated, Any, Literal
 
 from asyncua import ua
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
-from drivers.base import DeviceBase, Duration, PositiveDuration, ProfileBase, StrictModel, TagBase
+from drivers.base import (
+    DeviceBase,
+    Duration,
+    PositiveDuration,
+    ProfileBase,
+    StrictModel,
+    TagBase,
+    check_env_name,
+    key_error,
+    password_source,
+    refuse_inline_password,
+)
 
 Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 SecurityMode = Literal["Sign", "SignAndEncrypt"]
 
 _ENDPOINT = re.compile(r"^opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+)(:\d{1,5})?(/\S*)?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SEGMENT = re.compile(r"^(?:(\d+):)?(.+)$")
 
 
@@ -37,11 +46,6 @@ def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
 
 
 FilePath = Annotated[Path, AfterValidator(_relative_to_config)]
-
-
-def key_error(key: str, message: str) -> PydanticCustomError:
-    """An error shown at one key of the mapping (the config locator's ``config_key`` protocol)."""
-    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
 
 
 def parse_node(text: str) -> tuple[str | None, ua.NodeId]:
@@ -138,11 +142,7 @@ class OpcuaConnection(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _no_inline_password(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "password" in data:
-            raise key_error(
-                "password", "inline passwords are not allowed: use password_env or password_file"
-            )
-        return data
+        return refuse_inline_password(data)
 
     @field_validator("endpoint")
     @classmethod
@@ -157,19 +157,11 @@ class OpcuaConnection(StrictModel):
     @field_validator("password_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.match(value):
-            # Not echoed: a password pasted here by mistake must not reach a log.
-            raise ValueError(
-                "not an environment variable name (letters, digits and '_', not starting with a "
-                "digit)"
-            )
-        return value
+        return check_env_name(value)
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> OpcuaConnection:
-        if self.password_env is not None and self.password_file is not None:
-            raise key_error("password_file", "password_env and password_file exclude each other")
-        source = "password_env" if self.password_env is not None else "password_file"
+        source = password_source(self.password_env, self.password_file)
         if self.username is None and getattr(self, source) is not None:
             raise key_error(source, "a password needs a username")
         if self.username is not None and self.password_env is None and self.password_file is None:
