@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,15 +112,20 @@ class Agent:
         per line) and list them; ``start`` or a reload starts their tasks."""
         made: list[DevicePoller | LinePoller] = []
         shared: dict[str, list[tuple[DeviceBase, Driver]]] = {}
+        lone: list[tuple[DeviceBase, Driver]] = []
         for d in devices:
             driver = self._drivers[d.driver](d)
             key = driver.line_key()
             if key is None:
-                poller = DevicePoller(d, driver, self._sink, self._status, self.metrics)
-                self.pollers.append(poller)
-                made.append(poller)
+                lone.append((d, driver))
             else:
                 shared.setdefault(key, []).append((d, driver))
+        for k, (d, driver) in enumerate(lone):
+            # Device k of n starts k/n of its interval later: polls spread over the interval.
+            phase = d.poll_interval * k / len(lone)
+            poller = DevicePoller(d, driver, self._sink, self._status, self.metrics, phase=phase)
+            self.pollers.append(poller)
+            made.append(poller)
         for on_line in shared.values():
             line = on_line[0][1].make_line()
             line_poller = LinePoller(line, on_line, self._sink, self._status, self.metrics)
@@ -358,9 +363,7 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop polling, settle in-flight publishes (or leave them buffered), close the buffer."""
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel_all(self._tasks, "poller")
         self._tasks.clear()
         self._task_of.clear()
         self.running = False
@@ -464,12 +467,28 @@ async def _cancel(task: asyncio.Task[Any], what: str, wait_first: float = 0.0) -
     not forever: a task stuck in a library's close must not hang a reload or a stop."""
     if wait_first:
         await asyncio.wait({task}, timeout=wait_first)
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=5.0)
-    if not done:
-        log.warning("task did not stop within 5 s, left behind", extra={"task": what})
-    elif not task.cancelled() and task.exception() is not None:
+    await _cancel_all([task], what)
+    if task.done() and not task.cancelled() and task.exception() is not None:
         log.warning("task failed", extra={"task": what, "error": repr(task.exception())})
+
+
+async def _cancel_all(tasks: Collection[asyncio.Task[Any]], what: str, limit: float = 5.0) -> None:
+    """Cancel the tasks and wait until they are done, cancelling again while any is not.
+
+    Why again: on Python 3.11 ``asyncio.wait_for`` drops a cancellation that arrives in the same
+    loop iteration as the awaited answer (gh-86296, fixed in 3.12), and pymodbus waits for every
+    answer with it; a poller that swallowed its cancellation this way would keep polling and hang
+    the stop. A task still running after ``limit`` seconds is logged and left behind."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = asyncio.get_running_loop().time() + limit
+    while pending:
+        for t in pending:
+            t.cancel()
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.warning("task did not stop, left behind", extra={"task": what, "limit_s": limit})
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
 
 
 def _version() -> str:

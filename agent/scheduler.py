@@ -268,13 +268,20 @@ class DevicePoller(PolledDevice):
         *,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
+        phase: float = 0.0,
     ) -> None:
         super().__init__(device, driver, sink, status, metrics)
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._phase = phase
 
     async def run(self) -> None:
-        """Poll until cancelled. Never raises for device trouble; cancellation closes the driver."""
+        """Poll until cancelled. Never raises for device trouble; cancellation closes the driver.
+
+        The cadence starts ``phase`` seconds from now (the device connects at once): a gateway
+        with many devices on the same interval spreads their polls over the interval instead of
+        polling them all on one tick, so the buffer and the broker see a steady stream rather
+        than a burst per second, which is what keeps latency low at high rates."""
         try:
             await self._loop()
         finally:
@@ -282,7 +289,7 @@ class DevicePoller(PolledDevice):
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        cadence = Cadence(self.device.poll_interval, loop.time())
+        cadence = Cadence(self.device.poll_interval, loop.time() + self._phase)
         while True:
             if not self.connected:
                 await self._connect()
