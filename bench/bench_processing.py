@@ -64,26 +64,32 @@ def _device(tag_keys: dict[str, Any]) -> DeviceBase:
     return DeviceBase.model_validate({"name": "meter", "driver": "bench", "tags": tags})
 
 
-async def pipeline_cpu(tag_keys: dict[str, Any] | None) -> tuple[float, int]:
-    """(CPU seconds per 1,000 points, batches committed) for BATCHES batches of TAGS readings
-    a second apart, values wandering slowly as meters' do."""
+def _batches() -> list[Batch]:
+    """BATCHES batches of TAGS readings a second apart, values wandering slowly as meters' do
+    (the same every run: a seeded random walk)."""
     rng = np.random.default_rng(1)
     walk = 230.0 + np.cumsum(rng.normal(0, 0.01, (BATCHES, TAGS)), axis=0)
+    t0 = 1_763_884_800.0
+    return [
+        Batch(
+            "meter",
+            t0 + i,
+            [Reading(f"t{j:02d}", round(float(walk[i, j]), 2), t0 + i) for j in range(TAGS)],
+        )
+        for i in range(BATCHES)
+    ]
+
+
+async def pipeline_cpu(tag_keys: dict[str, Any] | None) -> tuple[float, int]:
+    """(CPU seconds per 1,000 points, batches committed) for the meter's batches through the
+    whole pipeline (processing, then the buffer)."""
     with tempfile.TemporaryDirectory() as tmp:
         buffer = Buffer(Path(tmp), 256_000_000)
         await buffer.open()
         processing = Processing([_device(tag_keys)] if tag_keys else [], Path(tmp))
         await processing.start()
         pipeline = Pipeline(buffer, processing)
-        t0 = 1_763_884_800.0
-        batches = [
-            Batch(
-                "meter",
-                t0 + i,
-                [Reading(f"t{j:02d}", round(float(walk[i, j]), 2), t0 + i) for j in range(TAGS)],
-            )
-            for i in range(BATCHES)
-        ]
+        batches = _batches()
         start = time.process_time()
         for b in batches:
             await pipeline.submit(b)
@@ -96,20 +102,10 @@ async def pipeline_cpu(tag_keys: dict[str, Any] | None) -> tuple[float, int]:
 
 async def stage_cpu(tag_keys: dict[str, Any]) -> float:
     """CPU seconds per 1,000 points of the processing stage alone (no buffer)."""
-    rng = np.random.default_rng(1)
-    walk = 230.0 + np.cumsum(rng.normal(0, 0.01, (BATCHES, TAGS)), axis=0)
     with tempfile.TemporaryDirectory() as tmp:
         processing = Processing([_device(tag_keys)], Path(tmp))
         await processing.start()
-        t0 = 1_763_884_800.0
-        batches = [
-            Batch(
-                "meter",
-                t0 + i,
-                [Reading(f"t{j:02d}", round(float(walk[i, j]), 2), t0 + i) for j in range(TAGS)],
-            )
-            for i in range(BATCHES)
-        ]
+        batches = _batches()
         start = time.process_time()
         for b in batches:
             await processing.process(b)
