@@ -9,7 +9,9 @@ that is refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, ValuesView
 from importlib.metadata import EntryPoint, entry_points
 
 from drivers.base import DeviceBase, Driver, ProfileBase
@@ -59,19 +61,73 @@ def _checked(ep: EntryPoint) -> type[Driver] | None:
     return cls  # type: ignore[no-any-return]
 
 
-def load_drivers() -> dict[str, type[Driver]]:
-    """Installed drivers by their ``driver:`` name; raise ``DriverConflictError`` on a clash."""
-    found: dict[str, type[Driver]] = {}
-    for ep in entry_points(group=GROUP):
+class Drivers(Mapping[str, type[Driver]]):
+    """Installed drivers by their ``driver:`` name, each imported the first time it is asked for.
+
+    Why lazily: a driver's protocol stack is the largest part of the agent's memory (asyncua with
+    cryptography is ~26 MB), and a gateway uses one or two of the installed drivers. Listing the
+    names (for "unknown driver ... (installed: ...)" messages) imports nothing; a driver that
+    fails to import is logged once and from then on is not installed.
+    """
+
+    def __init__(self, eps: Iterable[EntryPoint]) -> None:
+        self._eps: dict[str, EntryPoint] = {}
+        for ep in eps:
+            other = self._eps.get(ep.name)
+            # The same target seen twice (one distribution on two sys.path entries) is fine.
+            if other is not None and other.value != ep.value:
+                raise DriverConflictError(
+                    f"two drivers are named {ep.name!r}: {other.value} and {ep.value}"
+                )
+            self._eps[ep.name] = ep
+        self._loaded: dict[str, type[Driver]] = {}
+
+    def __getitem__(self, name: str) -> type[Driver]:
+        cls = self._loaded.get(name)
+        if cls is not None:
+            return cls
+        ep = self._eps.get(name)
+        if ep is None:
+            raise KeyError(name)
         cls = _checked(ep)
-        if cls is None:
-            continue
-        other = found.get(cls.name)
-        # The same class seen twice (one distribution visible on two sys.path entries) is fine.
-        if other is not None and other is not cls:
-            raise DriverConflictError(
-                f"two drivers are named {cls.name!r}: "
-                f"{other.__module__}.{other.__qualname__} and {ep.value}"
+        if cls is not None and cls.name != name:
+            log.error(
+                "driver %r (%s) not loaded: its class is named %r; the entry point's name must "
+                "be the driver's name",
+                name,
+                ep.value,
+                cls.name,
+                extra={"entry_point": name, "target": ep.value},
             )
-        found[cls.name] = cls
-    return found
+            cls = None
+        if cls is None:
+            del self._eps[name]
+            raise KeyError(name)
+        self._loaded[name] = cls
+        return cls
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._eps))
+
+    def load_all(self) -> dict[str, type[Driver]]:
+        """Every driver that imports (``schema`` needs them all); broken ones are skipped."""
+        found: dict[str, type[Driver]] = {}
+        for name in list(self._eps):
+            with contextlib.suppress(KeyError):
+                found[name] = self[name]
+        return found
+
+    def items(self) -> ItemsView[str, type[Driver]]:
+        return self.load_all().items()
+
+    def values(self) -> ValuesView[type[Driver]]:
+        return self.load_all().values()
+
+    def __len__(self) -> int:
+        return len(self._eps)
+
+
+def load_drivers() -> Drivers:
+    """The installed drivers (imported on first use); ``DriverConflictError`` when two entry
+    points claim one name."""
+    return Drivers(entry_points(group=GROUP))

@@ -38,6 +38,9 @@ from drivers.base import DeviceBase, Driver, Quality
 
 log = logging.getLogger(__name__)
 
+#: The shortest spacing between two groups of staggered polls (see ``Agent._add_pollers``).
+STAGGER_SLOT = 0.1
+
 _T = TypeVar("_T")
 
 
@@ -121,8 +124,11 @@ class Agent:
             else:
                 shared.setdefault(key, []).append((d, driver))
         for k, (d, driver) in enumerate(lone):
-            # Device k of n starts k/n of its interval later: polls spread over the interval.
-            phase = d.poll_interval * k / len(lone)
+            # Polls spread over the interval in slots at least STAGGER_SLOT apart: a steady stream
+            # for the buffer and the broker instead of one burst per tick, while the devices of a
+            # slot still share one group commit (one fsync), which the SD card needs.
+            slots = max(1, min(len(lone), int(d.poll_interval / STAGGER_SLOT)))
+            phase = d.poll_interval * (k % slots) / slots
             poller = DevicePoller(d, driver, self._sink, self._status, self.metrics, phase=phase)
             self.pollers.append(poller)
             made.append(poller)

@@ -796,11 +796,34 @@ def test_broken_drivers_are_reported_and_skipped(
 def test_two_drivers_with_one_name_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _entry_points(monkeypatch, ("fake", f"{__name__}:FakeDriver"), ("twin", f"{__name__}:FakeTwin"))
+    _entry_points(monkeypatch, ("fake", f"{__name__}:FakeDriver"), ("fake", f"{__name__}:FakeTwin"))
     with pytest.raises(DriverConflictError, match="'fake'"):
         load_drivers()
     assert main(["validate", str(write(tmp_path, "agent: {id: a}\n"))]) == 1
     assert "two drivers are named 'fake'" in capsys.readouterr().err
+
+
+def test_an_entry_point_must_carry_its_drivers_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drivers are found by entry-point name without importing them, so a class whose ``name``
+    differs from its entry point's could make a config mean another driver: refused."""
+    _entry_points(monkeypatch, ("fake", f"{__name__}:FakeDriver"), ("twin", f"{__name__}:FakeTwin"))
+    with caplog.at_level(logging.ERROR, logger="agent.drivers"):
+        drivers = load_drivers()
+        assert "twin" not in drivers
+    assert drivers == {"fake": FakeDriver}
+    assert "entry point's name must be the driver's name" in caplog.records[0].getMessage()
+
+
+def test_drivers_are_imported_only_when_a_config_names_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _entry_points(monkeypatch, ("fake", f"{__name__}:FakeDriver"), ("gone", "no_such_mod_ea:X"))
+    drivers = load_drivers()
+    assert sorted(drivers) == ["fake", "gone"]  # listed without importing anything
+    load_config(write(tmp_path, "agent: {id: a}\n"), drivers)
+    assert "gone" in list(drivers)  # still not imported: the file names no driver
 
 
 def test_one_driver_seen_twice_is_not_a_conflict(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,7 +90,8 @@ def load_config(
         )
     pre = precheck(data, drivers, loc)
     issues += pre.issues
-    model = build_config_model(drivers)
+    # Only the drivers this file names are imported and typed into the model (see Drivers).
+    model = build_config_model({n: drivers[n] for n in _named_drivers(data) if n in drivers})
     context = {BASE_DIR: path.parent.absolute()}
     config: Config | None = None
     try:
@@ -118,6 +119,24 @@ def load_config(
     if issues:
         raise ConfigErrors(issues)
     return merged.model_copy(update={"mqtt": mqtt})
+
+
+def _named_drivers(data: dict[str, Any]) -> set[str]:
+    """The ``driver:`` names the devices and profiles of a parsed file give."""
+    names: set[str] = set()
+    for section in ("devices", "profiles"):
+        entries = data.get(section)
+        values: list[Any] = (
+            list(entries.values())
+            if isinstance(entries, dict)
+            else entries
+            if isinstance(entries, list)
+            else []
+        )
+        for entry in values:
+            if isinstance(entry, dict) and isinstance(entry.get("driver"), str):
+                names.add(entry["driver"])
+    return names
 
 
 def _after_merge(config: Config, loc: Locator) -> list[ConfigIssue]:

@@ -5,16 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.formats.alibaba import AlibabaFormat
-from agent.formats.aws import MAX_PAYLOAD as MAX_AWS
-from agent.formats.aws import AwsIotFormat
-from agent.formats.azure import MAX_PAYLOAD as MAX_AZURE
-from agent.formats.azure import AzureIotFormat
 from agent.formats.base import Format
-from agent.formats.huawei import HuaweiFormat
 from agent.formats.jsonfmt import JsonFormat
-from agent.formats.sparkplug.format import SparkplugFormat
-from agent.formats.thingsboard import DEFAULT_MAX_PAYLOAD, ThingsBoardFormat
 from agent.northbound.config import PLACEMENT_FIELDS
 
 
@@ -23,7 +15,11 @@ def build_format(config: Any) -> Format:
     agent, mqtt = config.agent, config.mqtt
     prefix = mqtt.topic_prefix or f"edge/{agent.id}"
     devices = [d for d in config.devices if getattr(d, "enabled", True)]
+    # Each dialect is imported only when chosen: a gateway speaks one, and Sparkplug's protobuf
+    # runtime or the cloud signers need not sit in its memory otherwise.
     if mqtt.format == "sparkplug":
+        from agent.formats.sparkplug.format import SparkplugFormat
+
         sp = mqtt.sparkplug
         return SparkplugFormat(
             sp.group_id,
@@ -34,9 +30,15 @@ def build_format(config: Any) -> Format:
             topic_prefix=prefix,
         )
     if mqtt.format == "aws":
+        from agent.formats.aws import MAX_PAYLOAD as MAX_AWS
+        from agent.formats.aws import AwsIotFormat
+
         aws = mqtt.aws
         return AwsIotFormat(agent.id, prefix, max_payload=aws.max_payload if aws else MAX_AWS)
     if mqtt.format == "azure":
+        from agent.formats.azure import MAX_PAYLOAD as MAX_AZURE
+        from agent.formats.azure import AzureIotFormat
+
         az = mqtt.azure
         return AzureIotFormat(
             agent.id,
@@ -46,6 +48,8 @@ def build_format(config: Any) -> Format:
             max_payload=az.max_payload if az else MAX_AZURE,
         )
     if mqtt.format == "alibaba":
+        from agent.formats.alibaba import AlibabaFormat
+
         ali = mqtt.alibaba
         subs = {}
         for d in devices:
@@ -60,10 +64,14 @@ def build_format(config: Any) -> Format:
             tls=mqtt.tls is not None,
         )
     if mqtt.format == "huawei":
+        from agent.formats.huawei import HuaweiFormat
+
         hw = mqtt.huawei
         ids = {d.name: hw.devices.get(d.name) or f"{hw.sub_product_id}_{d.name}" for d in devices}
         return HuaweiFormat(hw.device_id, ids, service_id=hw.service_id, max_payload=hw.max_payload)
     if mqtt.format == "thingsboard":
+        from agent.formats.thingsboard import DEFAULT_MAX_PAYLOAD, ThingsBoardFormat
+
         tb = mqtt.thingsboard
         return ThingsBoardFormat(
             [d.name for d in devices],

@@ -22,10 +22,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from agent.processing import features
 from agent.processing.device import DeviceProcessor, Output, needs_processing
 from agent.processing.metrics import ProcessingCollector
 from agent.processing.persist import StateFiles
+from agent.processing.values import FeatureValue
 from drivers.base import Batch, DeviceBase
 from drivers.processing_models import WaveformSpec
 
@@ -133,6 +133,10 @@ class Processing:
 
     async def _compute(
         self, samples: Any, spec: WaveformSpec, rpm: float | None
-    ) -> dict[str, features.FeatureValue]:
+    ) -> dict[str, FeatureValue]:
+        # Imported here, not at the top: numpy costs ~13 MB of RSS, and most gateways analyse
+        # no waveform at all.
+        from agent.processing import features
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, features.compute, samples, spec, rpm)

@@ -18,10 +18,9 @@ from typing import Any
 from agent.processing.alarms import Alarm, Event
 from agent.processing.counters import Counter
 from agent.processing.exception import Deadband
-from agent.processing.features import FeatureValue
 from agent.processing.state import MachineState
+from agent.processing.values import FeatureValue, tidy
 from agent.processing.values import number as as_number
-from agent.processing.values import tidy
 from agent.processing.windows import Window
 from drivers.base import Batch, DeviceBase, Quality, Reading, TagBase
 from drivers.processing_models import WaveformSpec

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.processing.values import FeatureValue
 from drivers.processing_models import WaveformSpec, ZoneSpec
 
 G = 9.80665  # m/s² per g
 Array = npt.NDArray[np.float64]
-FeatureValue = float | str
 
 
 def fault_frequencies(spec: WaveformSpec, shaft_rpm: float | None) -> dict[str, float]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+#: What a waveform feature is: a number, or a label (an ISO zone, a dominant band).
+FeatureValue = float | str
+
 
 def number(value: Any) -> float | None:
     """A scalar's value as a float for windows, counters, alarms and state; None otherwise."""
