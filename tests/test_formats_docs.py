@@ -1,4 +1,4 @@
-"""docs/readme/northbound.md ("Sending data to your platform") tells the truth: every example
+"""README.md ("Sending data to your platform") tells the truth: every example
 validates and does what the text says."""
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from agent.formats.azure import AzureIotFormat
 from agent.formats.huawei import HuaweiFormat
 from agent.formats.sparkplug.format import SparkplugFormat
 from agent.formats.thingsboard import ThingsBoardFormat
+from tests.readme import ReadmeSection
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "readme" / "northbound.md"
+DOC = ReadmeSection("Sending data to your platform")
 
 
 def _examples() -> list[str]:

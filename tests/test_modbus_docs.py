@@ -1,11 +1,10 @@
-"""The README section "Connecting Modbus devices" (docs/readme/modbus.md) tells the truth: its
+"""The README section "Connecting Modbus devices" (README.md) tells the truth: its
 examples validate, devices that should share a line do, every quirk option is in its table, and
 the troubleshooting table only names options that exist."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,9 @@ from agent.config import load_config
 from agent.drivers import load_drivers
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
+from tests.readme import ReadmeSection
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "readme" / "modbus.md"
+DOC = ReadmeSection("Connecting Modbus devices")
 QUIRKS = (
     "max_registers",
     "max_bits",

@@ -20,11 +20,12 @@ from drivers.opcua.config import OpcuaDevice
 from drivers.opcua.driver import OpcuaDriver
 from simulators.opcua_cnc import POINTS, CncSimulator, ServerCert
 from tests.brokers import free_port
+from tests.readme import ReadmeSection
 from tests.test_opcua_support import Pki, device, make_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "readme" / "opcua.md"
+DOC = ReadmeSection("Connecting OPC UA servers")
 EDGE_AGENT = str(Path(sys.executable).with_name("edge-agent"))
 
 

@@ -1,4 +1,4 @@
-"""The operations docs (docs/readme/operations.md, README.zh-CN.md) tell the truth."""
+"""The operations docs (README.md, README.zh-CN.md) tell the truth."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import pytest
 from agent.config import load_config
 from agent.drivers import load_drivers
 from agent.status_cli import print_status
+from tests.readme import ReadmeSection
 from tests.test_ops_dashboards import exported
 from tests.test_status_page import snapshot
 
 REPO = Path(__file__).resolve().parent.parent
-OPERATIONS = REPO / "docs/readme/operations.md"
+OPERATIONS = ReadmeSection("Installing on a gateway", "Day-to-day operation")
 ZH = REPO / "README.zh-CN.md"
 
 

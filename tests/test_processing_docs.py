@@ -23,9 +23,10 @@ from drivers.processing_models import (
     WindowSpec,
     ZoneSpec,
 )
+from tests.readme import ReadmeSection
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "readme" / "processing.md"
+DOC = ReadmeSection("Edge processing")
 
 
 def _blocks() -> list[str]:
