@@ -19,12 +19,14 @@ function 5 for a coil, 6 for one register and 16 for more (15 and 16 always with
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -95,11 +97,60 @@ def tag_codec(tag: ModbusTag, device_byte_order: str) -> TagCodec:
     )
 
 
-def _decoder(tag: ModbusTag, device_byte_order: str) -> Decoder:
-    codec = tag_codec(tag, device_byte_order)
-    if tag.count is not None:
-        return make_array_decoder(codec, tag.count)
+#: A device's tags as decoding sees them: (name, codec, array count) each, hashable.
+_DecodeKey = tuple[tuple[str, TagCodec, int | None], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_decoders(key: _DecodeKey) -> Mapping[str, Decoder]:
+    """Tag name to decoder, one table for every device whose tags decode alike (the devices of
+    one profile); read-only, so sharing it is safe."""
+    return {name: _shared_decoder(codec, count) for name, codec, count in key}
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_decoder(codec: TagCodec, count: int | None) -> Decoder:
+    """One decoder per distinct codec, shared by every tag and device that decodes alike.
+
+    Decoders are pure functions of the (frozen, hashable) codec, and 200 meters of one profile
+    would otherwise hold 10,000 copies of the same few (with their struct and Decimal objects:
+    megabytes on a small gateway). Bounded, so a config of many odd tags cannot grow it without
+    limit; a miss only costs building the decoder again."""
+    if count is not None:
+        return make_array_decoder(codec, count)
     return make_decoder(codec)
+
+
+class _PlanTag(NamedTuple):
+    """What the planner reads of a tag: the key under which devices share one plan."""
+
+    name: str
+    table: str
+    address: int
+    width: int
+    element_width: int
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_plan(
+    tags: tuple[_PlanTag, ...],
+    max_gap: int,
+    max_registers: int,
+    max_bits: int,
+    coalesce: bool,
+    address_offset: int,
+) -> tuple[Request, ...]:
+    """One plan (immutable requests and slices) for every device whose tags and limits plan
+    alike: 200 meters of one profile need it once, not 200 times. A device that learns
+    exception 2 replaces requests in its own copy of the list, never in the shared tuple."""
+    return plan(
+        tags,
+        max_gap=max_gap,
+        max_registers=max_registers,
+        max_bits=max_bits,
+        coalesce=coalesce,
+        address_offset=address_offset,
+    )
 
 
 def _sub_request(req: Request, slices: Sequence[TagSlice]) -> Request:
@@ -150,18 +201,20 @@ class ModbusDriver(Driver):
         if not isinstance(device, ModbusDevice):
             device = ModbusDevice.model_validate(device.model_dump())
         self.config: ModbusDevice = device
-        self.requests = plan(
-            device.tags,
-            max_gap=device.max_gap,
-            max_registers=device.max_registers,
-            max_bits=device.max_bits,
-            coalesce=not device.no_coalescing,
-            address_offset=device.address_offset,
+        self.requests = _shared_plan(
+            tuple(
+                _PlanTag(t.name, t.table, t.address, t.width, t.element_width) for t in device.tags
+            ),
+            device.max_gap,
+            device.max_registers,
+            device.max_bits,
+            not device.no_coalescing,
+            device.address_offset,
         )
-        self._tags: dict[str, ModbusTag] = {t.name: t for t in device.tags}
-        self._decoders: dict[str, Decoder] = {
-            t.name: _decoder(t, device.byte_order) for t in device.tags
-        }
+        self._decoders = _shared_decoders(
+            tuple((t.name, tag_codec(t, device.byte_order), t.count) for t in device.tags)
+        )
+        self._bit_tags = frozenset(t.name for t in device.tags if t.table in BIT_TABLES)
         self._plan: list[Request] = list(self.requests)
         self._parked: dict[str, _Parked] = {}  # tags learned to answer exception 2
         self._learned_at: float | None = None
@@ -169,9 +222,20 @@ class ModbusDriver(Driver):
         self._max_step = max(1, int(REPROBE_INTERVAL / device.poll_interval))
         self._link: ModbusLink | None = None
         self._shared = device.connection.shared
-        self._raw: dict[str, Any] = {}
+        self._raw: dict[str, list[int] | array[int]] = {}
         self.splits = 0  # requests split on exception 2 since start (tests, metrics)
         self._errors: Counter[str] = Counter()
+
+    def _find_tag(self, name: str) -> ModbusTag | None:
+        """The tag called ``name``: a scan, not a table per device, as only writes and learning
+        (both rare) look tags up by name."""
+        return next((t for t in self.config.tags if t.name == name), None)
+
+    def _tag(self, name: str) -> ModbusTag:
+        tag = self._find_tag(name)
+        if tag is None:
+            raise KeyError(name)
+        return tag
 
     def describe_plan(self) -> dict[str, Any]:
         return {
@@ -196,7 +260,7 @@ class ModbusDriver(Driver):
         return dict(self._errors)
 
     def raw_values(self) -> Mapping[str, Any]:
-        return dict(self._raw)
+        return {name: list(words) for name, words in list(self._raw.items())}
 
     # -- lines ------------------------------------------------------------------------------------
 
@@ -372,7 +436,11 @@ class ModbusDriver(Driver):
             else:
                 got.sort(key=lambda p: p[0])
                 words_of_tag = [w for _, chunk in got for w in chunk]
-            self._raw[name] = list(words_of_tag)
+            # Registers as 16-bit array items, not a list of int objects: every tag of every
+            # device keeps its last answer, and at 10,000 tags the lists cost megabytes.
+            self._raw[name] = (
+                list(words_of_tag) if name in self._bit_tags else array("H", words_of_tag)
+            )
             readings.append(Reading(tag=name, value=self._decoders[name](words_of_tag), ts=now))
         readings.extend(Reading.bad(name, now, reason) for name, reason in failed.items())
         return readings
@@ -398,7 +466,7 @@ class ModbusDriver(Driver):
             parked.step = min(parked.step * 2, self._max_step)
             parked.due = self._cycle + parked.step + 1
             return False
-        tag = self._tags[name]
+        tag = self._tag(name)
         self._parked[name] = _Parked(
             reason=exception_reason(2),
             requests=list(
@@ -451,7 +519,7 @@ class ModbusDriver(Driver):
 
         A bool in a register comes back as the one register with only that bit set; the write
         itself reads the register first and changes only that bit."""
-        t = self._tags.get(tag)
+        t = self._find_tag(tag)
         if t is None or not t.writable:
             raise WriteError(f"tag '{tag}' is not writable")
         codec = tag_codec(t, self.config.byte_order)
@@ -505,7 +573,7 @@ class ModbusDriver(Driver):
 
     async def _write(self, tag: str, value: Any) -> None:
         regs = self._encode(tag, value)
-        t = self._tags[tag]
+        t = self._tag(tag)
         unit = self.config.connection.unit_id
         address = t.address + self.config.address_offset
         multiple = self.config.write_function == 16

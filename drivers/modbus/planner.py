@@ -11,11 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from drivers.modbus.config import BIT_TABLES, ModbusTag
+from drivers.modbus.config import BIT_TABLES
 
 #: Order in which tables are read in a cycle; fixed so plans (and their test corpus) are stable.
 TABLE_ORDER = ("holding", "input", "coil", "discrete")
+
+
+class PlanTag(Protocol):
+    """What planning reads of a tag (a ``ModbusTag``, or the driver's key for sharing plans)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def element_width(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +82,7 @@ class _Span:
     part: int
 
 
-def _spans(tag: ModbusTag, cap: int, address_offset: int) -> list[_Span]:
+def _spans(tag: PlanTag, cap: int, address_offset: int) -> list[_Span]:
     """The tag in pieces of at most ``cap``, cut at element boundaries (an element is never
     split, so every piece decodes on its own terms when the tag is reassembled)."""
     address = tag.address + address_offset
@@ -80,7 +96,7 @@ def _spans(tag: ModbusTag, cap: int, address_offset: int) -> list[_Span]:
 
 
 def plan(
-    tags: Sequence[ModbusTag],
+    tags: Sequence[PlanTag],
     *,
     max_gap: int = 16,
     max_registers: int = 125,
