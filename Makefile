@@ -73,6 +73,9 @@ bench: venv system-deps
 	$(PY) -m bench.bench_e2e
 	$(PY) -m bench.bench_buffer
 	$(PY) -m bench.bench_processing
+	$(PY) -m bench.bench_rtu
+	$(PY) -m bench.bench_modbus_requests
+	$(PY) -m bench.bench_opcua
 
 # Wheels of the agent and all its dependencies, for gateways without internet:
 # copy the repository with ./wheelhouse to the gateway, then `sudo systemd/install.sh`.
