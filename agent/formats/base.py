@@ -8,6 +8,7 @@ the buffer only when the message that carried it was acknowledged, whatever the 
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,7 @@ def stream_of(row: StoredBatch) -> tuple[str, str]:
     return device, kind or "data"
 
 
-class Format:
+class Format(abc.ABC):
     """The default session rules: nothing to announce, nothing to subscribe, always ready.
 
     Subclasses override what their dialect needs. Every method runs on the event loop and must
@@ -120,8 +121,9 @@ class Format:
         """Whether data may flow now (Sparkplug waits for its primary host)."""
         return True
 
+    @abc.abstractmethod
     def pack(self, rows: Sequence[StoredBatch]) -> list[Packed]:
-        raise NotImplementedError
+        """The messages that carry these buffered batches, each naming the rows it acknowledges."""
 
     def status_changed(
         self, device: str, state: str, reason: str | None, ts_ms: int
@@ -135,9 +137,9 @@ class Format:
         """A retained status message the publisher keeps and republishes after each connect."""
         return None
 
+    @abc.abstractmethod
     def device_topic(self, device: str, kind: str) -> str:
         """A retained per-device side topic (machine ``state``...) beside the dialect's own."""
-        raise NotImplementedError
 
     def side_message(self, topic: str, payload: bytes) -> Message | None:
         """The message for ``Publisher.retain(topic, payload)`` (``topic`` from
