@@ -12,6 +12,7 @@ from ruamel.yaml import YAML
 
 from agent.clock import DeviceStamps
 from agent.metrics import DriverErrors, Metrics
+from agent.processing.metrics import ProcessingCollector
 from drivers.base import Driver
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -44,8 +45,13 @@ def exported() -> set[str]:
     stamps.clamp("d", 1.0)
     m.registry.register(stamps)
     m.registry.register(DriverErrors({"d": _Counting.__new__(_Counting)}))
+    m.registry.register(ProcessingCollector(dict))
     text = generate_latest(m.registry).decode()
-    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+    # Families by their own names too (a histogram is named without _bucket in docs; a
+    # collector's family exists even before its first sample).
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    return samples | families
 
 
 def expressions_in(doc: Any) -> list[str]:
