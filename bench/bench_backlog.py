@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.buffer import Buffer
 from agent.record import encode_batch
-from bench.bench_e2e import ROOT, bench_tags, cpu_seconds, write_config
+from bench.bench_e2e import ROOT, DataWatch, bench_tags, cpu_seconds, write_config
 from drivers.base import Batch, Reading
 from tests.brokers import Mosquitto, free_port
 
@@ -66,30 +62,22 @@ async def prefill(data_dir: Path, minutes: float) -> tuple[int, float]:
     return total, time.monotonic() - t0
 
 
-class Watch:
+class Watch(DataWatch):
     """Counts backlog and live messages per second and the live latency."""
 
     def __init__(self, port: int, backlog_last: int) -> None:
         self.backlog_last = backlog_last
-        self.lock = threading.Lock()
         self.backlog = 0
         self.live = 0
         self.live_latency: list[float] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="drain-watch")
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("edge/bench-gw/+/data", qos=1)
-        self.client.loop_start()
+        self.listen(port, "drain-watch")
 
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        now = time.time()
-        doc = json.loads(msg.payload)
-        with self.lock:
-            if doc["seq"] <= self.backlog_last:
-                self.backlog += 1
-            else:
-                self.live += 1
-                self.live_latency.append(now - doc["ts"] / 1000)
+    def count(self, doc: dict[str, Any], now: float) -> None:
+        if doc["seq"] <= self.backlog_last:
+            self.backlog += 1
+        else:
+            self.live += 1
+            self.live_latency.append(now - doc["ts"] / 1000)
 
     def snapshot(self) -> tuple[int, int]:
         with self.lock:

@@ -14,6 +14,7 @@ that sends the same requests on the same schedule and does nothing with the answ
 
 from __future__ import annotations
 
+import abc
 import argparse
 import json
 import shutil
@@ -107,15 +108,16 @@ def _width(type_: str, length: int | None) -> int:
     return sizes.get(type_, 1)
 
 
-class Counter:
-    """Counts data messages and points, and the latency from the device's answer."""
+class DataWatch(abc.ABC):
+    """Subscribes to every bench device's data and hands each message, decoded, to ``count``
+    (under ``lock``, from paho's thread). Subclasses set their counters before calling
+    ``listen``: messages may arrive at once."""
 
-    def __init__(self, port: int) -> None:
+    lock: threading.Lock
+
+    def listen(self, port: int, client_id: str) -> None:
         self.lock = threading.Lock()
-        self.messages = 0
-        self.points = 0
-        self.latencies: list[float] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe("edge/bench-gw/+/data", qos=1)
@@ -125,9 +127,25 @@ class Counter:
         now = time.time()
         doc = json.loads(msg.payload)
         with self.lock:
-            self.messages += 1
-            self.points += len(doc["values"]) + len(doc.get("quality", ()))
-            self.latencies.append(now - doc["ts"] / 1000)
+            self.count(doc, now)
+
+    @abc.abstractmethod
+    def count(self, doc: dict[str, Any], now: float) -> None: ...
+
+
+class Counter(DataWatch):
+    """Counts data messages and points, and the latency from the device's answer."""
+
+    def __init__(self, port: int) -> None:
+        self.messages = 0
+        self.points = 0
+        self.latencies: list[float] = []
+        self.listen(port, "bench-counter")
+
+    def count(self, doc: dict[str, Any], now: float) -> None:
+        self.messages += 1
+        self.points += len(doc["values"]) + len(doc.get("quality", ()))
+        self.latencies.append(now - doc["ts"] / 1000)
 
     def snapshot(self) -> tuple[int, int]:
         with self.lock:
