@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from decimal import Decimal, localcontext
 
 import pytest
 from hypothesis import given
@@ -14,6 +15,7 @@ from drivers.modbus.codec import (
     decode,
     encode,
     make_decoder,
+    register_count,
     resolve_byte_order,
     shortest_float32,
 )
@@ -161,8 +163,15 @@ def test_non_finite_values_decode_to_floats() -> None:
 
 
 def test_make_decoder_skips_scaling_when_not_configured() -> None:
-    codec = TagCodec(type="uint16", count=1)
-    assert make_decoder(codec) == codec.raw
+    for type_, regs in (
+        ("uint16", [615]),
+        ("int32", [0xFFFF, 0xFF9B]),
+        ("float32", [0x4365, 0xCCCD]),
+    ):
+        codec = TagCodec(type=type_, count=len(regs))
+        got = make_decoder(codec)(regs)
+        assert got == codec.raw(regs)
+        assert type(got) is type(codec.raw(regs))  # integers stay integers
 
 
 TYPES = ["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
@@ -191,3 +200,63 @@ def test_int32_round_trips(value: int, order: str) -> None:
     codec = TagCodec(type="int32", count=2, byte_order=order)
     assert decode(codec, encode(codec, value)) == value
     assert encode(codec, value) == wire("int32", value, order)
+
+
+@given(
+    type_=st.sampled_from(TYPES),
+    order=st.sampled_from(["ABCD", "CDAB", "BADC", "DCBA"]),
+    regs=st.lists(st.integers(0, 0xFFFF), min_size=4, max_size=4),
+)
+def test_fast_decoders_agree_with_the_general_path(type_: str, order: str, regs: list[int]) -> None:
+    """The per-codec fast functions are an optimisation only: same value, same type."""
+    codec = TagCodec(type=type_, count=register_count(type_), byte_order=order)
+    words = regs[: codec.count]
+    fast, general = make_decoder(codec)(words), codec.raw(words)
+    assert type(fast) is type(general)
+    assert fast == general or (math.isnan(fast) and math.isnan(general))  # type: ignore[arg-type]
+
+
+@given(
+    raw=st.integers(-(2**63), 2**64 - 1),
+    scale=st.decimals(
+        allow_nan=False, allow_infinity=False, places=6, min_value=-1000, max_value=1000
+    ),
+    offset=st.decimals(
+        allow_nan=False, allow_infinity=False, places=3, min_value=-1e6, max_value=1e6
+    ),
+)
+def test_integer_scaling_is_the_exact_decimal_result(
+    raw: int, scale: Decimal, offset: Decimal
+) -> None:
+    """Integer arithmetic for scale and offset gives the float nearest the exact decimal result,
+    as the decimal route does (615 x 0.1 = 61.5, never 61.50000000000001)."""
+    scale_f, offset_f = float(scale), float(offset)
+    if scale_f == 1 and offset_f == 0:
+        return
+    codec = TagCodec(type="int64", count=4, scale=scale_f, offset=offset_f)
+    big = raw.to_bytes(8, "big", signed=raw < 0)
+    words = [int.from_bytes(big[i : i + 2], "big") for i in range(0, 8, 2)]
+    with localcontext() as ctx:
+        ctx.prec = 60
+        exact = Decimal(codec.raw(words)) * Decimal(repr(scale_f)) + Decimal(repr(offset_f))
+    assert make_decoder(codec)(words) == float(exact)
+
+
+@given(bits=st.integers(0, 2**32 - 1))
+def test_shortest_float32_is_the_shortest_of_all_precisions(bits: int) -> None:
+    """Starting the search at 6 digits finds what a search from 1 digit finds, for any pattern
+    (subnormals included)."""
+    value = struct.unpack(">f", bits.to_bytes(4, "big"))[0]
+    if not math.isfinite(value):
+        return
+    target = struct.pack(">f", value)
+    reference = value
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        try:
+            if struct.pack(">f", candidate) == target:
+                reference = candidate
+                break
+        except OverflowError:
+            continue
+    assert repr(shortest_float32(value)) == repr(reference)
