@@ -41,14 +41,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from agent.buffer import Buffer, StoredBatch
 from agent.commands import CommandHandler
 from agent.formats import Command, Format, Message, Packed
 from agent.metrics import Metrics
+from agent.v5props import PublishProperties
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +110,7 @@ class Publisher:
         self.protocol: str = V311
         expiry = getattr(settings, "message_expiry", None)
         self._expiry = int(expiry) if expiry else None
+        self._v5props = PublishProperties()
         # Data messages per second (the platform's per-connection limit), a token bucket
         # holding one second's worth; None: as fast as the broker acknowledges.
         self._rate: float | None = getattr(settings, "max_rate", None) or fmt.max_rate
@@ -416,14 +416,9 @@ class Publisher:
         """One publish; on MQTT v5 with the message's user properties and, for data, the
         configured message expiry."""
         props = None
-        if self.protocol == V5 and (msg.properties or msg.content_type or (data and self._expiry)):
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if msg.properties:
-                props.UserProperty = list(msg.properties)
-            if msg.content_type:
-                props.ContentType = msg.content_type
-            if data and self._expiry:
-                props.MessageExpiryInterval = self._expiry
+        expiry = self._expiry if data else None
+        if self.protocol == V5 and (msg.properties or msg.content_type or expiry):
+            props = self._v5props.pack(msg.properties, msg.content_type, expiry)
         return client.publish(
             msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=props
         )
