@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from math import isfinite
 from typing import Any
 
 from drivers.base import Batch, Quality
@@ -26,20 +27,38 @@ def _finite(value: Any) -> bool:
 
 
 def encode_batch(batch: Batch) -> bytes:
-    """Serialise a batch for the buffer. Bad readings carry no value, only their quality."""
+    """Serialise a batch for the buffer. Bad readings carry no value, only their quality.
+
+    Runs for every reading the agent takes, so a good scalar (nearly all of them) is one type
+    check and one dict store; the rest take the general path below it."""
     values: dict[str, Any] = {}
     quality: dict[str, str] = {}
     ts_source: dict[str, int] = {}
     batch_ts = ts_ms(batch.ts)
+    good = Quality.GOOD
     for r in batch.readings:
-        if r.quality is not Quality.BAD and r.value is not None and not _finite(r.value):
+        value = r.value
+        kind = type(value)
+        if (
+            r.quality is good
+            and r.source_ts is None
+            and (
+                kind is int
+                or kind is str
+                or kind is bool
+                or (type(value) is float and isfinite(value))
+            )
+        ):
+            values[r.tag] = value
+            continue
+        if r.quality is not Quality.BAD and value is not None and not _finite(value):
             quality[r.tag] = "bad: not a number"
             continue
-        if r.quality is not Quality.BAD and r.value is not None:
-            values[r.tag] = r.value
+        if r.quality is not Quality.BAD and value is not None:
+            values[r.tag] = value
             if r.source_ts is not None and ts_ms(r.source_ts) != batch_ts:
                 ts_source[r.tag] = ts_ms(r.source_ts)
-        if r.quality is not Quality.GOOD:
+        if r.quality is not good:
             quality[r.tag] = f"{r.quality.value}: {r.reason or 'unknown'}"
     doc: dict[str, Any] = {"ts": batch_ts, "values": values}
     if quality:

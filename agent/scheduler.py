@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import operator
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
@@ -87,12 +88,24 @@ class Cadence:
         return skipped, now - (due - self.interval)
 
 
+# Per-reading passes of a batch run in C (``map`` with attribute getters), not in Python loops:
+# they run for every reading the agent takes.
+_tag_of = operator.attrgetter("tag")
+_ts_of = operator.attrgetter("ts")
+_quality_of = operator.attrgetter("quality")
+_ONLY_GOOD = frozenset((Quality.GOOD,))
+
+
+def all_good(readings: list[Reading]) -> bool:
+    """Every reading good (true for none)."""
+    return set(map(_quality_of, readings)) <= _ONLY_GOOD
+
+
 def frames(readings: list[Reading]) -> Iterator[list[Reading]]:
     """The batches one poll's readings make: all in one when no tag repeats (the common case,
     whatever the readings' times), else one per event in time order, each with at most one
     reading per tag, because a payload carries one value per tag (INTERFACES.md)."""
-    names = [r.tag for r in readings]
-    if len(set(names)) == len(names):
+    if len(set(map(_tag_of, readings))) == len(readings):
         if readings:
             yield readings
         return
@@ -236,9 +249,8 @@ class PolledDevice:
         self.last_poll = time.time()
 
     async def _commit(self, readings: list[Reading]) -> None:
-        ts = max(r.ts for r in readings)
-        batch = Batch(device=self.device.name, ts=ts, readings=readings)
-        if any(r.quality is not Quality.GOOD for r in readings):
+        batch = Batch(self.device.name, max(map(_ts_of, readings)), readings)
+        if not all_good(readings):
             self._m_errors.inc()
         try:
             await self._sink(batch)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.scheduler import BatchSink, StatusSink
-from drivers.base import Batch, Quality, Reading
+from agent.scheduler import BatchSink, StatusSink, all_good
+from drivers.base import Batch, Reading
+
+_tag_of = operator.attrgetter("tag")
 
 #: Batches per device over which the error rate is computed.
 ERROR_WINDOW = 100
@@ -87,9 +90,8 @@ class StatusBoard:
         view = self.view(batch.device)
         view.last_batch = batch.ts
         view.last_seq = batch.seq
-        view.outcomes.append(all(r.quality is Quality.GOOD for r in batch.readings))
-        for r in batch.readings:
-            view.values[r.tag] = r
+        view.outcomes.append(all_good(batch.readings))
+        view.values.update(zip(map(_tag_of, batch.readings), batch.readings, strict=True))
         for fut in self._waiters.pop(batch.device, []):
             if not fut.done():
                 fut.set_result(list(batch.readings))

@@ -56,12 +56,16 @@ def test_payload_matches_contract_exactly() -> None:
 
 
 def test_quality_absent_when_all_good_and_nan_becomes_bad() -> None:
-    good = Batch("d", 1.0, [Reading("a", 1, 1.0), Reading("b", 2.5, 1.0)])
-    assert "quality" not in decode_body(encode_batch(good))
-    nan = Batch("d", 1.0, [Reading("a", float("nan"), 1.0), Reading("b", [1.0, float("inf")], 1.0)])
-    doc = decode_body(encode_batch(nan))
+    good = Batch(
+        "d", 1.0, [Reading("a", 1, 1.0), Reading("b", 2.5, 1.0), Reading("c", [1, 2.5], 1.0)]
+    )
+    doc = decode_body(encode_batch(good))
+    assert "quality" not in doc and doc["values"] == {"a": 1, "b": 2.5, "c": [1, 2.5]}
+    readings = [Reading("a", float("nan"), 1.0), Reading("b", [1.0, float("inf")], 1.0)]
+    readings.append(Reading("c", float("-inf"), 1.0))
+    doc = decode_body(encode_batch(Batch("d", 1.0, readings)))
     assert doc["values"] == {}
-    assert doc["quality"] == {"a": "bad: not a number", "b": "bad: not a number"}
+    assert doc["quality"] == {k: "bad: not a number" for k in "abc"}
 
 
 def test_status_payloads() -> None:
