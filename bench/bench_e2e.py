@@ -167,7 +167,12 @@ def measure(
     seconds: float,
     counter: Counter | None,
     profile: Path | None = None,
+    others: dict[str, psutil.Process] | None = None,
 ) -> dict[str, float]:
+    """CPU, RSS and points of ``cmd`` over ``seconds`` after ``warmup``; with ``others`` (the
+    simulator, the broker), their CPU over the same window too, as ``<name>_cpu``: on a
+    small machine the device side can be what limits the rate, and the table should say so."""
+    others = others or {}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ps = psutil.Process(proc.pid)
     spy: subprocess.Popen[bytes] | None = None
@@ -178,6 +183,7 @@ def measure(
                 f"{cmd[0]} exited: {proc.stderr.read().decode() if proc.stderr else ''}"
             )
         cpu0, m0 = cpu_seconds(ps), counter.snapshot() if counter else (0, 0)
+        others0 = {name: cpu_seconds(p) for name, p in others.items()}
         if counter:
             counter.reset_latency()
         t0 = time.monotonic()
@@ -190,6 +196,7 @@ def measure(
         time.sleep(seconds)
         elapsed = time.monotonic() - t0
         cpu1, m1 = cpu_seconds(ps), counter.snapshot() if counter else (0, 0)
+        others1 = {name: cpu_seconds(p) for name, p in others.items()}
         rss = ps.memory_info().rss
     finally:
         if spy is not None:
@@ -197,6 +204,7 @@ def measure(
         proc.terminate()
         proc.wait(20)
     return {
+        **{f"{name}_cpu": others1[name] - others0[name] for name in others},
         "cpu": cpu1 - cpu0,
         "elapsed": elapsed,
         "messages": m1[0] - m0[0],
@@ -206,7 +214,12 @@ def measure(
 
 
 def run_rate(
-    rate: int, args: argparse.Namespace, work: Path, modbus_port: int, broker: Mosquitto
+    rate: int,
+    args: argparse.Namespace,
+    work: Path,
+    modbus_port: int,
+    broker: Mosquitto,
+    sim: psutil.Process,
 ) -> list[tuple[str, str]]:
     """One offered rate: the bare poller, then the agent, same devices and schedule."""
     devices = max(1, min(200, rate // args.tags))
@@ -232,6 +245,7 @@ def run_rate(
         args.seconds,
         counter,
         profile,
+        others={"simulator": sim, "broker": psutil.Process(broker.proc.pid)} if broker.proc else {},
     )
     counter.client.disconnect()
     counter.client.loop_stop()
@@ -253,6 +267,11 @@ def run_rate(
         ("agent CPU use (one core = 100 %)", f"{agent['cpu'] / agent['elapsed'] * 100:.0f} %"),
         ("agent RSS", f"{agent['rss_mb']:.0f} MB"),
         ("latency device answer -> subscriber, p50 / p99", f"{p50:.0f} ms / {p99:.0f} ms"),
+        (
+            "simulator / mosquitto CPU use",
+            f"{agent.get('simulator_cpu', 0) / agent['elapsed'] * 100:.0f} % / "
+            f"{agent.get('broker_cpu', 0) / agent['elapsed'] * 100:.0f} %",
+        ),
     ]
 
 
@@ -290,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         time.sleep(2.0)
         for rate in rates:
-            results.append(run_rate(rate, args, work, modbus_port, broker))
+            results.append(run_rate(rate, args, work, modbus_port, broker, psutil.Process(sim.pid)))
             for name, value in results[-1]:
                 print(f"  {name:<48}  {value}", flush=True)
     finally:
