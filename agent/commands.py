@@ -7,9 +7,12 @@ writes then go to the device one tag at a time, in the order given, each confirm
 (Modbus reads the tag back); the first failure stops the command and the reply names the tags
 already written. Every command gets a reply; none raises or reaches a device it should not.
 
-A flood of commands is rate-limited per device with a token bucket (``burst`` commands at once,
-refilled at ``rate`` per second): the excess is answered with an error at once, without waiting
-for the line, so a runaway cloud script cannot starve polling of an RS-485 line.
+A flood of commands is rate-limited per device with a token bucket (the device's ``commands``
+key: ``burst`` commands at once, refilled at ``per_second``): the excess is answered with an error
+at once, without waiting for the line, so a runaway cloud script cannot starve polling of an
+RS-485 line. The limit is read from the device's config at every command, so a reload that
+changes it applies to the next command; the commands taken lately still count against the new
+limit (a reload is no way around it).
 
 :meth:`CommandHandler.write` is the entry point for every write path (the JSON command topic
 here, Sparkplug DCMD or a cloud RPC elsewhere): one place that checks, limits and writes.
@@ -22,13 +25,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from drivers.base import DeviceBase, WriteError
+from drivers.base import CommandLimits, DeviceBase, WriteError
 
 #: Larger payloads are refused unparsed: a command is a handful of set-points, not a file.
 MAX_COMMAND_BYTES = 64 * 1024
-#: Commands a device takes at once, and per second after that.
-DEFAULT_BURST = 5
-DEFAULT_RATE = 2.0
+#: Commands a device takes at once, and per second after that, unless its ``commands`` key says.
+DEFAULT_LIMITS = CommandLimits()
 
 
 class WriteTarget(Protocol):
@@ -52,30 +54,44 @@ class TokenBucket:
         self._at = clock()
 
     def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
+        self._refill()
         if self._tokens >= 1:
             self._tokens -= 1
             return True
         return False
 
+    def resize(self, rate: float, burst: int) -> None:
+        """New limits (a reload). What the bucket remembers is the commands taken lately (the
+        burst less the tokens left, refilled at the old rate until now): they count against the
+        new burst too, so raising it frees exactly the difference at once, lowering it refuses
+        at once, and the new rate refills from now."""
+        self._refill()
+        taken = self.burst - self._tokens
+        self.rate, self.burst = rate, burst
+        self._tokens = min(float(burst), max(0.0, burst - taken))
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
 
 class CommandHandler:
-    """Answers commands for the devices of ``devices``, writing through ``targets``."""
+    """Answers commands for the devices of ``devices``, writing through ``targets``.
+
+    ``devices`` is read at every command (the runtime's live mapping, which a reload updates in
+    place): the devices known, their tags and their ``commands`` rate limit all follow it."""
 
     def __init__(
         self,
         devices: Mapping[str, DeviceBase],
         targets: Callable[[str], WriteTarget | None] | None = None,
         *,
-        rate: float = DEFAULT_RATE,
-        burst: int = DEFAULT_BURST,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._devices = devices
         self._targets = targets or (lambda _device: None)
-        self._rate = rate
-        self._burst = burst
+        self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
 
     async def handle(self, device: str, payload: bytes) -> dict[str, Any]:
@@ -136,12 +152,12 @@ class CommandHandler:
                 target.check_write(tag, value)
         except WriteError as exc:
             return _error(cmd_id, str(exc))
-        bucket = self._buckets.setdefault(device, TokenBucket(self._rate, self._burst))
+        bucket = self._bucket(device, getattr(cfg, "commands", DEFAULT_LIMITS))
         if not bucket.take():
             return _error(
                 cmd_id,
-                f"rate limited: at most {self._burst} commands at once and "
-                f"{self._rate:g} per second to device '{device}'",
+                f"rate limited: at most {bucket.burst} command{'' if bucket.burst == 1 else 's'}"
+                f" at once and {bucket.rate:g} per second to device '{device}'",
             )
         done: list[str] = []
         for tag, value in writes.items():
@@ -152,6 +168,16 @@ class CommandHandler:
                 return _error(cmd_id, f"tag '{tag}': {exc}{written}")
             done.append(tag)
         return {"id": cmd_id, "ok": True}
+
+    def _bucket(self, device: str, limits: CommandLimits) -> TokenBucket:
+        """The device's bucket, made on its first command and resized when its limit changed."""
+        bucket = self._buckets.get(device)
+        if bucket is None:
+            bucket = TokenBucket(limits.per_second, limits.burst, self._clock)
+            self._buckets[device] = bucket
+        elif (bucket.rate, bucket.burst) != (limits.per_second, limits.burst):
+            bucket.resize(limits.per_second, limits.burst)
+        return bucket
 
 
 def _error(cmd_id: str | None, message: str) -> dict[str, Any]:

@@ -6,6 +6,9 @@ The rule is "touch only what changed":
   its connection and its cadence, so its stream has no gap;
 * a changed device is stopped and started again with the new entry; added and removed devices are
   started and stopped;
+* a device whose entry changed only in keys its poller does not use (``commands``, the rate limit
+  of cloud writes) keeps its poll task too: the command handler reads the live config at every
+  command, so the new limit applies to the next one;
 * devices sharing a line (an RS-485 port) are polled by one task, so a line whose set of device
   entries changed restarts as a whole, and an untouched line keeps running;
 * ``mqtt`` changes restart the publisher only (unacknowledged batches stay in the buffer and are
@@ -24,6 +27,9 @@ from typing import Any
 
 #: Sections that cannot change under a running agent.
 RESTART_SECTIONS = ("agent", "buffer", "metrics")
+#: Device keys read from the live config when used, never by the poller: changing only these
+#: leaves the device's poll task (and its connection) alone.
+LIVE_DEVICE_KEYS = ("commands",)
 
 
 @dataclass
@@ -32,6 +38,8 @@ class ReloadPlan:
     changed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    #: Devices among ``unchanged`` whose ``LIVE_DEVICE_KEYS`` changed (applied without a restart).
+    retuned: list[str] = field(default_factory=list)
     restart_publisher: bool = False
     needs_restart: list[str] = field(default_factory=list)  # dotted keys
 
@@ -46,6 +54,7 @@ class ReloadPlan:
             "changed": ",".join(self.changed) or "-",
             "added": ",".join(self.added) or "-",
             "removed": ",".join(self.removed) or "-",
+            "retuned": ",".join(self.retuned) or "-",
             "publisher_restarted": self.restart_publisher,
         }
 
@@ -63,6 +72,9 @@ def plan_reload(old: Any, new: Any) -> ReloadPlan:
             plan.added.append(name)
         elif before[name] == device:
             plan.unchanged.append(name)
+        elif before[name].model_copy(update=_live_keys(device)) == device:
+            plan.unchanged.append(name)
+            plan.retuned.append(name)
         else:
             plan.changed.append(name)
     plan.removed = [name for name in before if name not in after]
@@ -72,6 +84,10 @@ def plan_reload(old: Any, new: Any) -> ReloadPlan:
             section, _dump(getattr(old, section)), _dump(getattr(new, section))
         )
     return plan
+
+
+def _live_keys(device: Any) -> dict[str, Any]:
+    return {key: getattr(device, key) for key in LIVE_DEVICE_KEYS if hasattr(device, key)}
 
 
 def _dump(model: Any) -> Any:

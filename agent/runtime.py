@@ -66,6 +66,9 @@ class Agent:
         devices = [d for d in config.devices if getattr(d, "enabled", True)]
         # Live: a reload updates it in place, so the command handler sees added/removed devices.
         self.device_configs: dict[str, DeviceBase] = {d.name: d for d in devices}
+        # One for the agent's life, handed to every publisher: each device's rate limit (its
+        # ``commands`` key, read per command) keeps its tokens across a publisher restart.
+        self.commands = CommandHandler(self.device_configs, self._write_target)
         self.publisher = self._make_publisher(config)
         self.processing = self._build_processing(devices)
         self.pipeline = Pipeline(self.buffer, self.processing)
@@ -102,7 +105,7 @@ class Agent:
             self.buffer,
             self.format,
             self.metrics,
-            CommandHandler(self.device_configs, self._write_target),
+            self.commands,
         )
 
     def _write_target(self, device: str) -> PolledDevice | None:

@@ -118,6 +118,25 @@ class ProfileBase(StrictModel):
     tags: Sequence[TagBase] = Field(default_factory=list)
 
 
+class CommandLimits(StrictModel):
+    """Commands (writes from the cloud) a device takes: burst at once, then per_second; the
+    excess is refused at once with an error reply."""
+
+    # Why per device: a runaway cloud script must not starve the polls of a slow device or of a
+    # shared RS-485 line (agent/commands.py keeps the token bucket). Strict types, because
+    # ``burst: true`` or ``per_second: "2"`` are typos, not 1 and 2.
+    burst: int = Field(
+        default=5, ge=1, strict=True, description="commands taken at once (the bucket's size)"
+    )
+    per_second: float = Field(
+        default=2.0,
+        gt=0,
+        strict=True,
+        allow_inf_nan=False,
+        description="commands per second after the burst (the bucket's refill rate)",
+    )
+
+
 class DeviceBase(StrictModel):
     """What every driver's device entry has. Drivers subclass it, narrowing ``driver`` to a
     ``Literal`` and adding ``connection`` and their own keys."""
@@ -133,6 +152,10 @@ class DeviceBase(StrictModel):
         default=None, description="processing defaults for every tag of the device"
     )
     state: StateSpec | None = Field(default=None, description="machine state rules")
+    commands: CommandLimits = Field(
+        default_factory=CommandLimits,
+        description="rate limit of commands (writes from the cloud) to this device",
+    )
 
     @model_validator(mode="after")
     def _check_processing(self) -> DeviceBase:

@@ -1,6 +1,7 @@
 """Writes from the cloud: every type round-trips command → device → read back → reply; bad
-commands get the right error and change nothing; a flood is rate-limited; writes never land in
-the middle of a poll; and one write through a real broker and a running agent."""
+commands get the right error and change nothing; a flood is rate-limited by the device's
+``commands`` key, which a reload changes without restarting the device; writes never land in the
+middle of a poll; and writes through a real broker and a running agent."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.commands import CommandHandler, TokenBucket
+from agent.config import load_config
+from agent.drivers import load_drivers
 from agent.metrics import Metrics
+from agent.reload import plan_reload
 from agent.scheduler import DevicePoller
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import Mosquitto, Subscriber, free_port
-from tests.e2e import AgentRig, write_config
+from tests.e2e import AgentRig, until, write_config
 from tests.sinks import Sink, Status
 
 W = {"writable": True}
@@ -117,15 +121,17 @@ def make_device(port: int, **extra: Any) -> ModbusDevice:
 
 @contextlib.asynccontextmanager
 async def running(
-    sim: ModbusSimulator, burst: int = 5, **extra: Any
+    sim: ModbusSimulator, burst: int | None = None, **extra: Any
 ) -> AsyncIterator[tuple[CommandHandler, DevicePoller, Sink]]:
+    """The device polled, and a handler for it; ``burst`` sets its ``commands`` key (the model's
+    default of 5 at once, 2 per second, when None)."""
+    if burst is not None:
+        extra["commands"] = {"burst": burst}
     dev = make_device(sim.port, **extra)
     sink = Sink()
     poller = DevicePoller(dev, ModbusDriver(dev), sink, Status(), Metrics())
     task = asyncio.create_task(poller.run())
-    handler = CommandHandler(
-        {dev.name: dev}, lambda name: poller if name == dev.name else None, burst=burst
-    )
+    handler = CommandHandler({dev.name: dev}, lambda name: poller if name == dev.name else None)
     try:
         await sink.until(lambda: poller.cycles >= 1)
         yield handler, poller, sink
@@ -242,6 +248,51 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert [bucket.take(), bucket.take()] == [True, False]
 
 
+def test_a_resized_bucket_still_counts_what_was_taken() -> None:
+    """A reload changes the limit: the commands taken lately count against the new burst, so a
+    larger one frees only the difference, a smaller one refuses at once, the new rate refills."""
+    now = [0.0]
+    bucket = TokenBucket(rate=1.0, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [True] * 3
+    bucket.resize(rate=1.0, burst=5)  # 3 taken: 2 left
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    now[0] = 1.0  # one refilled at the old rate, then a smaller burst below what was taken
+    bucket.resize(rate=10.0, burst=2)
+    assert bucket.take() is False
+    now[0] = 1.15  # 1.5 tokens at the new rate
+    assert [bucket.take(), bucket.take()] == [True, False]
+    now[0] = 100.0
+    assert [bucket.take() for _ in range(3)] == [True, True, False]  # never past the new burst
+
+
+async def test_each_device_has_the_limit_its_config_gives(sim: ModbusSimulator) -> None:
+    """Two devices on one simulator, one with ``commands: {burst: 1}``: its second command is
+    refused, the other's default burst of 5 is untouched; the reply names the device's limit."""
+    strict = make_device(sim.port, commands={"burst": 1, "per_second": 0.5}).model_copy(
+        update={"name": "press-2"}
+    )
+    async with running(sim) as (_, poller, sink):
+        strict_poller = DevicePoller(strict, ModbusDriver(strict), sink, Status(), Metrics())
+        task = asyncio.create_task(strict_poller.run())
+        try:
+            await sink.until(lambda: strict_poller.cycles >= 1)
+            pollers = {"press-1": poller, "press-2": strict_poller}
+            handler = CommandHandler({"press-1": poller.device, "press-2": strict}, pollers.get)
+            strict_replies = [await handler.write("press-2", f"s{i}", {"u16": i}) for i in range(2)]
+            other_replies = [await handler.write("press-1", f"o{i}", {"u16": i}) for i in range(5)]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert strict_replies[0]["ok"] is True
+    assert strict_replies[1] == {
+        "id": "s1",
+        "ok": False,
+        "error": "rate limited: at most 1 command at once and 0.5 per second to device 'press-2'",
+    }
+    assert all(r["ok"] for r in other_replies)
+
+
 async def test_writes_never_land_inside_a_poll(sim: ModbusSimulator) -> None:
     """Each poll is three reads (max_gap 0 across distant tags), slowed down by the device; a
     stream of writes meanwhile: on the wire, every write comes between whole polls."""
@@ -295,3 +346,90 @@ async def test_a_write_through_the_broker_and_a_running_agent(
     by_id = {r.json()["id"]: r.json() for r in replies}
     assert by_id["sp-1"] == {"id": "sp-1", "ok": True}
     assert by_id["sp-2"]["ok"] is False and "above max" in by_id["sp-2"]["error"]
+
+
+async def test_the_limit_from_yaml_holds_through_the_broker_and_a_reload_changes_it(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """``commands: {burst: 2}`` in the file: of three commands sent through the broker two are
+    written. A reload to ``burst: 5`` keeps the device's poll task and frees three more at once
+    (the two taken still count), the sixth is refused naming the new limit."""
+    slow = 0.001  # per second: nothing refills while the test runs
+    path = tmp_path / "c.yaml"
+    modbus_port = free_port()
+
+    def config(burst: int) -> Path:
+        device = {
+            "name": "press-1",
+            "poll_interval": "200ms",
+            "tags": TAGS,
+            "commands": {"burst": burst, "per_second": slow},
+        }
+        return write_config(
+            path, broker_port=broker.port, modbus_port=modbus_port, devices=[device]
+        )
+
+    async with ModbusSimulator(port=modbus_port, units=(1,), update_interval=None):
+        config(2)
+        sub = Subscriber(broker.port, ["edge/test-gw/+/cmd/reply"], client_id="rl-watch").start()
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rl-sender")
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+
+        def send(*ids: str) -> None:
+            for n, cmd_id in enumerate(ids):
+                sender.publish("edge/test-gw/press-1/cmd", cmd(cmd_id, u16=n), qos=1)
+
+        async def replies(*ids: str) -> dict[str, dict[str, Any]]:
+            def got(messages: list[Any]) -> dict[str, dict[str, Any]]:
+                docs = (m.json() for m in messages)
+                return {d["id"]: d for d in docs if d["id"] in ids}
+
+            return got(await sub.wait_for(lambda m: len(got(m)) == len(ids), timeout=15))
+
+        try:
+            async with AgentRig(path) as agent:
+                await asyncio.wait_for(agent.publisher.connected.wait(), 10)
+                # The agent's subscription is in place once a command gets a reply; an unknown
+                # tag is refused before the rate limit, so these take nothing from the bucket.
+                pinged = 0
+                while not sub.snapshot("/cmd/reply"):
+                    pinged += 1
+                    sender.publish("edge/test-gw/press-1/cmd", cmd(f"ping{pinged}", nope=1))
+                    with contextlib.suppress(AssertionError):
+                        await sub.wait_for(lambda m: bool(m), timeout=0.2)
+                poller = agent.pollers[0]
+                send("a1", "a2", "a3")
+                first = await replies("a1", "a2", "a3")
+                config(5)
+                assert await agent.reload(path)
+                # The same poller, still polling: a changed limit restarts nothing.
+                assert agent.pollers == [poller]
+                cycles = poller.cycles
+                await until(lambda: poller.cycles > cycles)
+                send("b1", "b2", "b3", "b4")
+                second = await replies("b1", "b2", "b3", "b4")
+        finally:
+            sender.disconnect()
+            sender.loop_stop()
+            sub.stop()
+    assert sorted(r["ok"] for r in first.values()) == [False, True, True]
+    refused = next(r for r in first.values() if not r["ok"])
+    assert refused["error"].startswith("rate limited: at most 2 commands at once and 0.001")
+    assert sorted(r["ok"] for r in second.values()) == [False, True, True, True]
+    refused = next(r for r in second.values() if not r["ok"])
+    assert refused["error"].startswith("rate limited: at most 5 commands at once and 0.001")
+
+
+def test_a_reload_restarts_a_device_only_when_more_than_its_limit_changed(tmp_path: Path) -> None:
+    def load(name: str, **extra: Any) -> Any:
+        device = {"name": "press-1", "tags": TAGS, **extra}
+        path = write_config(tmp_path / name, broker_port=1883, modbus_port=502, devices=[device])
+        return load_config(path, load_drivers())
+
+    before = load("a.yaml")
+    retuned = plan_reload(before, load("b.yaml", commands={"per_second": 5}))
+    assert (retuned.unchanged, retuned.retuned, retuned.changed) == (["press-1"], ["press-1"], [])
+    assert retuned.summary()["retuned"] == "press-1"
+    both = plan_reload(before, load("c.yaml", commands={"burst": 9}, poll_interval="2s"))
+    assert (both.unchanged, both.retuned, both.changed) == ([], [], ["press-1"])

@@ -25,6 +25,7 @@ QUIRKS = (
     "write_function",
     "pause_between_requests",
     "close_connection_after_poll",
+    "reprobe_interval",
 )
 
 

@@ -334,6 +334,11 @@ class ModbusDevice(DeviceBase):
         default=False,
         description="tcp: reconnect for every poll (devices that drop idle connections)",
     )
+    reprobe_interval: PositiveDuration = Field(
+        default=600.0,
+        description="how often addresses found invalid (exception 2) are probed again with the "
+        "full plan, and the longest wait between probes of one such tag",
+    )
     tags: Sequence[ModbusTag] = Field(default_factory=list)
 
     @model_validator(mode="after")
