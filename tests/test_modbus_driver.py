@@ -203,3 +203,26 @@ async def test_poll_before_connect_and_close_twice() -> None:
     assert err.value.reason == "connection lost"
     await driver.close()
     await driver.close()
+
+
+async def test_raw_values_are_each_tags_registers_as_last_answered(sim: ModbusSimulator) -> None:
+    """What ``edge-agent read`` shows beside each value: the tag's own registers (or bits), cut
+    from the last answer; an array spread over several requests comes back whole and in order."""
+    sim.set_registers(1, "holding", 200, list(range(1000, 1300)))
+    tags = [
+        {"name": "wave", "table": "holding", "address": 200, "type": "uint16", "count": 300},
+        {"name": "t32", "table": "holding", "address": 10, "type": "uint32"},
+        {"name": "c0", "table": "coil", "address": 0, "type": "bool"},
+    ]
+    driver = ModbusDriver(device(sim.port, tags))
+    await driver.connect()
+    try:
+        assert driver.raw_values() == {}
+        readings = by_tag(await driver.poll())
+        raw = driver.raw_values()
+    finally:
+        await driver.close()
+    assert raw["wave"] == list(range(1000, 1300))
+    assert readings["wave"].value == list(range(1000, 1300))
+    assert raw["t32"] == sim.registers(1, "holding", 10, 2)
+    assert raw["c0"] == [readings["c0"].value] and isinstance(raw["c0"][0], bool)

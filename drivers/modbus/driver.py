@@ -9,7 +9,7 @@ does not exist on the device (maps with holes the manual does not show). The req
 two and both halves are sent at once, recursively, until every tag that still fails is alone;
 those are marked bad with the exception and left out of the plan, and the split plan is kept, so
 the failing request is not repeated every cycle. The learned plan is forgotten (the device
-probed again with the full plan) after every reconnect and every ``REPROBE_INTERVAL`` seconds, so
+probed again with the full plan) after every reconnect and every ``reprobe_interval``, so
 a firmware update or a replaced device is noticed without a restart.
 
 Writes encode the value with the tag's type, byte order, scale and offset (inverted), use
@@ -50,8 +50,6 @@ from drivers.modbus.config import (
 from drivers.modbus.link import ModbusLink
 from drivers.modbus.planner import Request, TagSlice, plan
 
-#: Seconds after which a plan split by exception 2 is dropped and the full plan probed again.
-REPROBE_INTERVAL = 600.0
 #: Registers per write request (function 16 allows 123).
 MAX_WRITE_REGISTERS = 123
 
@@ -170,6 +168,38 @@ def _without(reads: list[Request], name: str) -> list[Request]:
     ]
 
 
+#: How one slice of an answer becomes a value: (tag, start, end, part, decoder). ``part`` is -1
+#: when the request carries the tag whole (the common case: decoded straight from the answer),
+#: else the index of this piece of an array split over several requests.
+_Read = tuple[str, int, int, int, Decoder]
+
+
+def _reads_of(
+    req: Request, decoders: Mapping[str, Decoder], split: frozenset[str]
+) -> tuple[_Read, ...]:
+    return tuple(
+        (s.tag, s.start, s.start + s.count, s.part if s.tag in split else -1, decoders[s.tag])
+        for s in req.slices
+    )
+
+
+def _split_tags(requests: Sequence[Request]) -> frozenset[str]:
+    """Tags whose registers span several requests (long arrays)."""
+    return frozenset(s.tag for r in requests for s in r.slices if s.part)
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_reads(
+    requests: tuple[Request, ...], key: _DecodeKey
+) -> Mapping[int, tuple[_Read, ...]]:
+    """For each request of a shared plan (by identity: the plan's tuple keeps them alive), how
+    its answer decodes. Worked out once per profile, not per poll nor per device, because the
+    poll loop runs it for every request of every device."""
+    decoders = _shared_decoders(key)
+    split = _split_tags(requests)
+    return {id(r): _reads_of(r, decoders, split) for r in requests}
+
+
 @dataclass(frozen=True, slots=True)
 class _PlannedRead:
     """A request with, for each of its slices, where it sits in the answer and its decoder."""
@@ -211,18 +241,26 @@ class ModbusDriver(Driver):
             not device.no_coalescing,
             device.address_offset,
         )
-        self._decoders = _shared_decoders(
-            tuple((t.name, tag_codec(t, device.byte_order), t.count) for t in device.tags)
-        )
-        self._bit_tags = frozenset(t.name for t in device.tags if t.table in BIT_TABLES)
+        decode_key = tuple((t.name, tag_codec(t, device.byte_order), t.count) for t in device.tags)
+        self._decoders = _shared_decoders(decode_key)
+        self._split = _split_tags(self.requests)
+        self._plan_reads = _shared_reads(self.requests, decode_key)
+        # Requests made since (exception-2 halves, probes), each kept with its request so the
+        # id cannot be reused while the entry exists.
+        self._more_reads: dict[int, tuple[Request, tuple[_Read, ...]]] = {}
         self._plan: list[Request] = list(self.requests)
         self._parked: dict[str, _Parked] = {}  # tags learned to answer exception 2
         self._learned_at: float | None = None
         self._cycle = 0
-        self._max_step = max(1, int(REPROBE_INTERVAL / device.poll_interval))
+        # Seconds after which a plan split by exception 2 is dropped and the full plan probed.
+        self._reprobe = device.reprobe_interval
+        self._max_step = max(1, int(self._reprobe / device.poll_interval))
         self._link: ModbusLink | None = None
         self._shared = device.connection.shared
-        self._raw: dict[str, list[int] | array[int]] = {}
+        # The last answer to each request (registers as 16-bit array items: every device keeps
+        # them, and at 10,000 tags lists of int objects cost megabytes); tags are cut from them
+        # only when someone asks (``edge-agent read``), not on every poll.
+        self._answers: dict[int, tuple[Request, Sequence[int] | Sequence[bool]]] = {}
         self.splits = 0  # requests split on exception 2 since start (tests, metrics)
         self._errors: Counter[str] = Counter()
 
@@ -260,7 +298,25 @@ class ModbusDriver(Driver):
         return dict(self._errors)
 
     def raw_values(self) -> Mapping[str, Any]:
-        return {name: list(words) for name, words in list(self._raw.items())}
+        pieces: dict[str, list[tuple[int, list[Any]]]] = {}
+        for req, words in list(self._answers.values()):
+            for name, start, end, part, _ in self._reads_for(req):
+                if end <= len(words):
+                    pieces.setdefault(name, []).append((part, list(words[start:end])))
+        return {
+            name: [w for _, chunk in sorted(got, key=lambda p: p[0]) for w in chunk]
+            for name, got in pieces.items()
+        }
+
+    def _reads_for(self, req: Request) -> tuple[_Read, ...]:
+        reads = self._plan_reads.get(id(req))
+        if reads is not None:
+            return reads
+        known = self._more_reads.get(id(req))
+        if known is None:
+            known = (req, _reads_of(req, self._decoders, self._split))
+            self._more_reads[id(req)] = known
+        return known[1]
 
     # -- lines ------------------------------------------------------------------------------------
 
@@ -332,6 +388,8 @@ class ModbusDriver(Driver):
         self._plan = list(self.requests)
         self._parked.clear()
         self._learned_at = None
+        self._more_reads.clear()
+        self._answers.clear()
 
     @property
     def _timeout(self) -> float:
@@ -365,7 +423,7 @@ class ModbusDriver(Driver):
     async def _poll(self) -> list[Reading]:
         if not self.connected:
             raise DeviceError("connection lost", "not connected")
-        if self._learned_at is not None and time.monotonic() - self._learned_at > REPROBE_INTERVAL:
+        if self._learned_at is not None and time.monotonic() - self._learned_at > self._reprobe:
             self._relearn()
         self._cycle += 1
         unit = self.config.connection.unit_id
@@ -409,24 +467,32 @@ class ModbusDriver(Driver):
                 failed.update(dict.fromkeys(req.tags, exception_reason(code)))
                 continue
             words: Sequence[int] | Sequence[bool] = (
-                response.bits if req.is_bits else response.registers
+                response.bits if req.is_bits else array("H", response.registers)
             )
-            for s in req.slices:
-                part = words[s.start : s.start + s.count]
-                if len(part) < s.count:
-                    failed[s.tag] = "short response"
+            self._answers[id(req)] = (req, words)
+            size = len(words)
+            # A tag this request carries whole is decoded here, stamped with this answer's time
+            # (nothing later in the cycle can make it bad); pieces of long arrays wait for the
+            # rest of their tag.
+            now = time.time()
+            for name, start, end, part, decoder in self._reads_for(req):
+                if end > size:
+                    failed[name] = "short response"
+                elif part < 0:
+                    readings.append(Reading(name, decoder(words[start:end]), now))
                 else:
-                    parts.setdefault(s.tag, []).append((s.part, part))
+                    parts.setdefault(name, []).append((part, words[start:end]))
+        answered_tags = {r.tag for r in readings}.union(parts) if self._parked else set()
         for name in probing:
             parked = self._parked[name]
-            if name in failed or name not in parts:
+            if name in failed or name not in answered_tags:
                 continue
             # It answers again (a firmware update, or the exception was a fluke): back in.
             del self._parked[name]
             self._plan += parked.requests
         now = time.time()
         for name, parked in self._parked.items():
-            if name not in parts:
+            if name not in answered_tags:
                 failed.setdefault(name, parked.reason)
         for name, got in parts.items():
             if name in failed:
@@ -436,11 +502,6 @@ class ModbusDriver(Driver):
             else:
                 got.sort(key=lambda p: p[0])
                 words_of_tag = [w for _, chunk in got for w in chunk]
-            # Registers as 16-bit array items, not a list of int objects: every tag of every
-            # device keeps its last answer, and at 10,000 tags the lists cost megabytes.
-            self._raw[name] = (
-                list(words_of_tag) if name in self._bit_tags else array("H", words_of_tag)
-            )
             readings.append(Reading(tag=name, value=self._decoders[name](words_of_tag), ts=now))
         readings.extend(Reading.bad(name, now, reason) for name, reason in failed.items())
         return readings
@@ -448,7 +509,7 @@ class ModbusDriver(Driver):
     def _learn(self, req: Request, pending: list[Request]) -> bool:
         """Exception 2 on ``req``. Several tags: split it in two, both halves sent next (at the
         front of ``pending``) and kept in the plan. One tag: park it, probing it again after
-        skipping 1, 2, 4... cycles (at most every ``REPROBE_INTERVAL``), so a truly missing
+        skipping 1, 2, 4... cycles (at most every ``reprobe_interval``), so a truly missing
         address costs ever fewer requests and a fluke costs one skipped cycle. True when
         split."""
         self._learned_at = self._learned_at or time.monotonic()
@@ -489,6 +550,7 @@ class ModbusDriver(Driver):
         for i, r in enumerate(self._plan):
             if r is req:
                 self._plan[i : i + 1] = halves
+                self._answers.pop(id(req), None)
                 return
 
     def _read_function(self, table: str) -> int:
