@@ -49,8 +49,8 @@ def parse_duration(value: Any) -> Any:
     Anything unparseable is passed through unchanged so pydantic reports it as a type error with
     the offending key, rather than this function raising a bare exception.
     """
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, bool):  # YAML's yes/true: pydantic would take it as 1 second
+        raise ValueError("a duration, not true/false: use seconds or a string like 250ms, 1s, 5m")
     if isinstance(value, int | float):
         try:
             return float(value)
@@ -68,8 +68,8 @@ def parse_duration(value: Any) -> Any:
 
 def parse_size(value: Any) -> Any:
     """Turn ``512KB``, ``256MB``, ``1GiB`` or a plain number of bytes into int bytes."""
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, bool):  # YAML's yes/true: pydantic would take it as 1 byte
+        raise ValueError("a size, not true/false: use bytes or a string like 512KB, 256MB, 1GiB")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
