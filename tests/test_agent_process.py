@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,12 @@ import pytest
 from simulators.modbus_map import PRESS_POINTS
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import Mosquitto, Subscriber, data_seqs, free_port
-from tests.e2e import buffer_state, delivery_gaps, write_config
-
-BIN = Path(sys.executable).parent / "edge-agent"
+from tests.e2e import AGENT_BIN, delivered_or_buffered, modbus_device, write_config
 
 
 def _start(cfg: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [str(BIN), "run", "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [str(AGENT_BIN), "run", "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
 
 
@@ -35,15 +32,7 @@ async def test_sigterm_stops_cleanly_and_sigkill_loses_nothing(
             tmp_path / "c.yaml",
             broker_port=broker.port,
             modbus_port=sim.port,
-            devices=[
-                {
-                    "name": f"m{u}",
-                    "poll_interval": "50ms",
-                    "connection": {"host": "127.0.0.1", "port": sim.port, "unit_id": u},
-                    "tags": [p.tag() for p in PRESS_POINTS],
-                }
-                for u in (1, 2)
-            ],
+            devices=[modbus_device(f"m{u}", sim.port, u, PRESS_POINTS, "50ms") for u in (1, 2)],
         )
         sub = Subscriber(broker.port, ["edge/test-gw/#"], client_id="crash-watch").start()
         for round_ in range(4):
@@ -76,7 +65,7 @@ async def test_bad_config_refused_before_start(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("agent:\n  id: gw/1\nmqtt:\n  password: hunter2\n")
     proc = await asyncio.to_thread(
-        subprocess.run, [str(BIN), "run", "-c", str(cfg)], capture_output=True, text=True
+        subprocess.run, [str(AGENT_BIN), "run", "-c", str(cfg)], capture_output=True, text=True
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -92,7 +81,7 @@ async def test_second_agent_on_same_data_dir_exits_1(tmp_path: Path, broker: Mos
     try:
         await asyncio.to_thread(_wait_for_line, first, b"agent running")
         second = await asyncio.to_thread(
-            subprocess.run, [str(BIN), "run", "-c", str(cfg)], capture_output=True, timeout=20
+            subprocess.run, [str(AGENT_BIN), "run", "-c", str(cfg)], capture_output=True, timeout=20
         )
         assert second.returncode == 1
         assert b"cannot start" in second.stderr and b"Traceback" not in second.stderr
@@ -125,12 +114,7 @@ async def test_sigkill_10_times_during_commits_and_backlog_replay_loses_nothing(
             modbus_port=sim.port,
             max_inflight=16,
             devices=[
-                {
-                    "name": name,
-                    "poll_interval": "20ms",
-                    "connection": {"host": "127.0.0.1", "port": sim.port, "unit_id": u},
-                    "tags": [p.tag() for p in PRESS_POINTS],
-                }
+                modbus_device(name, sim.port, u, PRESS_POINTS, "20ms")
                 for u, name in enumerate(devices, start=1)
             ],
         )
@@ -161,19 +145,12 @@ async def test_sigkill_10_times_during_commits_and_backlog_replay_loses_nothing(
             proc.send_signal(signal.SIGTERM)
             out, _ = await asyncio.to_thread(proc.communicate, timeout=20)
             assert proc.returncode == 0, out.decode()[-2000:]
-            last, waiting = buffer_state(tmp_path / "data")
-            await sub.wait_for(
-                lambda m: all(
-                    not delivery_gaps(data_seqs(m, d), last[d], waiting.get(d, set()))
-                    for d in devices
-                ),
-                timeout=20,
-            )
+            delivery = await delivered_or_buffered(sub, tmp_path / "data", devices)
         finally:
             sub.stop()
     for d in devices:
         seqs = data_seqs(sub.snapshot(), d)
-        assert last[d] >= 50, (d, last[d])
-        assert delivery_gaps(seqs, last[d], waiting.get(d, set())) == []
+        assert delivery.last[d] >= 50, (d, delivery.last[d])
+        assert delivery.gaps(d, seqs) == []
         # At most the in-flight window is sent twice per kill (and per broker outage).
         assert len(seqs) - len(set(seqs)) <= 15 * 16

@@ -13,7 +13,6 @@ import asyncio
 import random
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,17 @@ import pytest
 from agent.runtime import Agent
 from simulators.modbus_map import PRESS_POINTS, TYPE_TEST_POINTS, Point
 from simulators.modbus_tcp import ModbusSimulator
-from tests.brokers import Mosquitto, Received, Subscriber, data_seqs, free_port
-from tests.e2e import AgentRig, buffer_state, delivery_gaps, expected_value, until, write_config
+from tests.brokers import Mosquitto, Received, Subscriber, data_seqs
+from tests.e2e import (
+    AgentRig,
+    Delivery,
+    delivered_or_buffered,
+    expected_value,
+    frozen_sim,  # noqa: F401 - the ``sim`` fixture
+    modbus_device,
+    until,
+    write_config,
+)
 from tests.faultproxy import FaultProxy
 
 WINDOW = 16
@@ -36,37 +44,18 @@ POINT_SET: tuple[Point, ...] = (
 )
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[ModbusSimulator]:
-    simulator = ModbusSimulator(port=free_port(), units=(1, 2), update_interval=None)
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
 def config(tmp_path: Path, broker_port: int, sim: ModbusSimulator, **mqtt: Any) -> Path:
-    path = write_config(
+    return write_config(
         tmp_path / "c.yaml",
         broker_port=broker_port,
         modbus_port=sim.port,
         max_inflight=WINDOW,
         devices=[
-            {
-                "name": name,
-                "poll_interval": "50ms",
-                "connection": {"host": "127.0.0.1", "port": sim.port, "unit_id": unit},
-                "tags": [p.tag() for p in POINT_SET],
-            }
+            modbus_device(name, sim.port, unit, POINT_SET, "50ms")
             for unit, name in enumerate(DEVICES, start=1)
         ],
+        mqtt=mqtt,
     )
-    if mqtt:
-        import json
-
-        doc = json.loads(path.read_text())
-        doc["mqtt"].update(mqtt)
-        path.write_text(json.dumps(doc))
-    return path
 
 
 def published(agent: Agent) -> float:
@@ -74,15 +63,14 @@ def published(agent: Agent) -> float:
 
 
 def check_delivery(
-    tmp_path: Path, messages: list[Received], sim: ModbusSimulator, max_duplicates: int
+    delivery: Delivery, messages: list[Received], sim: ModbusSimulator, max_duplicates: int
 ) -> dict[str, int]:
     """The suite's proof, per device; returns the duplicates counted per device."""
-    last, waiting = buffer_state(tmp_path / "data")
     duplicates: dict[str, int] = {}
     for unit, device in enumerate(DEVICES, start=1):
         seqs = data_seqs(messages, device)
-        assert last[device] >= 20, (device, last[device])
-        gaps = delivery_gaps(seqs, last[device], waiting.get(device, set()))
+        assert delivery.last[device] >= 20, (device, delivery.last[device])
+        gaps = delivery.gaps(device, seqs)
         assert gaps == [], f"{device}: seqs lost: {gaps[:20]} (of {len(gaps)})"
         duplicates[device] = len(seqs) - len(set(seqs))
         assert duplicates[device] <= max_duplicates, (device, duplicates[device])
@@ -115,17 +103,11 @@ async def test_broker_restarted_20_times_at_random_points_loses_nothing(
             await until(lambda: published(agent) >= mark, timeout=30)
             sessions = agent.publisher.sessions
         # The subscriber's persistent session gets what was queued for it while it reconnected.
-        last, waiting = buffer_state(tmp_path / "data")
-        await sub.wait_for(
-            lambda m: all(
-                not delivery_gaps(data_seqs(m, d), last[d], waiting.get(d, set())) for d in DEVICES
-            ),
-            timeout=30,
-        )
+        delivery = await delivered_or_buffered(sub, tmp_path / "data", DEVICES, timeout=30)
     finally:
         sub.stop()
     assert sessions >= restarts + 1
-    dups = check_delivery(tmp_path, sub.snapshot(), sim, max_duplicates=restarts * WINDOW)
+    dups = check_delivery(delivery, sub.snapshot(), sim, max_duplicates=restarts * WINDOW)
     print(f"20 broker restarts: sessions={sessions} duplicates={dups}")
 
 
@@ -154,18 +136,12 @@ async def test_half_open_link_is_noticed_by_keepalive_and_nothing_is_lost(
                 mark = published(agent) + 40
                 await until(lambda: published(agent) >= mark, timeout=20)
                 await until(lambda: agent.buffer.stats().batches < WINDOW, timeout=20)
-        last, waiting = buffer_state(tmp_path / "data")
-        await sub.wait_for(
-            lambda m: all(
-                not delivery_gaps(data_seqs(m, d), last[d], waiting.get(d, set())) for d in DEVICES
-            ),
-            timeout=20,
-        )
+        delivery = await delivered_or_buffered(sub, tmp_path / "data", DEVICES)
     finally:
         sub.stop()
     # paho sends PINGREQ after one keepalive of silence and gives up one keepalive later.
     assert noticed <= 2 * keepalive + 2, noticed
-    check_delivery(tmp_path, sub.snapshot(), sim, max_duplicates=WINDOW)
+    check_delivery(delivery, sub.snapshot(), sim, max_duplicates=WINDOW)
     print(f"half-open link noticed after {noticed:.1f} s (keepalive {keepalive} s)")
 
 
@@ -190,17 +166,11 @@ async def test_slow_pubacks_keep_the_session_and_the_window(
             await until(lambda: published(agent) >= mark, timeout=20)
             await until(lambda: agent.buffer.stats().batches < WINDOW, timeout=20)
             sessions = agent.publisher.sessions
-        last, waiting = buffer_state(tmp_path / "data")
-        await sub.wait_for(
-            lambda m: all(
-                not delivery_gaps(data_seqs(m, d), last[d], waiting.get(d, set())) for d in DEVICES
-            ),
-            timeout=20,
-        )
+        delivery = await delivered_or_buffered(sub, tmp_path / "data", DEVICES)
     finally:
         sub.stop()
     assert sessions == 1  # slow is not dead: no reconnect, hence no duplicates at all
-    dups = check_delivery(tmp_path, sub.snapshot(), sim, max_duplicates=0)
+    dups = check_delivery(delivery, sub.snapshot(), sim, max_duplicates=0)
     assert dups == {d: 0 for d in DEVICES}
 
 
@@ -237,17 +207,11 @@ async def test_broker_refusing_credentials_for_a_while_then_accepting(
             await asyncio.to_thread(broker.start)
             await until(agent.publisher.connected.is_set, timeout=10)
             await until(lambda: agent.buffer.stats().batches < WINDOW, timeout=20)
-        last, waiting = buffer_state(tmp_path / "data")
-        await sub.wait_for(
-            lambda m: all(
-                not delivery_gaps(data_seqs(m, d), last[d], waiting.get(d, set())) for d in DEVICES
-            ),
-            timeout=20,
-        )
+        delivery = await delivered_or_buffered(sub, tmp_path / "data", DEVICES)
     finally:
         sub.stop()
         broker.stop()
-    check_delivery(tmp_path, sub.snapshot(), sim, max_duplicates=WINDOW)
+    check_delivery(delivery, sub.snapshot(), sim, max_duplicates=WINDOW)
 
 
 class _AuthSubscriber(Subscriber):

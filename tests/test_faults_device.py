@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,20 +20,20 @@ import pytest
 from agent.runtime import Agent
 from simulators.modbus_map import PRESS_POINTS, Point
 from simulators.modbus_tcp import ModbusSimulator
-from tests.brokers import Mosquitto, Received, Subscriber, data_seqs, free_port
-from tests.e2e import AgentRig, buffer_state, delivery_gaps, expected_value, until, write_config
+from tests.brokers import Mosquitto, Received, Subscriber, data_seqs
+from tests.e2e import (
+    AgentRig,
+    delivered_or_buffered,
+    expected_value,
+    frozen_sim,  # noqa: F401 - the ``sim`` fixture
+    modbus_device,
+    until,
+    write_config,
+)
 from tests.faultproxy import FaultProxy
 
 HEALTHY = tuple(f"ok{i}" for i in range(1, 6))
 POINT_SET: tuple[Point, ...] = PRESS_POINTS
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[ModbusSimulator]:
-    simulator = ModbusSimulator(port=free_port(), units=(1, 2), update_interval=None)
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
 
 
 def _statuses(messages: list[Received], device: str) -> list[dict[str, object]]:
@@ -55,16 +55,7 @@ async def test_one_device_in_every_fault_while_the_others_keep_their_cadence(
 ) -> None:
     sub = Subscriber(broker.port, ["edge/test-gw/#"], client_id="device-faults").start()
     async with FaultProxy(sim.port) as proxy:
-        tags = [p.tag() for p in POINT_SET]
-        devices = [
-            {
-                "name": name,
-                "poll_interval": "1s",
-                "connection": {"host": "127.0.0.1", "port": sim.port, "unit_id": 1},
-                "tags": tags,
-            }
-            for name in HEALTHY
-        ]
+        devices = [modbus_device(name, sim.port, 1, POINT_SET, "1s") for name in HEALTHY]
         devices.append(
             {
                 "name": "bad",
@@ -75,7 +66,7 @@ async def test_one_device_in_every_fault_while_the_others_keep_their_cadence(
                     "unit_id": 2,
                     "timeout": "300ms",
                 },
-                "tags": tags,
+                "tags": [p.tag() for p in POINT_SET],
             }
         )
         cfg = write_config(
@@ -106,14 +97,7 @@ async def test_one_device_in_every_fault_while_the_others_keep_their_cadence(
                 lambda: sim.clear_exceptions(2),
                 False,
             )
-        last, waiting = buffer_state(tmp_path / "data")
-        await sub.wait_for(
-            lambda m: all(
-                not delivery_gaps(data_seqs(m, d), last[d], waiting.get(d, set()))
-                for d in (*HEALTHY, "bad")
-            ),
-            timeout=20,
-        )
+        delivery = await delivered_or_buffered(sub, tmp_path / "data", (*HEALTHY, "bad"))
     sub.stop()
     messages = sub.snapshot()
 
@@ -132,7 +116,7 @@ async def test_one_device_in_every_fault_while_the_others_keep_their_cadence(
             if "quality" not in doc:
                 assert doc["values"] == (expected_bad if device == "bad" else expected)
         seqs = data_seqs(messages, device)
-        assert delivery_gaps(seqs, last[device], waiting.get(device, set())) == []
+        assert delivery.gaps(device, seqs) == []
 
     # The healthy devices kept their cadence: p99 of |interval - 1 s| under 50 ms.
     jitter: list[float] = []

@@ -11,23 +11,17 @@ every value published as good is the correct one (a stray answer never passed fo
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import signal
 import subprocess
 import sys
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from simulators.hostile import HostileModbusServer
 from tests.brokers import Mosquitto, Subscriber, free_port
-from tests.e2e import until
-
-BIN = Path(sys.executable).parent / "edge-agent"
+from tests.e2e import agent_process, rss_at_marks, scrape_metric, write_config
 
 DEVICES = 12
 ADDRESSES = (100, 140, 180, 220)  # four requests per cycle (max_gap 0); answers hold address+i
@@ -45,15 +39,9 @@ WEIGHTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def quiet_pymodbus() -> Iterator[None]:
-    """As ``edge-agent run`` configures it (agent/logs.py): pymodbus would log every hostile frame,
-    and capturing 10,000 debug lines is most of this test's time."""
-    logger = logging.getLogger("pymodbus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+#: As ``edge-agent run`` configures it (agent/logs.py): pymodbus would log every hostile frame,
+#: and capturing 10,000 debug lines is most of this test's time.
+pytestmark = pytest.mark.usefixtures("quiet_pymodbus")
 
 
 @pytest.fixture
@@ -68,15 +56,14 @@ def _config(tmp_path: Path, broker_port: int, port: int, metrics_port: int) -> P
         for a in ADDRESSES
         for i in range(4)
     ]
-    doc = {
-        "agent": {"id": "test-gw", "data_dir": str(tmp_path / "data")},
-        "mqtt": {"host": "127.0.0.1", "port": broker_port, "reconnect_min": "50ms"},
-        "buffer": {"max_size": "16MB"},
-        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-        "devices": [
+    return write_config(
+        tmp_path / "c.yaml",
+        broker_port=broker_port,
+        modbus_port=port,
+        metrics=f"127.0.0.1:{metrics_port}",
+        devices=[
             {
                 "name": f"h{u}",
-                "driver": "modbus",
                 "poll_interval": "20ms",
                 "max_gap": 0,
                 "connection": {"host": "127.0.0.1", "port": port, "unit_id": u, "timeout": "80ms"},
@@ -84,20 +71,6 @@ def _config(tmp_path: Path, broker_port: int, port: int, metrics_port: int) -> P
             }
             for u in range(1, DEVICES + 1)
         ],
-    }
-    path = tmp_path / "c.yaml"
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def _metric(port: int, name: str) -> float:
-    """Sum of a metric over its labels, scraped from the agent's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
     )
 
 
@@ -108,37 +81,25 @@ async def test_10000_hostile_frames_no_crash_bounded_memory_errors_counted(
     metrics_port = free_port()
     cfg = _config(tmp_path, broker.port, hostile.port, metrics_port)
     sub = Subscriber(broker.port, ["edge/test-gw/+/data"], client_id="hostile-watch").start()
-    log = (tmp_path / "agent.log").open("wb")  # a file: a full pipe would block the agent
-    proc = subprocess.Popen(
-        [str(BIN), "run", "-c", str(cfg), "--log-level", "warning"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    agent = psutil.Process(proc.pid)
-    rss: list[float] = []
     try:
-        for mark in (2000, 4000, 6000, 8000, 10_000):
-            await until(lambda m=mark: hostile.frames >= m or proc.poll() is not None, 60)
-            assert proc.poll() is None, "the agent died"
-            rss.append(agent.memory_info().rss / 1e6)
-        errors = await asyncio.to_thread(_metric, metrics_port, "edge_agent_read_errors_total")
-        reads = await asyncio.to_thread(_metric, metrics_port, "edge_agent_reads_total")
-        up = await asyncio.to_thread(_metric, metrics_port, "edge_agent_device_up")
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 20)
-        except subprocess.TimeoutExpired:
-            spy = Path(sys.executable).parent / "py-spy"
-            dump = subprocess.run(
-                [str(spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True
-            ).stdout if spy.exists() else "(py-spy not installed)"  # fmt: skip
-            raise AssertionError(f"the agent did not stop within 20 s:\n{dump}") from None
+        with agent_process(cfg, tmp_path / "agent.log") as proc:
+            rss = await rss_at_marks(proc, lambda: hostile.frames)
+            errors = await asyncio.to_thread(
+                scrape_metric, metrics_port, "edge_agent_read_errors_total"
+            )
+            reads = await asyncio.to_thread(scrape_metric, metrics_port, "edge_agent_reads_total")
+            up = await asyncio.to_thread(scrape_metric, metrics_port, "edge_agent_device_up")
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                spy = Path(sys.executable).parent / "py-spy"
+                dump = subprocess.run(
+                    [str(spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True
+                ).stdout if spy.exists() else "(py-spy not installed)"  # fmt: skip
+                raise AssertionError(f"the agent did not stop within 20 s:\n{dump}") from None
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         sub.stop()
-        log.close()
     err = (tmp_path / "agent.log").read_bytes()
     print(
         f"hostile Modbus: {hostile.frames} hostile frames {dict(hostile.sent)}; agent RSS at "

@@ -14,19 +14,13 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from simulators.hostile import HostileSerialEmitter
 from tests.brokers import Mosquitto, Subscriber, free_port
-from tests.e2e import until
-from tests.test_hostile_modbus import _metric
-
-BIN = Path(sys.executable).parent / "edge-agent"
+from tests.e2e import agent_process, rss_at_marks, scrape_metric, until
 
 
 def _config(tmp_path: Path, broker_port: int, port: str, metrics_port: int) -> Path:
@@ -63,33 +57,19 @@ async def test_10000_hostile_serial_frames_no_crash_bounded_memory_errors_counte
     sub = Subscriber(broker.port, ["edge/test-gw/+/data"], client_id="serial-watch").start()
     async with HostileSerialEmitter(rate=2000.0, seed=5, paused=True) as emitter:
         cfg = _config(tmp_path, broker.port, emitter.path, metrics_port)
-        log = (tmp_path / "agent.log").open("wb")
-        proc = subprocess.Popen(
-            [str(BIN), "run", "-c", str(cfg), "--log-level", "warning"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        agent = psutil.Process(proc.pid)
-        rss: list[float] = []
         try:
-            await until(lambda: _has_open(agent, emitter.path), 20)
-            emitter.resume()
-            for mark in (2000, 4000, 6000, 8000, 10_000):
-                await until(lambda m=mark: emitter.frames >= m or proc.poll() is not None, 60)
-                assert proc.poll() is None, "the agent died"
-                rss.append(agent.memory_info().rss / 1e6)
-            await asyncio.sleep(0.3)  # the last frames are read
-            errors = await asyncio.to_thread(
-                _metric, metrics_port, "edge_agent_driver_errors_total"
-            )
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(proc.wait, 20)
+            with agent_process(cfg, tmp_path / "agent.log") as proc:
+                await until(lambda: _has_open(proc.pid, emitter.path), 20)
+                emitter.resume()
+                rss = await rss_at_marks(proc, lambda: emitter.frames)
+                await asyncio.sleep(0.3)  # the last frames are read
+                errors = await asyncio.to_thread(
+                    scrape_metric, metrics_port, "edge_agent_driver_errors_total"
+                )
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait, 20)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
             sub.stop()
-            log.close()
     text = (tmp_path / "agent.log").read_text()
     print(
         f"hostile serial: {emitter.frames} frames {dict(emitter.sent)}; agent RSS at "
@@ -106,9 +86,9 @@ async def test_10000_hostile_serial_frames_no_crash_bounded_memory_errors_counte
     assert good == sorted(good)  # the latest frame each interval: never backwards
 
 
-def _has_open(proc: psutil.Process, path: str) -> bool:
+def _has_open(pid: int, path: str) -> bool:
     """The agent has the line open: from now on nothing it is sent is lost before it reads."""
-    fds = Path(f"/proc/{proc.pid}/fd")
+    fds = Path(f"/proc/{pid}/fd")
     try:
         return any(os.readlink(fd) == path for fd in fds.iterdir())
     except OSError:

@@ -223,15 +223,10 @@ def run_soak(plan: Plan, work: Path, report: Any = print) -> list[dict[str, floa
     with watch.lock:
         seqs = {d: set(s) for d, s in watch.seqs.items()}
     assert len(seqs) == plan.devices, f"only {len(seqs)} devices published"
-    data = work / "data"
-    from tests.e2e import buffer_state
+    from tests.e2e import Delivery
 
-    last, waiting = buffer_state(data)
-    lost = {
-        d: n - len(seqs.get(d, set()) | waiting.get(d, set()))
-        for d, n in last.items()
-        if not set(range(1, n + 1)) <= seqs.get(d, set()) | waiting.get(d, set())
-    }
+    delivery = Delivery.read(work / "data")
+    lost = {d: len(g) for d in delivery.last if (g := delivery.gaps(d, seqs.get(d, set())))}
     assert not lost, f"seqs lost: {dict(list(lost.items())[:5])}"
     return samples
 
