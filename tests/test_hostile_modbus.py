@@ -107,13 +107,10 @@ async def test_10000_hostile_frames_no_crash_bounded_memory_errors_counted(
         f"batches {reads:.0f}, with errors {errors:.0f}"
     )
     assert proc.returncode == 0, err.decode()[-2000:]
-    # Known, reported: pymodbus raises from its protocol's data_received() on an undecodable
-    # frame; asyncio logs that with a traceback and closes the connection, the driver reconnects.
-    # Any other traceback is a bug of ours.
+    # Our Modbus TCP client never raises out of data_received (pymodbus's framer did, and
+    # asyncio logged a traceback each time): any traceback at all is a bug.
     text = err.decode()
-    pymodbus_fatal = text.count("Fatal error: protocol.data_received() call failed")
-    assert text.count("Traceback") == pymodbus_fatal, text[-3000:]
-    print(f"asyncio 'Fatal error' tracebacks from pymodbus's framer: {pymodbus_fatal}")
+    assert "Traceback" not in text, text[-3000:]
     # Bounded: after warm-up the agent's memory stays flat while the frames keep coming.
     assert rss[-1] - rss[1] < 3.0, rss
     assert errors > 100 and reads > errors and up >= 0

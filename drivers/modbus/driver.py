@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from drivers.base import DeviceBase, DeviceError, Driver, Line, LineSettings, Reading, WriteError
@@ -47,7 +46,7 @@ from drivers.modbus.config import (
     ModbusProfile,
     ModbusTag,
 )
-from drivers.modbus.link import ModbusLink
+from drivers.modbus.link import Client, ModbusLink
 from drivers.modbus.planner import Request, TagSlice, plan
 
 #: Registers per write request (function 16 allows 123).
@@ -395,7 +394,7 @@ class ModbusDriver(Driver):
     def _timeout(self) -> float:
         return self.config.connection.timeout
 
-    async def _execute(self, call: Callable[[ModbusBaseClient], Any]) -> Any:
+    async def _execute(self, call: Callable[[Client], Any]) -> Any:
         link = self._link
         if link is None:
             raise DeviceError("connection lost", "not connected")
@@ -466,9 +465,13 @@ class ModbusDriver(Driver):
                     continue  # split: both halves are next in ``pending``
                 failed.update(dict.fromkeys(req.tags, exception_reason(code)))
                 continue
-            words: Sequence[int] | Sequence[bool] = (
-                response.bits if req.is_bits else array("H", response.registers)
-            )
+            words: Sequence[int] | Sequence[bool]
+            if req.is_bits:
+                words = response.bits
+            else:  # 16-bit items (the TCP client's already are; pymodbus's RTU answers are lists)
+                words = response.registers
+                if words.__class__ is not array:
+                    words = array("H", words)
             self._answers[id(req)] = (req, words)
             size = len(words)
             # A tag this request carries whole is decoded here, stamped with this answer's time
@@ -558,10 +561,10 @@ class ModbusDriver(Driver):
             return 1 if table == "coil" else 2
         return self.config.read_function or (3 if table == "holding" else 4)
 
-    def _reader(self, req: Request, unit: int) -> Callable[[ModbusBaseClient], Any]:
+    def _reader(self, req: Request, unit: int) -> Callable[[Client], Any]:
         return lambda client: self._read(client, req, unit)
 
-    async def _read(self, client: ModbusBaseClient, req: Request, unit: int) -> Any:
+    async def _read(self, client: Client, req: Request, unit: int) -> Any:
         function = self._read_function(req.table)
         if function == 3:
             return await client.read_holding_registers(req.address, count=req.count, device_id=unit)
@@ -676,7 +679,7 @@ class ModbusDriver(Driver):
             shown = self._decoders[tag](back_regs)
             raise WriteError(f"not confirmed: read back {shown!r}")
 
-    async def _answered(self, call: Callable[[ModbusBaseClient], Any]) -> Any:
+    async def _answered(self, call: Callable[[Client], Any]) -> Any:
         """Run a request; an exception answer becomes ``WriteError`` with its name."""
         response = await self._execute(call)
         if response.isError():
@@ -701,7 +704,7 @@ class ModbusDriver(Driver):
         return regs
 
 
-def _call(method: str, *args: Any, **kwargs: Any) -> Callable[[ModbusBaseClient], Any]:
+def _call(method: str, *args: Any, **kwargs: Any) -> Callable[[Client], Any]:
     """A request for ``ModbusLink.execute``: ``method`` of the client with these arguments."""
     return lambda client: getattr(client, method)(*args, **kwargs)
 

@@ -43,6 +43,8 @@ T = TypeVar("T")
 #: A request: called with the link's client (an ``MbapClient`` for Modbus TCP, a pymodbus client
 #: for RTU; both offer the same read and write methods), awaited for the answer.
 Call = Callable[[Any], Awaitable[T]]
+#: What a link talks through: our MBAP client on TCP, pymodbus's on RTU (same methods).
+Client = MbapClient | ModbusBaseClient
 
 #: On a shared line pymodbus must never drop the connection because a dead unit stopped
 #: answering: the other units still answer. The agent backs off the dead one instead.
