@@ -106,14 +106,13 @@ def test_any_tag_set_plans_to_requests_within_limits_covering_exactly_the_tags(
 @given(device(), st.data())
 def test_decoding_any_register_content_never_raises(dev: ModbusDevice, data: st.DataObject) -> None:
     driver = ModbusDriver(dev)
-    for planned in driver._reads:
-        req = planned.request
+    for req in driver.requests:
         if req.is_bits:
             words: list[Any] = data.draw(st.lists(st.booleans(), max_size=req.count + 2))
         else:
             words = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=0, max_size=req.count + 2))
-        for _name, start, count, decoder in planned.tags:
-            value = decoder(words[start : start + count])
+        for _name, start, end, _part, decoder in driver._reads_for(req):
+            value = decoder(words[start:end])
             assert isinstance(value, bool | int | float | str)
 
 

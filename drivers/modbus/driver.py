@@ -199,14 +199,6 @@ def _shared_reads(
     return {id(r): _reads_of(r, decoders, split) for r in requests}
 
 
-@dataclass(frozen=True, slots=True)
-class _PlannedRead:
-    """A request with, for each of its slices, where it sits in the answer and its decoder."""
-
-    request: Request
-    tags: tuple[tuple[str, int, int, Decoder], ...]
-
-
 @dataclass(slots=True)
 class _Parked:
     """A tag whose address the device refuses (exception 2), out of the plan until a probe
@@ -281,17 +273,6 @@ class ModbusDriver(Driver):
             "bits": sum(r.count for r in self.requests if r.is_bits),
         }
 
-    @property
-    def _reads(self) -> tuple[_PlannedRead, ...]:
-        """The plan as it stands, each slice with its tag's decoder (property tests decode
-        arbitrary answers through it)."""
-        return tuple(
-            _PlannedRead(
-                r, tuple((s.tag, s.start, s.count, self._decoders[s.tag]) for s in r.slices)
-            )
-            for r in self._plan
-        )
-
     def error_counts(self) -> Mapping[str, int]:
         """Timeouts, exception answers by code, answers pymodbus could not use."""
         return dict(self._errors)
@@ -308,6 +289,7 @@ class ModbusDriver(Driver):
         }
 
     def _reads_for(self, req: Request) -> tuple[_Read, ...]:
+        """How ``req``'s answer decodes (property tests decode arbitrary answers through it)."""
         reads = self._plan_reads.get(id(req))
         if reads is not None:
             return reads
