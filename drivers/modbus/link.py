@@ -59,7 +59,7 @@ class ModbusLink(Line):
     def __init__(self, conn: ModbusConnection) -> None:
         self.key = conn.endpoint
         self.conn = conn
-        self._client: MbapClient | ModbusBaseClient | None = None
+        self._client: Client | None = None
         self._silence = conn.frame_silence
         self._quiet_from = 0.0  # time.monotonic() of the last byte on the line
         # Counts of clients closed since, and of pymodbus's (which reports through _trace).
@@ -67,29 +67,28 @@ class ModbusLink(Line):
         self._bytes_sent = 0
         self._bytes_received = 0
 
+    def _live(self, counter: str) -> int:
+        """The open MBAP client's own count (pymodbus's are added in ``_trace`` as they come)."""
+        client = self._client
+        return int(getattr(client, counter)) if isinstance(client, MbapClient) else 0
+
     @property
     def frames_sent(self) -> int:
-        client = self._client
-        extra = client.frames_sent if isinstance(client, MbapClient) else 0
-        return self._frames_sent + extra
+        return self._frames_sent + self._live("frames_sent")
 
     @property
     def bytes_sent(self) -> int:
-        client = self._client
-        extra = client.bytes_sent if isinstance(client, MbapClient) else 0
-        return self._bytes_sent + extra
+        return self._bytes_sent + self._live("bytes_sent")
 
     @property
     def bytes_received(self) -> int:
-        client = self._client
-        extra = client.bytes_received if isinstance(client, MbapClient) else 0
-        return self._bytes_received + extra
+        return self._bytes_received + self._live("bytes_received")
 
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
 
-    def _make_client(self) -> MbapClient | ModbusBaseClient:
+    def _make_client(self) -> Client:
         conn = self.conn
         if conn.transport in _MBAP_TRANSPORTS:
             assert isinstance(conn.port, int) and conn.host is not None
