@@ -22,17 +22,20 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # mosquitto: the broker for the demo and the tests (its system service is not used).
+MOSQUITTO_BIN ?= /usr/sbin/mosquitto
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
+	@command -v mosquitto >/dev/null 2>&1 || [ -x $(MOSQUITTO_BIN) ] || \
 		{ $(APT) update -qq && $(APT) install -y -qq mosquitto mosquitto-clients; }
 
 # What only the tests need: headless Chromium and CJK fonts (the status page in both languages),
 # systemd-analyze (the unit file), protoc (an independent Sparkplug decoder), openssl (certificates
 # and the cloud platforms' signature vectors).
 TEST_TOOLS := chromium systemd-analyze protoc openssl
+# The check runs in a subshell: an `exit 1` in a `{ ...; }` group would end the recipe's own shell
+# before the install branch (tests/test_makefile.py runs this step with the tools hidden).
 test-deps: system-deps
-	@{ for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || exit 1; done; \
-		[ -d /usr/share/fonts/opentype/noto ]; } || \
+	@( for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || exit 1; done; \
+		[ -d /usr/share/fonts/opentype/noto ] ) || \
 		{ $(APT) update -qq && \
 		  $(APT) install -y -qq chromium fonts-noto-cjk systemd protobuf-compiler openssl; }
 
