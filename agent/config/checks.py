@@ -15,6 +15,7 @@ from typing import Any
 from agent.config.errors import ConfigIssue
 from agent.config.locate import Locator, suggest
 from agent.config.yamlpos import DataPath
+from agent.northbound.config import thingsboard_name_issues
 from drivers.base import Driver, LineSettings
 
 
@@ -96,7 +97,8 @@ def _tag_names(entry: Mapping[str, Any], base: DataPath) -> list[tuple[str, Data
 
 
 def cross_check(data: Any, loc: Locator, skip: set[DataPath]) -> list[ConfigIssue]:
-    """Profiles exist and fit their devices; device names and merged tag names are unique."""
+    """Profiles exist and fit their devices; device names and merged tag names are unique;
+    the ThingsBoard type maps name profiles and devices of the file."""
     issues: list[ConfigIssue] = []
     raw_profiles: Any = data.get("profiles") if isinstance(data, dict) else None
     profiles: dict[str, Any] = raw_profiles if isinstance(raw_profiles, dict) else {}
@@ -148,6 +150,7 @@ def cross_check(data: Any, loc: Locator, skip: set[DataPath]) -> list[ConfigIssu
                     line = pos.value(tag_path).line
                     inherited.setdefault(tag, f"in profile {profile_name!r}, line {line}")
         issues += _duplicates(_tag_names(device, path), loc, "tag name", inherited)
+    issues += [loc.at_key(p, message) for p, message in thingsboard_name_issues(data)]
     return issues
 
 

@@ -73,10 +73,17 @@ def build_format(config: Any) -> Format:
         from agent.formats.thingsboard import DEFAULT_MAX_PAYLOAD, ThingsBoardFormat
 
         tb = mqtt.thingsboard
+        types = {}
+        for d in devices if tb else []:
+            # the device's own type, else its profile's, else thingsboard.device_type
+            own = tb.type_of(d.name, getattr(d, "profile", None))
+            if own is not None:
+                types[d.name] = own
         return ThingsBoardFormat(
             [d.name for d in devices],
             device_type=tb.device_type if tb else None,
             max_payload=tb.max_payload if tb else DEFAULT_MAX_PAYLOAD,
+            device_types=types,
         )
     options = getattr(mqtt, "json_options", None)
     if options is None:

@@ -4,11 +4,16 @@ The agent is a ThingsBoard *gateway device*; its devices appear in ThingsBoard b
 and payloads follow ThingsBoard's "MQTT Gateway API" reference:
 
 * ``v1/gateway/connect`` ``{"device": name[, "type": profile]}`` for every device at each
-  connect, so ThingsBoard creates them and routes their RPC calls to us;
+  connect, so ThingsBoard creates them (in the device profile ``type``, per device) and routes
+  their RPC calls to us;
 * ``v1/gateway/telemetry`` ``{name: [{"ts", "values"}, ...], ...}``: several batches, of several
-  devices, packed into one message up to ``max_payload`` (fewer messages: rate limits);
-* ``v1/gateway/attributes`` ``{name: {"state", "reason"}}`` when a device's state changes, and
-  again after each connect (ThingsBoard keeps no retained messages);
+  devices, packed into one message up to ``max_payload`` (fewer messages: rate limits). An alarm
+  event (stream ``<device>/event``) is one key ``event.<alarm>`` whose value is the event
+  document, a JSON object a rule chain reads as is;
+* ``v1/gateway/attributes`` ``{name: {"state", "reason"}}`` when a device goes up or down, and
+  ``{name: {"machine_state", "machine_since", "machine_ts", "machine_runtime"}}`` when its machine
+  state changes: disjoint client attributes, so neither overwrites the other. Both are sent again
+  after each connect (ThingsBoard keeps no retained messages);
 * ``v1/gateway/rpc``: ``{"device", "data": {"id", "method", "params"}}`` in, with method
   ``write`` (params: tag → value) going through the command path; the reply is
   ``{"device", "id", "data": {"success": bool[, "error"]}}``.
@@ -40,6 +45,10 @@ RPC = "v1/gateway/rpc"
 #: ThingsBoard's MQTT transport refuses larger messages by default (NETTY_MAX_PAYLOAD_SIZE).
 DEFAULT_MAX_PAYLOAD = 65536
 
+#: Attribute name prefix of a side document of this kind (``Publisher.retain``): the machine
+#: state's keys become ``machine_state``... beside the device status's ``state``/``reason``.
+SIDE_PREFIX = {"state": "machine"}
+
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -52,9 +61,13 @@ class ThingsBoardFormat(Format):
         devices: Sequence[str],
         device_type: str | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        device_types: Mapping[str, str] | None = None,
     ) -> None:
+        """``device_type`` is the type of every device ``device_types`` (device → type, already
+        resolved from the profile maps by ``build_format``) does not name."""
         self.devices = list(devices)
         self.device_type = device_type
+        self.device_types = dict(device_types or {})
         self.max_payload: int = max_payload
 
     def credentials(
@@ -72,15 +85,19 @@ class ThingsBoardFormat(Format):
         return [Message(CONNECT, _dumps(self._connect_doc(d)).encode()) for d in self.devices]
 
     def _connect_doc(self, device: str) -> dict[str, str]:
+        """ThingsBoard uses ``type`` only when it creates the device (making a device profile of
+        that name if there is none); a device it has keeps its profile."""
         doc = {"device": device}
-        if self.device_type is not None:
-            doc["type"] = self.device_type
+        kind = self.device_types.get(device, self.device_type)
+        if kind is not None:
+            doc["type"] = kind
         return doc
 
     def retained_status(
         self, device: str, state: str, reason: str | None, ts_ms: int
     ) -> Message | None:
-        """An attribute update, sent now and again after each connect."""
+        """An attribute update, sent now and again after each connect. ``state`` and ``reason``
+        are the names dashboards have used since the first release: kept."""
         attrs = {"state": state, "reason": reason or "ok"}
         return Message(ATTRIBUTES, _dumps({device: attrs}).encode())
 
@@ -89,26 +106,52 @@ class ThingsBoardFormat(Format):
         return f"{device}/{kind}"
 
     def side_message(self, topic: str, payload: bytes) -> Message | None:
+        """Client attributes ``<prefix>_<key>`` for each key of a side document (the machine
+        state: ``machine_state``, ``machine_since``, ``machine_ts``, ``machine_runtime``).
+
+        Flat keys, because ThingsBoard merges attribute updates key by key: the machine state must
+        not share a key with the device status (``state``/``reason``, ``retained_status``), or
+        whichever came last would replace the other.
+        """
         device, _, kind = topic.partition("/")
+        prefix = SIDE_PREFIX.get(kind, kind)
         try:
             value = json.loads(payload)
         except ValueError:
             value = payload.decode(errors="replace")
-        return Message(ATTRIBUTES, _dumps({device: {kind: value}}).encode())
+        if isinstance(value, dict):
+            attrs = {f"{prefix}_{k}": v for k, v in value.items()}
+        else:
+            attrs = {prefix: value}
+        return Message(ATTRIBUTES, _dumps({device: attrs}).encode())
 
     # -- data -------------------------------------------------------------------------------------
 
     @staticmethod
     def entry(row: StoredBatch) -> tuple[str, dict[str, Any]]:
-        """(device, {"ts", "values"}) of one batch. Tags that are not good add a
-        ``<tag>.quality`` key; a device's events are keys ``event.<name>``."""
+        """(device, {"ts", "values"}) of one buffered row.
+
+        A batch gives its tags, plus a ``<tag>.quality`` key for each tag that is not good. An
+        alarm event (``{"event": "raise"|"clear", "alarm", "tag", "severity", "values": [...]}``
+        on stream ``<device>/event``) gives one key ``event.<alarm>`` whose value is the whole
+        document: ThingsBoard stores it as JSON telemetry, and a rule chain reads
+        ``msg['event.<alarm>'].event`` and its severity in one message. The alarm's name in the
+        key keeps two alarms of the same millisecond apart (ThingsBoard keeps one value per key
+        and ts). A row that is not a JSON object raises: the publisher quarantines it.
+        """
         device, kind = stream_of(row)
         doc = decode_body(row.body)
-        values = dict(doc.get("values", {}))
-        for tag, quality in doc.get("quality", {}).items():
-            values[f"{tag}.quality"] = quality
-        if kind != "data":
-            values = {f"{kind}.{k}": v for k, v in values.items()}
+        if not isinstance(doc, dict):
+            raise TypeError(f"buffered {kind} row is a JSON {type(doc).__name__}, not an object")
+        if kind == "data" or isinstance(doc.get("values"), dict):
+            values = dict(doc.get("values", {}))
+            for tag, quality in doc.get("quality", {}).items():
+                values[f"{tag}.quality"] = quality
+            if kind != "data":
+                values = {f"{kind}.{k}": v for k, v in values.items()}
+        else:  # a document of its own: an alarm event
+            name = doc.get("alarm")
+            values = {f"{kind}.{name}" if isinstance(name, str) and name else kind: doc}
         return device, {"ts": row.ts_ms, "values": values}
 
     def pack(self, rows: Sequence[StoredBatch]) -> list[Packed]:
@@ -117,15 +160,9 @@ class ThingsBoardFormat(Format):
         taken: list[StoredBatch] = []
         size = 2
         for row in rows:
-            try:
-                device, entry = self.entry(row)
-            except (ValueError, TypeError, AttributeError) as exc:
-                log.error(
-                    "unreadable buffered batch skipped",
-                    extra={"device": row.device, "seq": row.seq, "error": str(exc)},
-                )
-                out.append(Packed(None, (row,)))
-                continue
+            # An unreadable row raises out of here: acknowledging it (Packed(None, ...)) would
+            # delete it unsent, so the publisher quarantines it in the buffer instead.
+            device, entry = self.entry(row)
             overhead = len(_dumps(device)) + 40
             if len(_dumps(entry)) + overhead > self.max_payload:
                 # One batch larger than a message: its values in several messages with the

@@ -7,9 +7,9 @@ checked level by level, so no value can add a topic level, a wildcard or an empt
 from __future__ import annotations
 
 import string
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, StringConstraints, field_validator
 
 from drivers.base import Name, PositiveDuration, Size, StrictModel
 
@@ -135,19 +135,98 @@ def _unknown_devices(options: JsonOptions, device_names: list[str]) -> list[tupl
     return []
 
 
+def _thingsboard_type(value: str) -> str:
+    if value != value.strip() or not value.isprintable():
+        raise ValueError(
+            "a ThingsBoard device profile name has no control characters and no leading or "
+            "trailing spaces"
+        )
+    return value
+
+
+#: A ThingsBoard device profile name: free text in ThingsBoard (``Power meter``), carried in a JSON
+#: payload and never in a topic, so spaces are allowed, unlike in a ``Name``.
+ThingsBoardType = Annotated[
+    str, StringConstraints(min_length=1, max_length=255), AfterValidator(_thingsboard_type)
+]
+
+
 class ThingsBoardOptions(StrictModel):
     """Options of ``format: thingsboard`` (ThingsBoard's gateway MQTT API). The gateway's access
     token comes from ``mqtt.password_env`` or ``mqtt.password_file``; with X.509 authentication
-    give ``mqtt.tls.cert_file``/``key_file`` instead."""
+    give ``mqtt.tls.cert_file``/``key_file`` instead.
 
-    device_type: Name | None = Field(
-        default=None, description="device profile for devices ThingsBoard creates; its default"
+    The type (device profile) ThingsBoard gives a device it creates is the first of
+    ``device_types[<device>]``, ``profile_types[<the device's profile>]`` and ``device_type``;
+    with none of them the connect message names no type (ThingsBoard's ``default`` profile).
+    The names in both maps must be profiles and devices of this file.
+    """
+
+    device_type: ThingsBoardType | None = Field(
+        default=None,
+        description="device profile for devices ThingsBoard creates; its default profile if unset",
+    )
+    profile_types: dict[Name, ThingsBoardType] = Field(
+        default_factory=dict,
+        description="per profile of this file: the ThingsBoard device profile of its devices",
+    )
+    device_types: dict[Name, ThingsBoardType] = Field(
+        default_factory=dict,
+        description="per device: its ThingsBoard device profile (beats profile_types)",
     )
     max_payload: Size = Field(
         default=65536,
         ge=1024,
         description="largest telemetry message (ThingsBoard's transport limit, 64KB by default)",
     )
+
+    def type_of(self, device: str, profile: str | None) -> str | None:
+        """The ThingsBoard type of one device: its own, else its profile's, else the default."""
+        own = self.device_types.get(device)
+        if own is not None:
+            return own
+        if profile is not None and profile in self.profile_types:
+            return self.profile_types[profile]
+        return self.device_type
+
+
+def thingsboard_name_issues(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """(path, message) for each name under ``mqtt.thingsboard.profile_types``/``device_types``
+    that is not a profile/device of the file.
+
+    Checked on the parsed data (agent/config/checks.py calls it) so each one is reported at its
+    own key and in the same run as every other problem: a typo there would otherwise leave its
+    device in the default profile without a word.
+    """
+    from agent.config.locate import suggest  # here: agent.config imports this module
+
+    mqtt = data.get("mqtt") if isinstance(data, dict) else None
+    tb = mqtt.get("thingsboard") if isinstance(mqtt, dict) else None
+    if not isinstance(tb, dict):
+        return []
+    raw_devices = data.get("devices")
+    devices = [
+        d["name"]
+        for d in (raw_devices if isinstance(raw_devices, list) else [])
+        if isinstance(d, dict) and isinstance(d.get("name"), str)
+    ]
+    raw_profiles = data.get("profiles")
+    profiles = [str(p) for p in raw_profiles] if isinstance(raw_profiles, dict) else []
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    for key, what, known in (
+        ("profile_types", "profile", profiles),
+        ("device_types", "device", devices),
+    ):
+        entries = tb.get(key)
+        if not isinstance(entries, dict):
+            continue
+        for name in entries:
+            if not isinstance(name, str) or name in known:
+                continue  # a key that is no name at all is pydantic's to report
+            listed = ", ".join(sorted(known)) or f"no {what}s are defined"
+            message = f"unknown {what} {name!r} ({what}s: {listed}){suggest(name, known)}"
+            issues.append((("mqtt", "thingsboard", key, name), message))
+    return issues
 
 
 class AwsOptions(StrictModel):

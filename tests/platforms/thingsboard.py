@@ -49,6 +49,23 @@ class ThingsBoardResponder(Subscriber):
     def of(self, topic: str) -> list[Any]:
         return [m.json() for m in list(self.messages) if m.topic == topic]
 
+    def attributes(self, device: str) -> dict[str, Any]:
+        """A device's client attributes as ThingsBoard keeps them: each update merged key by key
+        over the earlier ones, so a later update that reuses a key replaces its value."""
+        merged: dict[str, Any] = {}
+        for doc in self.of("v1/gateway/attributes"):
+            merged.update(doc.get(device, {}))
+        return merged
+
+    def types(self) -> dict[str, str | None]:
+        """Device name to the ``type`` its latest connect message asked for (None: no type, so
+        ThingsBoard's default profile)."""
+        return {d["device"]: d.get("type") for d in self.of("v1/gateway/connect")}
+
+    def telemetry(self, device: str) -> list[dict[str, Any]]:
+        """Every ``{"ts", "values"}`` entry the gateway sent for one device, in order."""
+        return [e for doc in self.of("v1/gateway/telemetry") for e in doc.get(device, [])]
+
 
 def make_responder(port: int) -> ThingsBoardResponder:
     return ThingsBoardResponder(port, ["v1/gateway/#"], client_id="thingsboard")
