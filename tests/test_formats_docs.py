@@ -3,6 +3,7 @@ validates and does what the text says."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,18 @@ def test_thingsboard_example(tmp_path: Path) -> None:
     config = _load(tmp_path, _examples()[2])
     fmt = build_format(config)
     assert isinstance(fmt, ThingsBoardFormat)
-    assert (fmt.devices, fmt.device_type, fmt.max_payload) == (["press-1"], "power-meter", 65536)
+    assert (fmt.device_type, fmt.max_payload) == ("Power meter", 65536)
+    types = {m["device"]: m.get("type") for m in (json.loads(c.payload) for c in fmt.online())}
+    assert types == {
+        "press-1": "Hydraulic press",
+        "press-2": "Press pilot",
+        "meter-1": "Power meter",
+    }
+    text = " ".join(DOC.read_text(encoding="utf-8").split())  # as the text says
+    assert (
+        "press-1 is a `Hydraulic press`, press-2 a `Press pilot` and meter-1 a `Power meter`"
+        in text
+    )
     assert config.mqtt.username is None and config.mqtt.password_file is not None
 
 
