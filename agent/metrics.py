@@ -84,6 +84,17 @@ class Metrics:
             "Age of the oldest batch still in the buffer (0 when empty)",
             registry=r,
         )
+        self.buffer_quarantined = Gauge(
+            "edge_agent_buffer_quarantined_batches",
+            "Batches set aside in the buffer because the format could not pack them",
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "edge_agent_quarantined_batches_total",
+            "Batches the format could not pack, set aside instead of being sent or deleted",
+            ["format"],
+            registry=r,
+        )
         self.publish_errors = Counter(
             "edge_agent_publish_errors_total",
             "Broker connection attempts that failed or connections that were lost",

@@ -43,7 +43,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from agent.buffer import Buffer, StoredBatch
+from agent.buffer import Buffer, BufferError, StoredBatch
 from agent.commands import CommandHandler
 from agent.formats import Command, Format, Message, Packed
 from agent.metrics import Metrics
@@ -117,12 +117,20 @@ class Publisher:
         self._tokens = self._rate or 0.0
         self._tokens_at = time.monotonic()
         self._statuses: dict[str, Message] = {}
+        #: The latest side document per (device, kind): a new publisher (a reload that changed
+        #: the format) gets them, so they reach the new topics without waiting for a change.
+        self.sides: dict[tuple[str, str], bytes] = {}
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[Any] | None = None
         self._inflight: dict[int, tuple[StoredBatch, ...]] = {}
         self._inflight_rows = 0
         self._acked: list[int] = []
+        # Rows the format could not pack, with the reason: set aside in the buffer (quarantined)
+        # by the session loop. Each reason is logged once per publisher (a format bug repeats
+        # on every such batch: one line says it, the metric counts them).
+        self._unpackable: list[tuple[int, str]] = []
+        self._reasons_logged: set[str] = set()
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._stopping = False
@@ -147,9 +155,12 @@ class Publisher:
         if retained is not None:
             self._keep(f"status\0{device}", retained)
 
-    def retain(self, topic: str, payload: bytes) -> None:
-        """Publish a retained message (device status, machine state) now if connected, and again
-        after every reconnect, so a consumer always finds the latest one."""
+    def retain(self, device: str, kind: str, payload: bytes) -> None:
+        """Publish a device's retained side document (its machine ``state``) now if connected,
+        and again after every reconnect, so a consumer always finds the latest one; the format
+        says where (``device_topic``) and how (``side_message``)."""
+        self.sides[(device, kind)] = payload
+        topic = self._fmt.device_topic(device, kind)
         msg = self._fmt.side_message(topic, payload)
         if msg is not None:
             self._keep(topic, msg)
@@ -273,6 +284,7 @@ class Publisher:
         host, port = server
         try:
             await asyncio.to_thread(client.connect, host, port, max(5, int(self._cfg.keepalive)))
+            self._fmt.connect_sent()
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConnectFailed(_describe_os_error(exc)) from exc
         client.loop_start()
@@ -335,6 +347,7 @@ class Publisher:
             self._wake.clear()
             self._buffer.new_data.clear()
             await self._flush_acks()
+            await self._flush_unpackable()
             deadline = self._fmt.session_deadline()
             if deadline is not None and time.time() >= deadline and not self._stopping:
                 # Credentials that expire (Azure's SAS token): connect again with fresh ones.
@@ -395,8 +408,10 @@ class Publisher:
 
     def _pack(self, rows: list[StoredBatch]) -> list[Packed]:
         """The format's messages for ``rows``. A batch the format cannot encode (a bug, or a
-        record it does not understand) is logged and skipped rather than retried forever: it
-        would otherwise stop every batch behind it."""
+        record it does not understand) must neither stop every batch behind it nor be
+        acknowledged unsent: it is quarantined in the buffer (``_flush_unpackable``), counted,
+        logged once per episode and shown by ``edge-agent status``; a restart or a reload that
+        rebuilds the format releases it for another try."""
         try:
             return self._fmt.pack(rows)
         except Exception:  # see the docstring
@@ -404,13 +419,37 @@ class Publisher:
             for row in rows:
                 try:
                     out.extend(self._fmt.pack([row]))
-                except Exception:
-                    log.exception(
-                        "batch cannot be encoded, skipped",
-                        extra={"device": row.device, "seq": row.seq, "format": self._fmt.name},
-                    )
-                    out.append(Packed(None, (row,)))
+                except Exception as exc:
+                    self._cannot_pack(row, exc)
             return out
+
+    def _cannot_pack(self, row: StoredBatch, exc: Exception) -> None:
+        reason = f"{self._fmt.name}: {type(exc).__name__}: {exc}"[:300]
+        if reason not in self._reasons_logged and len(self._reasons_logged) < 100:
+            self._reasons_logged.add(reason)
+            log.error(
+                "batch cannot be packed: quarantined in the buffer (not sent, not deleted); "
+                "further batches for this reason are only counted",
+                exc_info=exc,
+                extra={"device": row.device, "seq": row.seq, "format": self._fmt.name},
+            )
+        self._unpackable.append((row.id, reason))
+        self._metrics.quarantined.labels(self._fmt.name).inc()
+
+    async def _flush_unpackable(self) -> None:
+        """Quarantine what the format could not pack; on a buffer error the rows simply stay
+        unacknowledged and are fetched again by the next session."""
+        if not self._unpackable:
+            return
+        held, self._unpackable = self._unpackable, []
+        by_reason: dict[str, list[int]] = {}
+        for row_id, reason in held:
+            by_reason.setdefault(reason, []).append(row_id)
+        for reason, ids in by_reason.items():
+            try:
+                await self._buffer.quarantine(ids, reason)
+            except BufferError as exc:
+                log.error("cannot quarantine batches", extra={"error": str(exc)})
 
     def _publish(self, client: mqtt.Client, msg: Message, data: bool = False) -> Any:
         """One publish; on MQTT v5 with the message's user properties and, for data, the
@@ -450,6 +489,7 @@ class Publisher:
         self._metrics.mqtt_connected.set(0)
         self._client = None
         await self._flush_acks()
+        await self._flush_unpackable()
         self._inflight.clear()  # not acknowledged: still in the buffer, fetched again next session
         self._inflight_rows = 0
         await _stop_client(client)

@@ -157,14 +157,11 @@ class Agent:
         """Edge processing (deadbands, windows, features, state, alarms) between the pollers and
         the buffer; its state lives in ``<data_dir>/processing/``, the machine state is retained
         on ``<prefix>/<device>/state``."""
-        fmt = self.format
         return Processing(
             devices,
             Path(self.config.agent.data_dir),
             # self.publisher, not a copy of it: a reload may replace the publisher.
-            lambda device, payload: self.publisher.retain(
-                fmt.device_topic(device, "state"), payload
-            ),
+            lambda device, payload: self.publisher.retain(device, "state", payload),
             registry=self.metrics.registry,
         )
 
@@ -176,6 +173,7 @@ class Agent:
         self.metrics.buffer_max_bytes.set(self.buffer.max_size)
         await self.buffer.open()
         self.buffer_open = True
+        await self._release_quarantined("agent started")
         await self.processing.start()
         listen = self.config.metrics
         if listen.listen is not None:
@@ -294,8 +292,15 @@ class Agent:
             }
         )
         await self._apply_devices(plan)
+        # The format is built from the mqtt section and the devices (sub-device maps, topic
+        # placement, Sparkplug's metric types...): a new one whenever its inputs changed.
+        fmt = build_format(self.config)
+        if fmt.spec != self.format.spec:
+            self.format = fmt
+            plan.restart_publisher = True
         if plan.restart_publisher:
             await self._restart_publisher()
+            await self._release_quarantined("format rebuilt by a reload")
         self.reloads += 1
         self.config_loaded_at = time.time()
         self.metrics.config_reloads.labels("applied").inc()
@@ -349,10 +354,26 @@ class Agent:
         for device, view in self.board.devices.items():  # retained states, for the new session
             if view.state is not None and view.since is not None:
                 self.publisher.device_status(device, view.state, view.reason, view.since)
+        for (device, kind), payload in old.sides.items():
+            if device in self.device_configs:
+                self.publisher.retain(device, kind, payload)
         if self.running:
             self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
         log.info("publisher restarted with the new mqtt settings")
         del old, task
+
+    async def _release_quarantined(self, why: str) -> None:
+        """Give batches an earlier format could not pack another try (a fixed agent, a changed
+        format): packed now, or quarantined again and counted."""
+        try:
+            n = await self.buffer.release_quarantined()
+        except BufferError as exc:
+            log.error("cannot release quarantined batches", extra={"error": str(exc)})
+            return
+        if n:
+            log.info(
+                "quarantined batches released for another try", extra={"batches": n, "why": why}
+            )
 
     async def _report_status(self, every: float = 10.0) -> None:
         """Keep ``systemctl status``'s one line current (sent only when it changes)."""

@@ -235,6 +235,8 @@ def build_snapshot(agent: Any) -> dict[str, Any]:
             if stats.oldest_created is not None
             else 0.0,
             "dropped_total": stats.dropped_total,
+            "quarantined": stats.quarantined,
+            "quarantine_reason": stats.quarantine_reason,
         },
         "clock": {
             "synchronized": agent.clock.synchronized,

@@ -108,7 +108,12 @@ def print_status(snap: Mapping[str, Any], out: TextIO) -> None:
         (
             "buffer",
             f"{buf['batches']} batches, {_size(buf['bytes'])} of {_size(buf['max_size'])}, "
-            f"oldest {_dur(buf['oldest_age_s'])}, dropped {buf['dropped_total']}",
+            f"oldest {_dur(buf['oldest_age_s'])}, dropped {buf['dropped_total']}"
+            + (
+                f", QUARANTINED {buf['quarantined']}: {buf['quarantine_reason']}"
+                if buf.get("quarantined")
+                else ""
+            ),
         ),
         (
             "clock",
@@ -175,7 +180,7 @@ def _url_from_config(config: str | None) -> str | int:
     from agent.cli import _load
     from agent.drivers import load_drivers
 
-    path = config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
+    path = config or _default_config()
     if path is None:
         return DEFAULT_URL
     loaded = _load(path, load_drivers(), resolve_secrets=False)
@@ -186,6 +191,16 @@ def _url_from_config(config: str | None) -> str | int:
         print(f"edge-agent: {path} has metrics.listen: null; no agent to ask", file=sys.stderr)
         return EXIT_CONFIG
     return url
+
+
+def _default_config() -> str | None:
+    """The default config when it is there. One in a directory we may not enter (0750
+    root:edge-agent, for a user not in the group) counts as there: loading it then says
+    "Permission denied" rather than guessing the listener (or raising)."""
+    try:
+        return str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None
+    except PermissionError:
+        return str(DEFAULT_CONFIG)
 
 
 # -- read ------------------------------------------------------------------------------------------

@@ -48,6 +48,16 @@ def _row(i: int, device: str, values: dict[str, object], kind: str = "data") -> 
     return StoredBatch(i, device, kind, i, 1524448722000, body, 0.0)
 
 
+#: An alarm event as the pipeline buffers it (agent/processing/alarms.py): ``values`` is the
+#: list of evidence, not a tag map.
+EVENT = {"event": "raise", "alarm": "overtemp", "severity": "warning", "values": [81.5, 82.0]}
+
+
+def _event(i: int, device: str) -> StoredBatch:
+    body = json.dumps({"ts": 1524448722000, **EVENT}).encode()
+    return StoredBatch(i, f"{device}/event", "data", i, 1524448722000, body, 0.0)
+
+
 def test_pack_post_has_the_documented_shape() -> None:
     fmt = AlibabaFormat(GW_PK, GW_DN, {"press-1": (SUB_PK, "press-1"), "oven": (SUB_PK, "oven")})
     packs = fmt.pack(
@@ -55,7 +65,7 @@ def test_pack_post_has_the_documented_shape() -> None:
             _row(1, "press-1", {"Power": "on", "WF": 23.6}),
             _row(2, "oven", {"Power": "off"}),
             _row(3, "press-1", {"Power": "off"}),  # the same property again: next post
-            _row(4, "oven", {"level": 3}, kind="event"),
+            _event(4, "oven"),
         ]
     )
     assert [[r.id for r in p.rows] for p in packs] == [[1, 2], [3, 4]]
@@ -75,7 +85,7 @@ def test_pack_post_has_the_documented_shape() -> None:
     }
     second = json.loads(packs[1].message.payload)  # type: ignore[union-attr]
     assert second["params"]["subDevices"][1]["events"] == {
-        "event": {"value": {"level": 3}, "time": 1524448722000}
+        "event": {"value": EVENT, "time": 1524448722000}
     }
 
 
@@ -122,3 +132,11 @@ async def test_gateway_session_against_an_alibaba_shaped_broker(tmp_path: Path) 
     assert values == [0, 1, 2]
     [reply] = platform.of("/property/set_reply")
     assert json.loads(reply.payload)["code"] == 200 and target.written == {"sp": 12}
+
+
+def test_a_removed_device_keeps_its_identity_for_its_buffered_batches() -> None:
+    fmt = AlibabaFormat(GW_PK, GW_DN, {}, sub_product_key=SUB_PK)
+    [packed] = fmt.pack([_row(1, "gone", {"t": 1})])
+    assert packed.message is not None and [r.id for r in packed.rows] == [1]
+    [sub] = json.loads(packed.message.payload)["params"]["subDevices"]
+    assert sub["identity"] == {"productKey": SUB_PK, "deviceName": "gone"}

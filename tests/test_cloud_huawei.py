@@ -101,3 +101,23 @@ async def test_gateway_session_against_an_iotda_shaped_broker(tmp_path: Path) ->
     assert online["services"][0]["paras"]["device_statuses"][0]["status"] == "ONLINE"
     [response] = iotda.of("/commands/response/request_id=9")
     assert json.loads(response.payload)["result_code"] == 0 and target.written == {"sp": 5}
+
+
+def test_alarm_events_and_removed_devices_pack() -> None:
+    """An alarm event (``values`` is its evidence list) becomes service ``event`` with the
+    event's fields; a device a reload removed keeps the id ``<sub_product_id>_<name>`` so its
+    buffered batches still go out (before, both were acknowledged unsent)."""
+    fmt = HuaweiFormat(GATEWAY, {}, clock=lambda: WHEN, sub_product_id="prod")
+    event = {"ts": 1532454120000, "event": "raise", "alarm": "hot", "values": [1.0, 2.0]}
+    body = json.dumps(event).encode()
+    [packed] = fmt.pack([StoredBatch(1, "gone/event", "data", 1, 1532454120000, body, 0.0)])
+    assert packed.message is not None and packed.rows
+    [device] = json.loads(packed.message.payload)["devices"]
+    assert device["device_id"] == "prod_gone"
+    assert device["services"] == [
+        {
+            "service_id": "event",
+            "properties": {"event": "raise", "alarm": "hot", "values": [1.0, 2.0]},
+            "event_time": "20180724T174200Z",
+        }
+    ]

@@ -128,9 +128,24 @@ class Buffer:
     async def max_id(self) -> int:
         return await self._run(self._store.max_id)
 
+    async def quarantine(self, ids: Sequence[int], reason: str) -> int:
+        """Set batches aside that the format could not pack: kept, counted, never sent as done.
+        Raises ``BufferError``; the caller then keeps them where they were (unacknowledged)."""
+        n = await self._run(self._store.hold, list(ids), reason)
+        self._publish_stats()
+        return n
+
+    async def release_quarantined(self) -> int:
+        """Make quarantined batches publishable again (a new agent or format may pack them)."""
+        n = await self._run(self._store.release)
+        if n:
+            self.new_data.set()
+        self._publish_stats()
+        return n
+
     def stats(self) -> BufferStats:
         s = self._store
-        return BufferStats(s.count, s.disk_bytes, s.dropped_total, s.oldest)
+        return BufferStats(s.count, s.disk_bytes, s.dropped_total, s.oldest, s.held, s.held_reason)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -183,3 +198,4 @@ class Buffer:
             return
         m.buffer_batches.set(self._store.count)
         m.buffer_bytes.set(self._store.disk_bytes)
+        m.buffer_quarantined.set(self._store.held)

@@ -91,8 +91,15 @@ CREATE TABLE IF NOT EXISTS seqs (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# Held (quarantined) rows: a batch the format could not pack keeps its row, its id and its seq,
+# marked with the reason, so it is never acknowledged unsent and can be published once a fixed
+# agent (or a changed format) can pack it. The partial index holds only held rows: it costs
+# nothing on the insert path and makes counting and releasing them cheap.
+_HELD_COLUMN = "ALTER TABLE batches ADD COLUMN held TEXT"
+_HELD_INDEX = "CREATE INDEX IF NOT EXISTS batches_held ON batches (id) WHERE held IS NOT NULL"
 _INSERT = "INSERT INTO batches (device, kind, seq, ts_ms, created, body) VALUES (?, ?, ?, ?, ?, ?)"
 _SELECT = "SELECT id, device, kind, seq, ts_ms, body, created FROM batches"
+_LIVE = "held IS NULL"
 
 _Key = tuple[str, str]  # (device, kind)
 Item = tuple[str, str, int, bytes]  # device, kind, ts_ms, body
@@ -122,6 +129,8 @@ class BufferStats:
     bytes: int  # database + WAL on disk, refreshed at most once a second
     dropped_total: int  # since the database was created, restarts included
     oldest_created: float | None
+    quarantined: int = 0  # held rows: the format could not pack them (see SqliteStore.hold)
+    quarantine_reason: str | None = None
 
 
 class _Corrupt(Exception):
@@ -178,7 +187,9 @@ class SqliteStore:
         self.lock_fd: int | None = None
         self.seqs: dict[_Key, int] = {}
         self.reserved: dict[_Key, int] = {}
-        self.count = 0
+        self.count = 0  # every row, held ones included: they occupy the buffer too
+        self.held = 0  # rows set aside because the format could not pack them
+        self.held_reason: str | None = None  # the latest reason, for the status page
         self.dropped_total = 0
         self.oldest: float | None = None
         self.disk_bytes = 0
@@ -234,6 +245,7 @@ class SqliteStore:
         for key, last in self.seqs.items():
             self.reserved[key] = max(self.reserved.get(key, 0), last)
         self.count = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+        self._count_held()
         row = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
         self.dropped_total = int(row[0]) if row else 0
         self._fit()
@@ -301,6 +313,10 @@ class SqliteStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(batches)")}
+            if "held" not in columns:  # a database written before held rows existed
+                conn.execute(_HELD_COLUMN)
+            conn.execute(_HELD_INDEX)
             if conn.execute("SELECT 1 FROM meta WHERE key = 'initialised'").fetchone() is None:
                 existing = {(d, k) for d, k, _ in conn.execute("SELECT * FROM seqs")}
                 conn.executemany(
@@ -592,7 +608,10 @@ class SqliteStore:
         cur.close()
         if cutoff is None:
             return 0
-        return int(conn.execute("DELETE FROM batches WHERE id <= ?", (cutoff,)).rowcount)
+        n = int(conn.execute("DELETE FROM batches WHERE id <= ?", (cutoff,)).rowcount)
+        if self.held:
+            self._count_held()
+        return n
 
     def _fit(self) -> None:
         """Bring a database from an earlier run within a ``max_size`` that may have been lowered."""
@@ -666,10 +685,12 @@ class SqliteStore:
         conn = self._require()
         try:
             if upto_id is None:
-                cur = conn.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+                cur = conn.execute(
+                    f"{_SELECT} WHERE id > ? AND {_LIVE} ORDER BY id LIMIT ?", (after_id, limit)
+                )
             else:
                 cur = conn.execute(
-                    f"{_SELECT} WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                    f"{_SELECT} WHERE id > ? AND id <= ? AND {_LIVE} ORDER BY id LIMIT ?",
                     (after_id, upto_id, limit),
                 )
             return [StoredBatch(*row) for row in cur]
@@ -698,6 +719,63 @@ class SqliteStore:
         self._keep_wal_small()
         self._refresh_bytes()
 
+    def hold(self, ids: list[int], reason: str) -> int:
+        """Set rows aside with ``reason``: no longer fetched, never deleted as sent; they still
+        count against ``max_size`` and go first when it is full, like any old batch."""
+        conn = self._require()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.executemany(
+                f"UPDATE batches SET held = ? WHERE id = ? AND {_LIVE}", [(reason, i) for i in ids]
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"cannot set batches aside: {exc}") from exc
+        self.held += max(0, cur.rowcount)
+        self.held_reason = reason
+        self._refresh_oldest()
+        return max(0, cur.rowcount)
+
+    def release(self) -> int:
+        """Make every held row publishable again (at start, and when the format was rebuilt:
+        what one agent could not pack, the next may).
+
+        The rows are inserted anew (same device, kind, seq, ts and body; a new row id) so that a
+        publisher already past their old ids finds them like any new batch; the consumer orders
+        by ``seq`` as it does after any replay."""
+        if not self.held:
+            return 0
+        conn = self._require()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO batches (device, kind, seq, ts_ms, created, body) "
+                "SELECT device, kind, seq, ts_ms, created, body FROM batches "
+                "WHERE held IS NOT NULL ORDER BY id"
+            )
+            cur = conn.execute("DELETE FROM batches WHERE held IS NOT NULL")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"cannot release held batches: {exc}") from exc
+        self.held = 0
+        self.held_reason = None
+        self._refresh_oldest()
+        return max(0, cur.rowcount)
+
+    def _count_held(self) -> None:
+        conn = self._require()
+        row = conn.execute("SELECT count(*) FROM batches WHERE held IS NOT NULL").fetchone()
+        self.held = int(row[0])
+        if self.held and self.held_reason is None:
+            row = conn.execute(
+                "SELECT held FROM batches WHERE held IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            self.held_reason = str(row[0]) if row else None
+        elif not self.held:
+            self.held_reason = None
+
     def max_id(self) -> int:
         try:
             row = self._require().execute("SELECT max(id) FROM batches").fetchone()
@@ -719,7 +797,11 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
 
     def _refresh_oldest(self) -> None:
-        row = self._require().execute("SELECT created FROM batches ORDER BY id LIMIT 1").fetchone()
+        row = (
+            self._require()
+            .execute(f"SELECT created FROM batches WHERE {_LIVE} ORDER BY id LIMIT 1")
+            .fetchone()
+        )
         self.oldest = float(row[0]) if row else None
 
     def _refresh_bytes(self, *, force: bool = False) -> None:

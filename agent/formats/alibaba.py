@@ -82,12 +82,17 @@ class AlibabaFormat(Format):
         max_payload: int = MAX_PAYLOAD,
         clock: Callable[[], float] = time.time,
         tls: bool = True,
+        sub_product_key: str | None = None,
     ) -> None:
-        """``sub_devices``: our device name → (product key, device name) on the platform."""
+        """``sub_devices``: our device name → (product key, device name) on the platform, for
+        the devices registered at each connect. ``sub_product_key``: the product of a device
+        outside that map (one a reload removed while its batches were still buffered): its
+        batches still go out under ``(sub_product_key, name)``, the identity it had."""
         self._mode = 2 if tls else 3
         self.product_key = product_key
         self.device_name = device_name
         self.subs = dict(sub_devices)
+        self._sub_product_key = sub_product_key
         self._ours = {v: k for k, v in self.subs.items()}
         self.max_payload: int = max_payload
         self.max_rate = MAX_RATE
@@ -266,25 +271,21 @@ class AlibabaFormat(Format):
         entry: dict[str, Any] | None
         for row in rows:
             device, kind = stream_of(row)
-            if device not in self.subs:
-                log.warning("no Alibaba sub-device for this device", extra={"device": device})
-                out.append(Packed(None, (row,)))
-                continue
-            try:
-                values: dict[str, Any] = dict(decode_body(row.body).get("values", {}))
-            except (ValueError, AttributeError):
-                out.append(Packed(None, (row,)))
-                continue
-            stamped = {k: {"value": v, "time": row.ts_ms} for k, v in values.items()}
-            if kind != "data":  # an event: its values are the event's output parameters
-                stamped = {kind: {"value": values, "time": row.ts_ms}} if values else {}
+            identity = self._identity(device)  # raises: the publisher quarantines the row
+            doc = decode_body(row.body)
+            if kind == "data":
+                values: dict[str, Any] = dict(doc.get("values", {}))
+                stamped = {k: {"value": v, "time": row.ts_ms} for k, v in values.items()}
+            else:  # an event: its document (less ts) is the event's output parameters
+                params = {k: v for k, v in doc.items() if k != "ts"}
+                stamped = {kind: {"value": params, "time": row.ts_ms}}
             piece = len(_dumps(stamped)) + 120
             field = "properties" if kind == "data" else "events"
             if kind == "data" and piece + 200 > self.max_payload:  # larger than a message
                 if taken:
                     out.append(self._packed(subs, taken))
                     subs, taken, size = {}, [], 200
-                pk, dn = self.subs[device]
+                pk, dn = identity
                 parts = chunks(stamped, self.max_payload - 400)
                 for i, part in enumerate(parts):
                     one = {"identity": {"productKey": pk, "deviceName": dn}, "properties": part}
@@ -297,7 +298,7 @@ class AlibabaFormat(Format):
                 subs, taken, size = {}, [], 200
             entry = subs.get(device)
             if entry is None:
-                pk, dn = self.subs[device]
+                pk, dn = identity
                 entry = {"identity": {"productKey": pk, "deviceName": dn}}
                 entry.update(properties={}, events={})
                 subs[device] = entry
@@ -307,6 +308,15 @@ class AlibabaFormat(Format):
         if taken:
             out.append(self._packed(subs, taken))
         return out
+
+    def _identity(self, device: str) -> tuple[str, str]:
+        """(product key, device name) of one of our devices on the platform."""
+        known = self.subs.get(device)
+        if known is not None:
+            return known
+        if self._sub_product_key is None:
+            raise LookupError(f"no Alibaba sub-device for device {device!r}")
+        return self._sub_product_key, device
 
     def _packed(self, subs: Mapping[str, Any], rows: list[StoredBatch]) -> Packed:
         params = {"properties": {}, "events": {}, "subDevices": list(subs.values())}

@@ -80,12 +80,22 @@ class Format(abc.ABC):
     """
 
     name = "base"
+    #: How this format was built (class and constructor arguments): a reload compares it to
+    #: know whether the new config needs a new format and MQTT session (``Format.__new__``).
+    spec: tuple[Any, ...] = ()
     #: largest payload the platform accepts (bytes); None: the broker decides
     max_payload: int | None = None
     #: whether the platform keeps retained messages (Alibaba, AWS and Azure do not need them)
     retain_supported = True
     #: data messages per second the platform allows per connection; None: no limit
     max_rate: float | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Format:
+        # Recorded here, not in every subclass's __init__, so that a format added later (or a
+        # third party's) is compared on reload without remembering to do so.
+        self = super().__new__(cls)
+        self.spec = (cls, args, kwargs)
+        return self
 
     def credentials(
         self, username: str | None, password: str | None
@@ -103,8 +113,15 @@ class Format(abc.ABC):
         return None
 
     def will(self) -> Message | None:
-        """The MQTT last will for the next connection (called once per connection attempt)."""
+        """The MQTT last will for the next connection (called once per connection attempt, so
+        it must not consume anything: most attempts of an outage never reach a broker)."""
         return None
+
+    def connect_sent(self) -> None:
+        """The CONNECT packet carrying the last ``will()`` went out (the socket opened and paho
+        wrote it); called once per CONNECT actually sent, never for an attempt that failed
+        before. Sparkplug's ``bdSeq`` rises per CONNECT packet, not per attempt, and the NBIRTH
+        must repeat the will's number: this is where it is consumed and persisted."""
 
     def subscriptions(self) -> Sequence[str]:
         return ()

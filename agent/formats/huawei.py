@@ -63,10 +63,14 @@ class HuaweiFormat(Format):
         service_id: str = "edge",
         max_payload: int = MAX_PAYLOAD,
         clock: Callable[[], float] = time.time,
+        sub_product_id: str | None = None,
     ) -> None:
-        """``sub_devices``: our device name → its IoTDA device id."""
+        """``sub_devices``: our device name → its IoTDA device id. ``sub_product_id``: the
+        product of a device outside that map (one a reload removed while its batches were still
+        buffered): they still go out under ``<sub_product_id>_<name>``, the id it had."""
         self.device_id = device_id
         self.subs = dict(sub_devices)
+        self._sub_product_id = sub_product_id
         self._ours = {v: k for k, v in self.subs.items()}
         self.service_id = service_id
         self.max_payload: int = max_payload
@@ -129,21 +133,18 @@ class HuaweiFormat(Format):
         size = 20
         for row in rows:
             device, kind = stream_of(row)
-            if device not in self.subs:
-                log.warning("no IoTDA sub-device for this device", extra={"device": device})
-                out.append(Packed(None, (row,)))
-                continue
-            try:
-                values = dict(decode_body(row.body).get("values", {}))
-            except (ValueError, AttributeError):
-                out.append(Packed(None, (row,)))
-                continue
+            device_id = self._device_id(device)  # raises: the publisher quarantines the row
+            doc = decode_body(row.body)
+            if kind == "data":
+                values: dict[str, Any] = dict(doc.get("values", {}))
+            else:  # an event: its document (less ts) as the properties of service <kind>
+                values = {k: v for k, v in doc.items() if k != "ts"}
             service = {
                 "service_id": self.service_id if kind == "data" else kind,
                 "properties": values,
                 "event_time": event_time(row.ts_ms),
             }
-            entry = {"device_id": self.subs[device], "services": [service]}
+            entry = {"device_id": device_id, "services": [service]}
             piece = len(_dumps(entry)) + 1
             if piece + 20 > self.max_payload:  # one batch larger than a message: split it
                 if taken:
@@ -163,6 +164,14 @@ class HuaweiFormat(Format):
         if taken:
             out.append(self._packed(devices, taken))
         return out
+
+    def _device_id(self, device: str) -> str:
+        known = self.subs.get(device)
+        if known is not None:
+            return known
+        if self._sub_product_id is None:
+            raise LookupError(f"no IoTDA sub-device for device {device!r}")
+        return f"{self._sub_product_id}_{device}"
 
     def _packed(self, devices: list[dict[str, Any]], rows: list[StoredBatch]) -> Packed:
         payload = _dumps({"devices": devices}).encode()

@@ -28,6 +28,7 @@ class JsonFormat(Format):
         topic_template: str | None = None,
         placement: Mapping[str, Mapping[str, str]] | None = None,
         user_properties: bool = True,
+        default_placement: Mapping[str, str] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.prefix = topic_prefix
@@ -35,6 +36,9 @@ class JsonFormat(Format):
         self._template = topic_template
         # Per device: the fields a template may use (agent, site, area, line, device).
         self._placement = {k: dict(v) for k, v in (placement or {}).items()}
+        # A device outside ``placement`` (a reload removed it while its batches were still
+        # buffered) takes the gateway's own fields, as it did unless it had its own.
+        self._default_placement = dict(default_placement or {})
         self._user_properties = user_properties
         self._topics: dict[str, str] = {}
 
@@ -52,7 +56,8 @@ class JsonFormat(Format):
     def _render(self, device: str, kind: str) -> str:
         if self._template is None:
             return f"{self.prefix}/{device}/{kind}"
-        fields = {"agent": self.agent_id, **self._placement.get(device, {}), "device": device}
+        own = self._placement.get(device, self._default_placement)
+        fields = {"agent": self.agent_id, **own, "device": device}
         if "{kind}" in self._template:
             return self._template.format(**fields, kind=kind)
         # A template ending in a literal ``data`` level: side streams replace that level.

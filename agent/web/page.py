@@ -147,7 +147,17 @@ def render_page(snap: dict[str, Any], lang: str) -> str:
         (word("broker"), f"{_e(broker['host'])}:{_e(broker['port'])}{word('colon')}{broker_state}"),
         (
             word("buffer"),
-            _e(buffer_text) + word("sep") + _e(t["dropped"].format(n=buf["dropped_total"])),
+            _e(buffer_text)
+            + word("sep")
+            + _e(t["dropped"].format(n=buf["dropped_total"]))
+            + (
+                word("sep")
+                + '<span class="warn">'
+                + _e(t["quarantined"].format(n=buf["quarantined"]))
+                + "</span>"
+                if buf.get("quarantined")
+                else ""
+            ),
         ),
         (word("clock"), clock_html),
     ]
