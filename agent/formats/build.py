@@ -62,13 +62,20 @@ def build_format(config: Any) -> Format:
             subs,
             max_payload=ali.max_payload,
             tls=mqtt.tls is not None,
+            sub_product_key=ali.sub_product_key,
         )
     if mqtt.format == "huawei":
         from agent.formats.huawei import HuaweiFormat
 
         hw = mqtt.huawei
         ids = {d.name: hw.devices.get(d.name) or f"{hw.sub_product_id}_{d.name}" for d in devices}
-        return HuaweiFormat(hw.device_id, ids, service_id=hw.service_id, max_payload=hw.max_payload)
+        return HuaweiFormat(
+            hw.device_id,
+            ids,
+            service_id=hw.service_id,
+            max_payload=hw.max_payload,
+            sub_product_id=hw.sub_product_id,
+        )
     if mqtt.format == "thingsboard":
         from agent.formats.thingsboard import DEFAULT_MAX_PAYLOAD, ThingsBoardFormat
 
@@ -103,6 +110,7 @@ def build_format(config: Any) -> Format:
         topic_template=options.topic_template,
         placement=placement,
         user_properties=options.user_properties,
+        default_placement={k: v for k in PLACEMENT_FIELDS if (v := getattr(agent, k, None))},
     )
 
 
