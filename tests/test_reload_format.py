@@ -1,0 +1,93 @@
+"""A reload rebuilds the format when what it is built from changed, and only then.
+
+Before, the format was built once at start: a reload that changed ``topic_prefix``, a topic
+template or a device's placement restarted the MQTT session with the old format, so data kept
+its old topics until a restart, while a device-only change on plain json must not cost a new
+session at all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from agent.config import load_config
+from agent.drivers import load_drivers
+from agent.runtime import Agent
+from simulators.modbus_tcp import ModbusSimulator
+from tests.brokers import Mosquitto, Subscriber, free_port
+from tests.test_reload import device
+
+
+def _write(path: Path, broker: int, devices: list[dict[str, Any]], **mqtt: Any) -> Path:
+    doc = {
+        "agent": {"id": "gw", "data_dir": str(path.parent / "data"), "site": "s1"},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": broker,
+            "reconnect_min": "50ms",
+            "reconnect_max": "500ms",
+            **mqtt,
+        },
+        "buffer": {"max_size": "4MB"},
+        "metrics": {"listen": None},
+        "devices": devices,
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _topics(sub: Subscriber, device: str) -> set[str]:
+    return {m.topic for m in list(sub.messages) if f"/{device}/" in m.topic + "/"}
+
+
+async def test_reload_applies_a_new_topic_prefix_and_template(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    sub = Subscriber(broker.port, ["#"]).start()
+    async with ModbusSimulator(port=free_port(), units=(1,)) as sim:
+        cfg = tmp_path / "c.yaml"
+        _write(cfg, broker.port, [device("p1", sim.port)], topic_prefix="old/gw")
+        agent = Agent(load_config(cfg, load_drivers(), resolve_secrets=True), config_path=cfg)
+        await agent.start()
+        try:
+            await sub.wait_for(lambda m: any(x.topic == "old/gw/p1/data" for x in m))
+            _write(cfg, broker.port, [device("p1", sim.port)], topic_prefix="new/gw")
+            assert await agent.reload()
+            await sub.wait_for(lambda m: any(x.topic == "new/gw/p1/data" for x in m))
+            template = {"topic_template": "plant/{site}/{device}/data"}
+            _write(
+                cfg,
+                broker.port,
+                [device("p1", sim.port)],
+                topic_prefix="new/gw",
+                json=template,
+            )
+            assert await agent.reload()
+            await sub.wait_for(lambda m: any(x.topic == "plant/s1/p1/data" for x in m))
+        finally:
+            await agent.stop()
+    sub.stop()
+
+
+async def test_a_device_change_on_plain_json_keeps_the_session(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    sub = Subscriber(broker.port, ["edge/gw/#"]).start()
+    async with ModbusSimulator(port=free_port(), units=(1,)) as sim:
+        cfg = tmp_path / "c.yaml"
+        _write(cfg, broker.port, [device("p1", sim.port)])
+        agent = Agent(load_config(cfg, load_drivers(), resolve_secrets=True), config_path=cfg)
+        await agent.start()
+        try:
+            await sub.wait_for(lambda m: any(x.topic == "edge/gw/p1/data" for x in m))
+            fmt, publisher = agent.format, agent.publisher
+            _write(cfg, broker.port, [device("p1", sim.port, interval=0.2), device("p2", sim.port)])
+            assert await agent.reload()
+            await sub.wait_for(lambda m: any(x.topic == "edge/gw/p2/data" for x in m))
+            assert agent.format is fmt and agent.publisher is publisher
+            assert publisher.sessions == 1
+        finally:
+            await agent.stop()
+    sub.stop()
