@@ -7,6 +7,8 @@ in that process; a restart or a reload that rebuilds the format releases it for 
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -18,8 +20,11 @@ from agent.buffer import Buffer, StoredBatch
 from agent.formats import JsonFormat, Packed
 from agent.formats.base import stream_of
 from agent.metrics import Metrics
+from agent.status import build_snapshot
+from agent.status_cli import print_status
+from agent.web.page import render_page
 from tests.brokers import Mosquitto, Subscriber
-from tests.e2e import until
+from tests.e2e import AgentRig, until
 from tests.test_failover import Rig
 from tests.test_publisher import _settings
 
@@ -146,3 +151,26 @@ async def test_publisher_quarantines_what_the_format_cannot_pack_and_logs_once(
     events = [m.json() for m in sub.messages if m.topic == "edge/gw/d1/event"]
     assert [e["seq"] for e in events] == [1, 2, 3]
     sub.stop()
+
+
+async def test_status_cli_and_page_show_quarantined_batches(tmp_path: Path) -> None:
+    """What an operator sees: the count and the reason, in both languages of the page."""
+    cfg = tmp_path / "c.yaml"
+    doc = {
+        "agent": {"id": "gw", "data_dir": str(tmp_path / "data")},
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "metrics": {"listen": None},
+        "devices": [],
+    }
+    cfg.write_text(json.dumps(doc))
+    async with AgentRig(cfg) as agent:
+        await agent.buffer.put("d1/event", 1, b'{"ts":1,"event":"raise","values":[1]}')
+        [row] = await agent.buffer.fetch(0, 1)
+        await agent.buffer.quarantine([row.id], "sparkplug: TypeError: broken")
+        snap = build_snapshot(agent)
+    assert snap["buffer"]["quarantined"] == 1
+    out = io.StringIO()
+    print_status(snap, out)
+    assert "QUARANTINED 1: sparkplug: TypeError: broken" in out.getvalue()
+    assert "quarantined (the format cannot pack them): 1" in render_page(snap, "en")
+    assert "已隔离（格式无法打包）：1 批" in render_page(snap, "zh-CN")
