@@ -22,6 +22,7 @@ from agent.formats.base import stream_of
 from agent.metrics import Metrics
 from agent.status import build_snapshot
 from agent.status_cli import print_status
+from agent.web.i18n import TEXT
 from agent.web.page import render_page
 from tests.brokers import Mosquitto, Subscriber
 from tests.e2e import AgentRig, until
@@ -173,4 +174,4 @@ async def test_status_cli_and_page_show_quarantined_batches(tmp_path: Path) -> N
     print_status(snap, out)
     assert "QUARANTINED 1: sparkplug: TypeError: broken" in out.getvalue()
     assert "quarantined (the format cannot pack them): 1" in render_page(snap, "en")
-    assert "已隔离（格式无法打包）：1 批" in render_page(snap, "zh-CN")
+    assert TEXT["zh-CN"]["quarantined"].format(n=1) in render_page(snap, "zh-CN")
