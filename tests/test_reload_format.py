@@ -9,6 +9,8 @@ session at all.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,17 @@ def _write(path: Path, broker: int, devices: list[dict[str, Any]], **mqtt: Any) 
     return path
 
 
-def _topics(sub: Subscriber, device: str) -> set[str]:
-    return {m.topic for m in list(sub.messages) if f"/{device}/" in m.topic + "/"}
+@asynccontextmanager
+async def _agent(cfg: Path, sub: Subscriber, first_topic: str) -> AsyncIterator[Agent]:
+    """An agent started from ``cfg`` (so that ``reload()`` re-reads it), once its first data
+    message arrived."""
+    agent = Agent(load_config(cfg, load_drivers(), resolve_secrets=True), config_path=cfg)
+    await agent.start()
+    try:
+        await sub.wait_for(lambda m: any(x.topic == first_topic for x in m))
+        yield agent
+    finally:
+        await agent.stop()
 
 
 async def test_reload_applies_a_new_topic_prefix_and_template(
@@ -49,10 +60,7 @@ async def test_reload_applies_a_new_topic_prefix_and_template(
     async with ModbusSimulator(port=free_port(), units=(1,)) as sim:
         cfg = tmp_path / "c.yaml"
         _write(cfg, broker.port, [device("p1", sim.port)], topic_prefix="old/gw")
-        agent = Agent(load_config(cfg, load_drivers(), resolve_secrets=True), config_path=cfg)
-        await agent.start()
-        try:
-            await sub.wait_for(lambda m: any(x.topic == "old/gw/p1/data" for x in m))
+        async with _agent(cfg, sub, "old/gw/p1/data") as agent:
             _write(cfg, broker.port, [device("p1", sim.port)], topic_prefix="new/gw")
             assert await agent.reload()
             await sub.wait_for(lambda m: any(x.topic == "new/gw/p1/data" for x in m))
@@ -66,8 +74,6 @@ async def test_reload_applies_a_new_topic_prefix_and_template(
             )
             assert await agent.reload()
             await sub.wait_for(lambda m: any(x.topic == "plant/s1/p1/data" for x in m))
-        finally:
-            await agent.stop()
     sub.stop()
 
 
@@ -78,16 +84,11 @@ async def test_a_device_change_on_plain_json_keeps_the_session(
     async with ModbusSimulator(port=free_port(), units=(1,)) as sim:
         cfg = tmp_path / "c.yaml"
         _write(cfg, broker.port, [device("p1", sim.port)])
-        agent = Agent(load_config(cfg, load_drivers(), resolve_secrets=True), config_path=cfg)
-        await agent.start()
-        try:
-            await sub.wait_for(lambda m: any(x.topic == "edge/gw/p1/data" for x in m))
+        async with _agent(cfg, sub, "edge/gw/p1/data") as agent:
             fmt, publisher = agent.format, agent.publisher
             _write(cfg, broker.port, [device("p1", sim.port, interval=0.2), device("p2", sim.port)])
             assert await agent.reload()
             await sub.wait_for(lambda m: any(x.topic == "edge/gw/p2/data" for x in m))
             assert agent.format is fmt and agent.publisher is publisher
             assert publisher.sessions == 1
-        finally:
-            await agent.stop()
     sub.stop()
