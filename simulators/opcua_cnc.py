@@ -15,9 +15,13 @@ Address space (namespace ``urn:vendor:cnc``, under Objects/Machine)::
     Machine/Secret               Int32, not readable (access level 0)
 
 Security: None plus Basic256Sha256 (and the two Aes policies) Sign and SignAndEncrypt when a
-certificate is given; a user with a password when ``users`` is given (then anonymous is off);
-client certificates are trusted only when listed (``trusted``). ``stop()`` then ``start()``
-serves again on the same port, which is how tests restart the machine.
+certificate is given, or exactly the endpoints ``policies`` names (asyncua's SecurityPolicyType
+names: ``NoSecurity``, ``Basic256_SignAndEncrypt``...). ``policy_certs`` gives a policy its own
+certificate, as a machine with an RSA-SHA1 and an RSA-SHA256 certificate does, so each endpoint
+carries the certificate of its policy. A user with a password when ``users`` is given (then
+anonymous is off, unless ``tokens`` says which user tokens the endpoints accept); client
+certificates are trusted only when listed (``trusted``). ``stop()`` then ``start()`` serves again
+on the same port, which is how tests restart the machine.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
-from asyncua.crypto import uacrypto
+from asyncua.crypto import security_policies, uacrypto
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 
@@ -112,10 +116,11 @@ POINTS: dict[str, Point] = {p.path: p for p in MACHINE + TYPES}
 
 
 class _Users(UserManager):  # type: ignore[misc]
-    """Name/password pairs; anyone else is refused."""
+    """Name/password pairs; anyone else is refused (anonymous too, unless ``anonymous``)."""
 
-    def __init__(self, users: Mapping[str, str]) -> None:
+    def __init__(self, users: Mapping[str, str], anonymous: bool = False) -> None:
         self._users = dict(users)
+        self._anonymous = anonymous
 
     def get_user(
         self,
@@ -125,6 +130,8 @@ class _Users(UserManager):  # type: ignore[misc]
         certificate: Any = None,
     ) -> User | None:
         if username is not None and self._users.get(username) == password:
+            return User(role=UserRole.User)
+        if username is None and self._anonymous:
             return User(role=UserRole.User)
         return None
 
@@ -137,6 +144,57 @@ class ServerCert:
     key_file: Path
 
 
+#: The secure endpoints offered by default when a certificate is given.
+MODERN_POLICIES = (
+    "Basic256Sha256_Sign",
+    "Basic256Sha256_SignAndEncrypt",
+    "Aes128Sha256RsaOaep_Sign",
+    "Aes128Sha256RsaOaep_SignAndEncrypt",
+    "Aes256Sha256RsaPss_Sign",
+    "Aes256Sha256RsaPss_SignAndEncrypt",
+)
+
+#: User token kinds by the name ``tokens`` (and ``--token``) uses.
+TOKENS: dict[str, type] = {
+    "anonymous": ua.AnonymousIdentityToken,
+    "username": ua.UserNameIdentityToken,
+    "certificate": ua.X509IdentityToken,
+}
+
+_Key = Any  # a private key as uacrypto loads it
+
+
+class _Server(Server):  # type: ignore[misc]
+    """asyncua's server with one certificate per security policy where it is given one.
+
+    asyncua gives every endpoint the server's single certificate. A real machine may hold
+    several (one per policy family), and a client must encrypt for the one of the endpoint it
+    opens; here each policy's endpoints and channel factories get the pair ``per_policy`` names
+    for its URI, the default pair otherwise."""
+
+    def __init__(self, per_policy: Mapping[str, tuple[Any, _Key]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._per_policy = dict(per_policy)
+
+    async def _setup_server_nodes(self) -> None:
+        default = (self.iserver.certificate, self.iserver.private_key)
+        for policy_type in self._security_policy:
+            policy, mode, level = security_policies.SECURITY_POLICY_TYPE_MAP[policy_type]
+            cert, key = self._per_policy.get(policy.URI, default)
+            if policy is not security_policies.SecurityPolicyNone and not (cert and key):
+                continue
+            self.iserver.certificate, self.iserver.private_key = cert, key
+            try:
+                self._set_endpoints(policy, mode, level)
+            finally:
+                self.iserver.certificate, self.iserver.private_key = default
+            self._policies.append(
+                security_policies.SecurityPolicyFactory(
+                    policy, mode, cert, key, permission_ruleset=self._permission_ruleset
+                )
+            )
+
+
 @dataclass
 class CncSimulator:
     """The lathe. ``update_interval=None`` keeps values still (tests set them)."""
@@ -146,6 +204,9 @@ class CncSimulator:
     cert: ServerCert | None = None
     users: Mapping[str, str] | None = None
     trusted: Iterable[Path] = ()
+    policies: Sequence[str] | None = None
+    policy_certs: Mapping[str, ServerCert] = field(default_factory=dict)
+    tokens: Sequence[str] | None = None
     update_interval: float | None = 0.1
     extra_points: int = 0
     read_requests: list[list[str]] = field(default_factory=list)
@@ -159,23 +220,31 @@ class CncSimulator:
         return f"opc.tcp://{self.host}:{self.port}/cnc"
 
     async def start(self) -> None:
-        server = Server(user_manager=_Users(self.users) if self.users is not None else None)
+        per_policy = {}
+        for name, pair in self.policy_certs.items():
+            uri = getattr(security_policies, f"SecurityPolicy{name.replace('_', '')}").URI
+            per_policy[uri] = (
+                await uacrypto.load_certificate(str(pair.cert_file)),
+                await uacrypto.load_private_key(str(pair.key_file)),
+            )
+        anonymous = self.tokens is not None and "anonymous" in self.tokens
+        users = _Users(self.users, anonymous) if self.users is not None else None
+        server = _Server(per_policy, user_manager=users)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("edge-agent CNC lathe simulator")
         await server.set_application_uri(APP_URI)
-        policies = [ua.SecurityPolicyType.NoSecurity]
+        if self.policies is not None:
+            names = list(self.policies)
+        else:
+            names = ["NoSecurity"]
+            if self.cert is not None or self.policy_certs:
+                names += MODERN_POLICIES
+        policies = [ua.SecurityPolicyType[n] for n in names]
         if self.cert is not None:
             await server.load_certificate(str(self.cert.cert_file))
             await server.load_private_key(str(self.cert.key_file))
-            policies += [
-                ua.SecurityPolicyType.Basic256Sha256_Sign,
-                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-                ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
-                ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
-                ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
-                ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
-            ]
+        if self.cert is not None or self.policy_certs:
             trusted = [await uacrypto.load_certificate(str(p)) for p in self.trusted]
             pinned = {uacrypto.der_from_x509(c) for c in trusted}
 
@@ -185,7 +254,9 @@ class CncSimulator:
 
             server.set_certificate_validator(validate)
         server.set_security_policy(policies)
-        if self.users is not None:
+        if self.tokens is not None:
+            server.set_identity_tokens([TOKENS[t] for t in self.tokens])
+        elif self.users is not None:
             server.set_identity_tokens([ua.UserNameIdentityToken])
         ns = await server.register_namespace(NAMESPACE)
         await self._build(server, ns)
@@ -325,12 +396,19 @@ async def _add_unit(node: Any, node_id: str, unit: str, ns: int) -> None:
 async def _serve(args: argparse.Namespace) -> None:
     cert = ServerCert(Path(args.cert), Path(args.key)) if args.cert else None
     users = dict(u.split(":", 1) for u in args.user) if args.user else None
+    policy_certs = {}
+    for text in args.policy_cert:
+        policy, cert_file, key_file = text.split(":", 2)
+        policy_certs[policy] = ServerCert(Path(cert_file), Path(key_file))
     sim = CncSimulator(
         port=args.port,
         host=args.host,
         cert=cert,
         users=users,
         trusted=[Path(p) for p in args.trust],
+        policies=args.policy,
+        policy_certs=policy_certs,
+        tokens=args.token,
     )
     await sim.start()
     print(f"CNC lathe simulator on {sim.endpoint} (namespace {NAMESPACE})", flush=True)
@@ -348,6 +426,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", help="server private key")
     parser.add_argument("--trust", action="append", default=[], help="client certificate to trust")
     parser.add_argument("--user", action="append", help="NAME:PASSWORD (disables anonymous)")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        choices=[t.name for t in ua.SecurityPolicyType],
+        help="offer this endpoint (repeat; default NoSecurity, plus the modern ones with --cert)",
+    )
+    parser.add_argument(
+        "--policy-cert",
+        action="append",
+        default=[],
+        metavar="POLICY:CERT:KEY",
+        help="a certificate of its own for one policy, e.g. Aes256_Sha256_RsaPss:b.der:b.pem",
+    )
+    parser.add_argument(
+        "--token",
+        action="append",
+        choices=sorted(TOKENS),
+        help="user tokens accepted (repeat; default anonymous, or username with --user)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):

@@ -52,7 +52,20 @@ def test_subscribe_mode_polls_at_the_publishing_interval() -> None:
         ),
         (
             {"connection": {"endpoint": "opc.tcp://h:4840", "security": {"policy": "Basic256"}}},
+            "policy Basic256 is deprecated",
+        ),
+        (
+            {"connection": {"endpoint": "opc.tcp://h:4840", "security": {"policy": "Basic512"}}},
             "Input should be",
+        ),
+        (
+            {
+                "connection": {
+                    "endpoint": "opc.tcp://h:4840",
+                    "security": {"policy": "Basic128Rsa15", "allow_deprecated": True},
+                }
+            },
+            "needs cert_file, key_file and server_cert_file",
         ),
         ({"tags": [{"name": "t"}]}, "a tag needs node or browse_path"),
         ({"tags": [{"name": "t", "node": "ns=2;q=1"}]}, "invalid node id"),

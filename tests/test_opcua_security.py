@@ -150,3 +150,15 @@ async def test_a_refused_password_is_retried_until_it_is_right(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_anonymous_where_the_server_wants_a_user_says_so(sim: CncSimulator, pki: Pki) -> None:
+    """The server refuses the anonymous identity; the reason is not "user or password refused"
+    (none was sent) but what to set."""
+    tags = [{"name": "speed", "node": POINTS["Spindle/Speed"].node_string}]
+    driver = OpcuaDriver(OpcuaDevice.model_validate(device(sim.endpoint, tags)))
+    with pytest.raises(DeviceError) as info:
+        await driver.connect()
+    await driver.close()
+    assert info.value.reason == "the server refuses anonymous sessions: set username"
+    assert "accepts UserName" in str(info.value)

@@ -28,7 +28,16 @@ from drivers.base import (
     refuse_inline_password,
 )
 
-Policy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+Policy = Literal[
+    "None",
+    "Basic256Sha256",
+    "Aes128_Sha256_RsaOaep",
+    "Aes256_Sha256_RsaPss",
+    "Basic128Rsa15",
+    "Basic256",
+]
+#: SHA-1 and RSA PKCS#1 v1.5: deprecated by the OPC UA specification, refused unless allowed.
+DEPRECATED_POLICIES = ("Basic128Rsa15", "Basic256")
 SecurityMode = Literal["Sign", "SignAndEncrypt"]
 
 _ENDPOINT = re.compile(r"^opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+)(:\d{1,5})?(/\S*)?$")
@@ -84,11 +93,14 @@ def browse_segments(path: str) -> list[tuple[int | None, str]]:
 
 class Security(StrictModel):
     """Message security of the secure channel. With a policy other than None the client proves
-    itself with ``cert_file``/``key_file`` and trusts exactly ``server_cert_file``."""
+    itself with ``cert_file``/``key_file`` and trusts exactly ``server_cert_file``, which must be
+    the certificate of the server's endpoint with this policy and mode (a server may hold one
+    per policy)."""
 
     policy: Policy = Field(
         default="None",
-        description="None, Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss",
+        description="None, Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss; "
+        "Basic128Rsa15 and Basic256 (deprecated) only with allow_deprecated: true",
     )
     mode: SecurityMode = Field(
         default="SignAndEncrypt", description="Sign, or SignAndEncrypt (the default)"
@@ -100,12 +112,25 @@ class Security(StrictModel):
     key_file: FilePath | None = Field(default=None, description="private key of cert_file (PEM)")
     server_cert_file: FilePath | None = Field(
         default=None,
-        description="the server's certificate to trust (pinned); connections to any other fail",
+        description="the certificate of the server's endpoint with this policy and mode, trusted "
+        "(pinned); connections to any other fail",
+    )
+    allow_deprecated: bool = Field(
+        default=False,
+        description="accept the deprecated policies Basic128Rsa15 and Basic256 (SHA-1), for "
+        "machines that offer nothing better",
     )
 
     @model_validator(mode="after")
     def _files_with_policy(self) -> Security:
         files = ("cert_file", "key_file", "server_cert_file")
+        if self.policy in DEPRECATED_POLICIES and not self.allow_deprecated:
+            raise key_error(
+                "policy",
+                f"policy {self.policy} is deprecated (SHA-1, broken padding); use Basic256Sha256 "
+                "or an Aes policy, or set allow_deprecated: true if the machine offers nothing "
+                "better",
+            )
         if self.policy == "None":
             given = [k for k in (*files, "mode") if k in self.model_fields_set]
             if given:

@@ -12,24 +12,28 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
-from asyncua.crypto import security_policies, uacrypto
+from asyncua.crypto import uacrypto
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from drivers.base import DeviceError
 from drivers.opcua.config import OpcuaConnection
 from drivers.opcua.convert import status_name
-
-_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
-    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
-    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
-    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
-}
+from drivers.opcua.endpoints import (
+    POLICIES,
+    Offer,
+    first_certificate,
+    get_endpoints,
+    matching,
+    offers,
+    thumbprint,
+)
 
 #: Status codes a server answers a refused identity with, and what to tell the integrator.
 _AUTH = {
@@ -125,7 +129,7 @@ async def make_client(conn: OpcuaConnection, password: str | None) -> Client:
         mode = getattr(ua.MessageSecurityMode, sec.mode)
         try:
             await client.set_security(
-                _POLICIES[sec.policy],
+                POLICIES[sec.policy],
                 str(sec.cert_file),
                 str(sec.key_file),
                 server_certificate=str(sec.server_cert_file),
@@ -183,36 +187,97 @@ async def open_session(
         if isinstance(exc, asyncio.CancelledError):
             raise
         error = why(exc, conn)
-        if conn.security.policy != "None" and error.reason in ("timeout", "connection lost"):
-            # A server that cannot decrypt our hello (we encrypted it for another certificate)
-            # just hangs up; find out whether that is why.
-            error = await _pinned_mismatch(conn) or error
+        if _unexplained(exc, error):
+            error = await diagnose(conn) or error
         raise error from exc
     return client
 
 
-async def _pinned_mismatch(conn: OpcuaConnection) -> DeviceError | None:
-    """``DeviceError`` when the server's certificate is not ``server_cert_file``; None when it
-    is, or when the server cannot be asked (the first error stands then)."""
-    assert conn.security.server_cert_file is not None
-    probe = Client(conn.endpoint, timeout=conn.timeout)
+#: Refusals that may mean "not the endpoint you think", which the server's endpoints explain.
+_ASK_ENDPOINTS = {
+    "timeout",
+    "connection lost",
+    "BadSecurityPolicyRejected",
+    "BadSecurityModeRejected",
+    "BadIdentityTokenInvalid",
+    "BadIdentityTokenRejected",
+}
+
+
+def _unexplained(exc: BaseException, error: DeviceError) -> bool:
+    """A failure the endpoints may explain: a server that cannot decrypt our hello (encrypted
+    for another certificate) or lacks the policy just hangs up; one that lacks the user token
+    refuses the identity; asyncua itself finds no endpoint of our policy and mode."""
+    if isinstance(exc, UaStatusCodeError):
+        return status_name(ua.StatusCode(exc.code)) in _ASK_ENDPOINTS
+    if isinstance(exc, UaError) and "No matching endpoints" in str(exc):
+        return True
+    return error.reason in _ASK_ENDPOINTS
+
+
+async def diagnose(conn: OpcuaConnection) -> DeviceError | None:
+    """Why the configured endpoint cannot work, from what the server offers (``explain``).
+    None when it should work, or when the server cannot be asked (the first error stands)."""
     try:
-        pinned = uacrypto.der_from_x509(
-            await uacrypto.load_certificate(str(conn.security.server_cert_file))
-        )
-        endpoints = await asyncio.wait_for(
-            probe.connect_and_get_server_endpoints(), timeout=conn.timeout
-        )
+        found = offers(await get_endpoints(conn.endpoint, conn.timeout), allow_deprecated=True)
+        pinned = await asyncio.to_thread(pinned_der, conn)
     except Exception:
         return None
-    offered = {bytes(e.ServerCertificate or b"")[: len(pinned)] for e in endpoints}
-    if pinned in offered:
+    return explain(conn, found, pinned)
+
+
+def pinned_der(conn: OpcuaConnection) -> bytes | None:
+    """``server_cert_file`` as DER (it may be PEM), None without security."""
+    path = conn.security.server_cert_file
+    if conn.security.policy == "None" or path is None:
         return None
-    return DeviceError(
-        "server certificate is not server_cert_file",
-        f"{conn.endpoint}: the server presents another certificate than "
-        f"{conn.security.server_cert_file}",
-    )
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        cert = x509.load_pem_x509_certificate(data)
+    else:
+        cert = x509.load_der_x509_certificate(first_certificate(data))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def explain(
+    conn: OpcuaConnection, found: Sequence[Offer], pinned: bytes | None
+) -> DeviceError | None:
+    """What in the server's endpoints keeps this connection from working: no endpoint with its
+    policy and mode, another certificate on that endpoint than ``server_cert_file`` (``pinned``),
+    or no user token of our kind. None when the endpoints allow it."""
+    sec = conn.security
+    where = conn.endpoint
+    listed = ", ".join(sorted({f"{o.policy} {o.mode}" for o in found})) or "nothing"
+    chosen = matching(found, sec.policy, sec.mode)
+    if not chosen:
+        what = (
+            "no endpoint without security"
+            if sec.policy == "None"
+            else f"no {sec.policy} {sec.mode} endpoint"
+        )
+        return DeviceError(f"the server offers {what}", f"{where}: it offers {listed}")
+    if pinned is not None:
+        certs = {o.cert.der: o.cert for o in chosen if o.cert is not None}
+        if certs and pinned not in certs:
+            theirs = ", ".join(c.sha1 for c in certs.values())
+            return DeviceError(
+                "server certificate is not server_cert_file",
+                f"{where}: its {sec.policy} {sec.mode} endpoint presents SHA-1 {theirs}, "
+                f"{sec.server_cert_file} is SHA-1 {thumbprint(pinned)}",
+            )
+    token = "UserName" if conn.username is not None else "Anonymous"
+    if not any(o.accepts(token) for o in chosen):
+        accepted = ", ".join(dict.fromkeys(t for o in chosen for t in o.tokens)) or "none"
+        if token == "Anonymous":
+            return DeviceError(
+                "the server refuses anonymous sessions: set username",
+                f"{where}: the endpoint accepts {accepted}",
+            )
+        return DeviceError(
+            "the server accepts no user name on this endpoint",
+            f"{where}: the endpoint accepts {accepted}",
+        )
+    return None
 
 
 async def close_session(client: Client, timeout: float) -> None:
