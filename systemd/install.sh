@@ -7,6 +7,9 @@
 #
 # What it does (README "Installing on a gateway"):
 #   - a system user edge-agent, in the dialout group (serial ports)
+#   - the operator who ran sudo ($SUDO_USER; --operator USER names another, --no-operator none)
+#     joins group edge-agent, so `edge-agent validate` and `edge-agent status` work without sudo
+#     (from the next login); the secrets file stays root's alone
 #   - the program in a venv under /opt/edge-agent, from ./wheelhouse when it exists (offline:
 #     `make wheelhouse` on a machine with the same CPU architecture and Python version), else
 #     from this source tree with pip (needs PyPI)
@@ -17,9 +20,11 @@
 #   - the unit, enabled; an upgrade restarts a running service
 #
 # Options for images and tests: --root DIR installs into DIR as if it were /; --prefix DIR
-# instead of /opt/edge-agent; --wheelhouse DIR; --no-user and --no-systemctl skip creating the
-# user and calling systemctl (SYSTEMCTL=... and USERADD=... replace the commands themselves).
-# With --root, systemctl only enables the unit (symlinks in DIR); nothing is started.
+# instead of /opt/edge-agent; --wheelhouse DIR; --no-user and --no-systemctl skip the users and
+# groups and calling systemctl (SYSTEMCTL=..., USERADD=..., USERMOD=..., USERDEL=...,
+# GROUPDEL=... replace the commands themselves). With --root, systemctl only enables the unit
+# (symlinks in DIR), nothing is started, and the users are made in DIR's own etc/passwd and
+# etc/group when it has them (an OS image; a plain directory gets none), files owned by their ids.
 set -eu
 
 PREFIX=/opt/edge-agent
@@ -34,11 +39,15 @@ PYTHON=${PYTHON:-python3}
 SYSTEMCTL=${SYSTEMCTL:-systemctl}
 USERADD=${USERADD:-useradd}
 USERMOD=${USERMOD:-usermod}
+USERDEL=${USERDEL:-userdel}
+GROUPDEL=${GROUPDEL:-groupdel}
 USER_NAME=edge-agent
+DO_OPERATOR=1
+OPERATOR=
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 
 usage() {
-    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -53,6 +62,9 @@ while [ $# -gt 0 ]; do
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;
         --no-user) DO_USER=0 ;;
+        --operator) OPERATOR=${2:?--operator needs a user name}; shift ;;
+        --operator=*) OPERATOR=${1#*=} ;;
+        --no-operator) DO_OPERATOR=0 ;;
         --no-systemctl) DO_SYSTEMCTL=0 ;;
         --start) START=1 ;;
         -h|--help) usage 0 ;;
@@ -62,6 +74,11 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=${ROOT%/}
+if [ -n "$ROOT" ]; then
+    # useradd --root wants an absolute path.
+    mkdir -p "$ROOT"
+    ROOT=$(cd "$ROOT" && pwd)
+fi
 ETC=$ROOT/etc/edge-agent
 STATE=$ROOT/var/lib/edge-agent
 UNIT=$ROOT/etc/systemd/system/edge-agent.service
@@ -88,14 +105,37 @@ systemctl_() {
     fi
 }
 
-have_user() { getent passwd "$USER_NAME" >/dev/null 2>&1; }
-
-# The group the files belong to: edge-agent when it exists, else (tests, --no-user) root's.
-owner_group() {
-    if getent group "$USER_NAME" >/dev/null 2>&1; then echo "$USER_NAME"; else id -gn; fi
+# Users and groups of the system being installed: this machine's, or those of the OS image in
+# --root DIR (its etc/passwd and etc/group; the host's would give the image the wrong ids).
+lookup() { # passwd|group NAME -> that line
+    if [ -z "$ROOT" ]; then
+        getent "$1" "$2"
+    else
+        awk -F: -v name="$2" '$1 == name { print; found = 1 } END { exit !found }' \
+            "$ROOT/etc/$1" 2>/dev/null
+    fi
 }
-owner_user() {
-    if have_user; then echo "$USER_NAME"; else id -un; fi
+have_user() { lookup passwd "$1" >/dev/null 2>&1; }
+# Users and groups are managed here, or inside an image that has its own user database.
+MANAGE_USERS=$DO_USER
+if [ -n "$ROOT" ] && { [ ! -f "$ROOT/etc/passwd" ] || [ ! -f "$ROOT/etc/group" ]; }; then
+    MANAGE_USERS=0
+fi
+users_() { # useradd|usermod|userdel|groupdel ARGS...: on this machine, or inside --root DIR
+    cmd=$1
+    shift
+    if [ -n "$ROOT" ]; then "$cmd" --root "$ROOT" "$@"; else "$cmd" "$@"; fi
+}
+
+# The files' owner and group, numeric: edge-agent's when it exists, else (tests, --no-user) ours.
+owner_uid() {
+    lookup passwd "$USER_NAME" 2>/dev/null | cut -d: -f3 | grep . || id -u
+}
+owner_gid() {
+    lookup group "$USER_NAME" 2>/dev/null | cut -d: -f3 | grep . || id -g
+}
+in_group() { # USER GROUP: listed as a member (a supplementary group)
+    lookup group "$2" 2>/dev/null | cut -d: -f4 | tr ',' '\n' | grep -qx "$1"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -117,9 +157,14 @@ if [ "$UNINSTALL" = 1 ]; then
     if [ "$PURGE" = 1 ]; then
         rm -rf "$ETC" "$STATE"
         say "removed /etc/edge-agent and /var/lib/edge-agent (config and buffer)"
-        if [ "$DO_USER" = 1 ] && [ -z "$ROOT" ] && have_user; then
-            userdel "$USER_NAME" || true
+        if [ "$MANAGE_USERS" = 1 ] && have_user "$USER_NAME"; then
+            users_ "$USERDEL" "$USER_NAME" || true
             say "removed user $USER_NAME"
+        fi
+        # userdel keeps the group when login.defs says USERGROUPS_ENAB no (or an image has none).
+        if [ "$MANAGE_USERS" = 1 ] && lookup group "$USER_NAME" >/dev/null 2>&1; then
+            users_ "$GROUPDEL" "$USER_NAME" || true
+            say "removed group $USER_NAME"
         fi
     else
         say "kept /etc/edge-agent and /var/lib/edge-agent (--purge removes them)"
@@ -134,19 +179,39 @@ fi
     die "the venv module is missing: apt-get install python3-venv"
 
 # 1. The user, in dialout for serial ports.
-if [ "$DO_USER" = 1 ] && [ -z "$ROOT" ]; then
-    if have_user; then
-        "$USERMOD" -a -G dialout "$USER_NAME"
+if [ "$MANAGE_USERS" = 1 ]; then
+    if have_user "$USER_NAME"; then
+        users_ "$USERMOD" -a -G dialout "$USER_NAME"
     else
-        "$USERADD" --system --home-dir /var/lib/edge-agent --no-create-home \
+        users_ "$USERADD" --system --home-dir /var/lib/edge-agent --no-create-home \
             --shell /usr/sbin/nologin --user-group --groups dialout "$USER_NAME"
         say "created system user $USER_NAME (groups: dialout)"
     fi
 else
     say "skipped: creating user $USER_NAME"
 fi
-GROUP=$(owner_group)
-OWNER=$(owner_user)
+GROUP=$(owner_gid)
+OWNER=$(owner_uid)
+
+# 1b. The operator joins group edge-agent: the config (0640) and the buffer become readable to
+# them, so `edge-agent validate` and `edge-agent status` need no sudo. Not the secrets in
+# /etc/edge-agent/env (root, 0600). Whoever ran sudo, unless named otherwise; never root.
+JOINED=
+if [ -z "$OPERATOR" ]; then
+    OPERATOR=${SUDO_USER:-}
+fi
+if [ "$DO_OPERATOR" = 1 ] && [ "$MANAGE_USERS" = 1 ] && [ -n "$OPERATOR" ] &&
+    [ "$OPERATOR" != root ] && lookup group "$USER_NAME" >/dev/null 2>&1; then
+    if ! have_user "$OPERATOR"; then
+        say "no user $OPERATOR: not added to group $USER_NAME"
+    elif in_group "$OPERATOR" "$USER_NAME"; then
+        say "$OPERATOR is in group $USER_NAME already"
+    else
+        users_ "$USERMOD" -a -G "$USER_NAME" "$OPERATOR"
+        JOINED=$OPERATOR
+        say "added $OPERATOR to group $USER_NAME (reads the config; never /etc/edge-agent/env)"
+    fi
+fi
 
 # 2. The program, in its own venv (an upgrade reinstalls into the same venv).
 if [ -z "$WHEELHOUSE" ] && [ -d "$SRC/wheelhouse" ]; then
@@ -223,3 +288,6 @@ else
     systemctl_ try-restart edge-agent.service
 fi
 say "done. Next: edit /etc/edge-agent/config.yaml, then: systemctl start edge-agent; edge-agent status"
+if [ -n "$JOINED" ]; then
+    say "$JOINED: log out and in again (a new SSH session) for group $USER_NAME to apply; until then, edge-agent validate and edge-agent status need sudo"
+fi
