@@ -43,7 +43,7 @@ from asyncua.crypto import security_policies, uacrypto
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
 
-from simulators.service import cancel
+from simulators.service import Service, cancel
 
 NAMESPACE = "urn:vendor:cnc"
 APP_URI = "urn:edge-agent:sim:cnc"
@@ -196,7 +196,7 @@ class _Server(Server):  # type: ignore[misc]
 
 
 @dataclass
-class CncSimulator:
+class CncSimulator(Service):
     """The lathe. ``update_interval=None`` keeps values still (tests set them)."""
 
     port: int

@@ -40,7 +40,7 @@ async def test_every_yaml_example_validates(tmp_path: Path) -> None:
     assert len(blocks) == 2
     names = []
     for i, block in enumerate(blocks):
-        body = block if block.startswith("devices:") else "devices:\n" + block
+        body = block if re.search(r"^devices:", block, re.M) else "devices:\n" + block
         path = tmp_path / f"example{i}.yaml"
         path.write_text("agent:\n  id: doc\n" + body, encoding="utf-8")
         config = load_config(path, load_drivers())
@@ -97,23 +97,72 @@ async def test_the_openssl_recipe_makes_a_certificate_the_server_accepts(
     assert reading.value == 1200.0
 
 
-async def test_save_server_cert_writes_what_the_server_offers(
+async def test_save_server_cert_as_written_saves_that_endpoints_certificate(
     sim: CncSimulator, pki: Pki, tmp_path: Path
 ) -> None:
-    saved = tmp_path / "lathe-3.der"
+    """The README's command, run against the simulator: it saves the certificate and says
+    which endpoint's it is, with the thumbprint."""
+    line = next(x for b in _blocks("sh") for x in b.splitlines() if "--save-server-cert" in x)
+    argv = line.replace("opc.tcp://10.0.0.20:4840/cnc", sim.endpoint).split()
+    assert argv[:3] == ["edge-agent", "discover", "opcua"]
     proc = await asyncio.create_subprocess_exec(
-        EDGE_AGENT,
-        "discover",
-        "opcua",
-        sim.endpoint,
-        "--save-server-cert",
-        str(saved),
-        stderr=asyncio.subprocess.PIPE,
+        EDGE_AGENT, *argv[1:], cwd=tmp_path, stderr=asyncio.subprocess.PIPE
     )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err
-    assert saved.read_bytes() == pki.server_cert.read_bytes()
+    assert (tmp_path / "lathe-3.der").read_bytes() == pki.server_cert.read_bytes()
+    assert b"the certificate of the Basic256Sha256 SignAndEncrypt endpoint" in err
     assert re.search(rb"SHA-1 ([0-9A-F]{2}:){19}[0-9A-F]{2}", err)
+
+
+def _shape(line: str, endpoint: str) -> str:
+    """A discover output line with what differs between machines taken out: the endpoint, the
+    thumbprints, dates, counts, and what a certificate line says after its label."""
+    line = line.strip().replace(endpoint, "ENDPOINT")
+    line = re.sub(r"^(# +cert \d+:).*", r"\1 ...", line)
+    line = re.sub(r"SHA-1 [0-9A-F:.]+", "SHA-1 X", line)
+    line = re.sub(r"\d{4}-\d\d-\d\d( \d\d:\d\d UTC)?", "DATE", line)
+    return re.sub(r": \d+ variables", ": N variables", line)
+
+
+async def test_the_discover_example_is_what_discover_prints(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A server with the example's endpoints (the Aes one with a second certificate): every
+    comment line of the example, and the entry's head, come out of discover as shown."""
+    other = await make_pki(tmp_path_factory.mktemp("pki-2"))
+    example = next(b for b in _blocks("yaml") if "# Endpoints of" in b)
+    async with CncSimulator(
+        port=free_port(),
+        update_interval=None,
+        cert=ServerCert(pki.server_cert, pki.server_key),
+        policy_certs={"Aes256_Sha256_RsaPss": ServerCert(other.server_cert, other.server_key)},
+        policies=[
+            "NoSecurity",
+            "Basic128Rsa15_SignAndEncrypt",
+            "Basic256Sha256_SignAndEncrypt",
+            "Aes256Sha256RsaPss_SignAndEncrypt",
+        ],
+        users={"collector": "pw"},
+        tokens=["anonymous", "username"],
+    ) as sim:
+        proc = await asyncio.create_subprocess_exec(
+            EDGE_AGENT,
+            *re.findall(r"edge-agent (discover opcua \S+ .*?) >", DOC.read_text())[0]
+            .replace("opc.tcp://10.0.0.20:4840/cnc", sim.endpoint)
+            .split(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    printed = {_shape(x, sim.endpoint) for x in out.decode().splitlines()}
+    shown = [
+        _shape(x, "opc.tcp://10.0.0.20:4840/cnc")
+        for x in example.splitlines()
+        if not x.lstrip().startswith(("- {", "# - {"))
+    ]
+    assert [x for x in shown if x not in printed] == []
 
 
 async def test_discover_over_a_secure_channel_writes_the_security_it_used(

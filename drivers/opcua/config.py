@@ -127,7 +127,7 @@ class Security(StrictModel):
         if self.policy in DEPRECATED_POLICIES and not self.allow_deprecated:
             raise key_error(
                 "policy",
-                f"policy {self.policy} is deprecated (SHA-1, broken padding); use Basic256Sha256 "
+                f"policy {self.policy} is deprecated (SHA-1); use Basic256Sha256 "
                 "or an Aes policy, or set allow_deprecated: true if the machine offers nothing "
                 "better",
             )
