@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asyncua import ua
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
 from agent.record import encode_batch
 from drivers.base import Batch, Quality, Reading
 from drivers.opcua.config import OpcuaDevice, parse_node
 from drivers.opcua.convert import quality_of, shortest_float32, to_value
+from drivers.opcua.endpoints import ServerCertificate, first_certificate
 from simulators.opcua_cnc import POINTS
+from tests.certs import make_pki
 from tests.test_opcua_support import tag_name
 
 
@@ -119,3 +124,19 @@ def test_source_timestamps_ride_along_where_they_differ_from_the_batch_time() ->
     assert doc["ts_source"] == {"speed": 990250}
     plain = Batch(device="d", ts=1.0, readings=[Reading("a", 1, 1.0)])
     assert "ts_source" not in json.loads(encode_batch(plain))
+
+
+def test_a_certificate_chain_yields_the_servers_own_certificate(tmp_path: Path) -> None:
+    """Servers may send their chain in ServerCertificate (DER after DER); the thumbprint and the
+    pinned comparison are of the first one."""
+    pki = make_pki(tmp_path)
+    own = x509.load_pem_x509_certificate((pki / "server.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
+    der_own = own.public_bytes(serialization.Encoding.DER)
+    der_ca = ca.public_bytes(serialization.Encoding.DER)
+    assert first_certificate(der_own + der_ca) == der_own
+    assert first_certificate(der_own) == der_own
+    parsed = ServerCertificate.parse(der_own + der_ca)
+    assert parsed is not None and parsed.subject == "CN=server"
+    assert parsed.sha1 == own.fingerprint(hashes.SHA1()).hex(":").upper()
+    assert ServerCertificate.parse(b"\x30\x03abc") is None
