@@ -62,13 +62,16 @@ class Walk:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-agent discover opcua",
-        description="Browse an OPC UA server and print a ready-to-edit device entry (YAML).",
+        description="List an OPC UA server's endpoints (security policies and modes, user "
+        "tokens, certificates, which the agent can use), browse it and print a ready-to-edit "
+        "device entry (YAML).",
     )
     p.add_argument("endpoint", metavar="ENDPOINT", help="opc.tcp://host:port/path")
     p.add_argument(
         "--security",
         metavar="POLICY,MODE",
-        help="e.g. Basic256Sha256,SignAndEncrypt (needs --cert, --key, --server-cert)",
+        help="e.g. Basic256Sha256,SignAndEncrypt (needs --cert, --key, and --server-cert or "
+        "--save-server-cert)",
     )
     p.add_argument("--cert", help="this client's certificate")
     p.add_argument("--key", help="this client's private key")
