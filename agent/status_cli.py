@@ -282,8 +282,19 @@ def _read_via_agent(url: str, device: str, tags: list[str]) -> int:
     return EXIT_OK if doc.get("good") else EXIT_RUNTIME
 
 
+#: Polls ``read`` makes, one ``poll_interval`` apart, until one has a good reading.
+DIRECT_POLLS = 3
+
+
 async def read_directly(driver: Driver, tags: list[str]) -> list[dict[str, Any]] | str:
-    """Connect, poll once, close: the rows of the table, or why the device could not be read."""
+    """Connect, poll, close: the rows of the table, or why the device could not be read.
+
+    A poll at once is all a polled device needs. Devices that talk by themselves have had no
+    interval yet: a streaming instrument has sent no frame since the port opened (every tag
+    ``timeout``), an OPC UA subscription's first values come with its first publish, an event
+    counter has had no event. So while a poll has nothing good, it is repeated one
+    ``poll_interval`` later, as the agent's next poll would be, at most ``DIRECT_POLLS`` times.
+    """
     line = None
     if driver.line_key() is not None:
         line = driver.make_line()
@@ -291,6 +302,11 @@ async def read_directly(driver: Driver, tags: list[str]) -> list[dict[str, Any]]
     try:
         await driver.connect()
         readings: list[Reading] = await driver.poll()
+        for _ in range(DIRECT_POLLS - 1):
+            if any(r.quality is Quality.GOOD for r in readings):
+                break
+            await asyncio.sleep(driver.device.poll_interval)
+            readings = await driver.poll() or readings
         raw = dict(driver.raw_values())
     except DeviceError as exc:
         return f"{exc.reason} ({exc})"
