@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent.buffer import StoredBatch
 from agent.commands import CommandHandler
 from agent.formats.sparkplug.format import SparkplugFormat
 from drivers.base import DeviceBase, TagBase
@@ -96,7 +98,8 @@ async def test_births_aliases_datatypes_and_seq(tmp_path: Path, broker: Mosquitt
     types = {m["name"]: m["datatype"] for m in dbirth.metrics}
     assert types == {"t": INT16, "f": FLOAT}
     aliases = [m["alias"] for m in nbirth.metrics + dbirth.metrics if "alias" in m]
-    assert len(aliases) == len(nbirth.metrics + dbirth.metrics) == len(set(aliases))
+    assert len(aliases) == len(nbirth.metrics + dbirth.metrics) - 1 == len(set(aliases))
+    assert "alias" not in rebirth  # a host asks for a rebirth by name (3.0)
     alias_of = {m["name"]: m["alias"] for m in dbirth.metrics}
     assert all("name" not in m for m in ddata.metrics)  # data by alias only
     by_alias = {m["alias"]: m for m in ddata.metrics}
@@ -135,7 +138,7 @@ async def test_will_bdseq_matches_nbirth_and_rebirth_on_ncmd(
         client = rig.publisher._client
         assert client is not None
         sock = client.socket()
-        assert sock is not None
+        assert isinstance(sock, socket.socket)
         sock.shutdown(socket.SHUT_RDWR)  # an unclean loss: the broker sends the will
         msgs = await host.wait_for(_count("NBIRTH", 2))
         host._client.publish(
@@ -159,8 +162,13 @@ async def test_will_bdseq_matches_nbirth_and_rebirth_on_ncmd(
     after_rebirth = [d.kind for d in decoded[decoded.index(births[2]) :]]
     assert after_rebirth[:2] == ["NBIRTH", "DBIRTH"]
     assert (tmp_path / "state" / "sparkplug-bdseq").read_text().strip() == "1"
-    # a restarted agent continues from the persisted value
-    assert _fmt(tmp_path).will() is not None
+    # a restarted agent continues from the persisted value; the will alone consumes nothing
+    restarted = _fmt(tmp_path)
+    assert (
+        Decoded(NODE.format("NDEATH"), restarted.will().payload).metric("bdSeq")["long_value"] == 2
+    )
+    assert (tmp_path / "state" / "sparkplug-bdseq").read_text().strip() == "1"
+    restarted.connect_sent()
     assert (tmp_path / "state" / "sparkplug-bdseq").read_text().strip() == "2"
 
 
@@ -260,3 +268,108 @@ async def test_primary_host_state_gates_births_and_data(tmp_path: Path, broker: 
     assert ndeath.metric("bdSeq")["long_value"] == nbirths[0].metric("bdSeq")["long_value"] == 0
     assert nbirths[1].metric("bdSeq")["long_value"] == 1
     assert decoded[-1].metrics[0].get("is_historical") is True  # buffered while the host was away
+
+
+DATETIME, DOUBLE_ARRAY, STRING = 13, 31, 12
+ALARM = "Events/bearing_outer_race"
+
+
+def _event(kind: str, ts: int, values: list[float], alarm: str = "bearing_outer_race") -> Any:
+    """An alarm event as agent/processing/alarms.py stores it on the ``<device>/event`` stream."""
+    return {
+        "ts": ts, "event": kind, "alarm": alarm, "tag": "vibration.bpfo", "severity": "warning",
+        "mode": "level", "condition": "> 0.02" if kind == "raise" else "< 0.015",
+        "value": 0.02783 if kind == "raise" else 1, "since": ts - 600_000, "values": values,
+    }  # fmt: skip
+
+
+async def test_alarm_events_are_metrics_of_their_device(tmp_path: Path, broker: Mosquitto) -> None:
+    """An event row (its ``values`` a list of evidence) becomes ``Events/<alarm>/<field>``
+    metrics of the device, typed once per field: the first event re-births the device, a clear
+    (an empty list, an integer value) does not, another alarm's name re-births again."""
+    host = _host(broker)
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), _fmt(tmp_path)) as rig:
+        await rig.put_doc("d1", _row(0))
+        await host.wait_for(_count("DDATA"))
+        evidence = [0.03113, 0.029749, 0.02783]
+        await rig.put_doc("d1/event", _event("raise", 1_700_000_000_100, evidence))
+        await host.wait_for(_count("DDATA", 2))
+        await rig.put_doc("d1/event", _event("clear", 1_700_000_000_200, []))
+        await host.wait_for(_count("DDATA", 3))
+        await rig.put_doc("d1/event", _event("raise", 1_700_000_000_300, [7.5], alarm="seal"))
+        msgs = await host.wait_for(_count("DDATA", 4))
+        await until(lambda: rig.buffer.stats().batches == 0, timeout=5)  # every event sent
+    host.stop()
+    decoded = _decoded(msgs)
+    kinds = [d.kind for d in decoded]
+    assert kinds == ["NBIRTH", "DBIRTH", "DDATA", "DBIRTH", "DDATA", "DDATA", "DBIRTH", "DDATA"]
+    birth = decoded[3]
+    types = {m["name"]: m["datatype"] for m in birth.metrics if m["name"].startswith("Events/")}
+    assert types == {
+        f"{ALARM}/active": BOOLEAN, f"{ALARM}/event": STRING, f"{ALARM}/tag": STRING,
+        f"{ALARM}/severity": STRING, f"{ALARM}/mode": STRING, f"{ALARM}/condition": STRING,
+        f"{ALARM}/value": DOUBLE, f"{ALARM}/since": DATETIME, f"{ALARM}/values": DOUBLE_ARRAY,
+    }  # fmt: skip
+    name_of = {m["alias"]: m["name"] for m in birth.metrics}
+
+    def fields(d: Decoded) -> dict[str, Any]:
+        return {name_of[m["alias"]].removeprefix(f"{ALARM}/"): m for m in d.metrics}
+
+    raised, cleared = fields(decoded[4]), fields(decoded[5])
+    assert raised["active"]["boolean_value"] is True
+    assert raised["severity"]["string_value"] == "warning"
+    assert raised["value"]["double_value"] == 0.02783
+    assert raised["since"]["long_value"] == 1_700_000_000_100 - 600_000
+    packed = str(raised["values"]["bytes_value"]).encode("latin-1")  # protoc's C escapes
+    assert list(struct.unpack("<3d", packed)) == evidence
+    assert all(m["timestamp"] == 1_700_000_000_100 for m in decoded[4].metrics)
+    assert cleared["active"]["boolean_value"] is False
+    assert cleared["value"]["double_value"] == 1.0
+    assert cleared["values"].get("bytes_value", "") == ""
+    assert "Events/seal/active" in {m["name"] for m in decoded[6].metrics}
+
+
+async def test_windows_features_state_and_side_documents(tmp_path: Path, broker: Mosquitto) -> None:
+    """Window aggregates, waveform features and the machine state ride in the device's data as
+    metrics of their own; the retained side document (``device_topic(device, "state")``) is not
+    published outside the Sparkplug namespace: the DBIRTH gives a late host the current state."""
+    host = _host(broker)
+    fmt = _fmt(tmp_path)
+    assert fmt.side_message(fmt.device_topic("d1", "state"), b'{"state": "running"}') is None
+    doc = {
+        "ts": 1_700_000_000_000,
+        "values": {"t": 3, "t.avg": 2.5, "t.max": 4, "vib.rms": 0.8, "vib.iso_zone": "B",
+                   "state": "running", "runtime.running": 12.5, "wave": [0.1, -0.2]},
+    }  # fmt: skip
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), fmt) as rig:
+        await rig.put_doc("d1", doc)
+        msgs = await host.wait_for(_count("DDATA"))
+    host.stop()
+    births = [d for d in _decoded(msgs) if d.kind == "DBIRTH"]
+    types = {m["name"]: m["datatype"] for m in births[-1].metrics}
+    assert types == {
+        "t": INT16, "f": FLOAT, "t.avg": DOUBLE, "t.max": INT64, "vib.rms": DOUBLE,
+        "vib.iso_zone": STRING, "state": STRING, "runtime.running": DOUBLE, "wave": DOUBLE_ARRAY,
+    }  # fmt: skip
+    assert births[-1].metric("state")["string_value"] == "running"
+    assert all(not m.topic.startswith("edge/") for m in msgs)
+
+
+def test_an_unreadable_row_raises_before_anything_is_spent(tmp_path: Path) -> None:
+    """A row the format cannot read raises (the publisher quarantines it) before any seq or
+    birth is spent: the next message continues the sequence without a hole."""
+    fmt = _fmt(tmp_path)
+    fmt.connect_sent()
+    births = fmt.online()
+    assert [Decoded(m.topic, m.payload).seq for m in births] == [0, 1]
+
+    def row(i: int, body: bytes, device: str = "d1") -> StoredBatch:
+        return StoredBatch(i, device, "data", i, 1_700_000_000_000, body, time.time())
+
+    good = row(1, json.dumps(_row(0)).encode())
+    for bad in (b"[1, 2]", b'{"values": [1]}', b"not json"):
+        with pytest.raises((TypeError, ValueError)):
+            fmt.pack([good, row(2, bad)])
+    [packed] = fmt.pack([good])
+    assert packed.rows == (good,) and packed.message is not None
+    assert Decoded(packed.message.topic, packed.message.payload).seq == 2

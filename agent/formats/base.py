@@ -122,6 +122,7 @@ class Format(abc.ABC):
         wrote it); called once per CONNECT actually sent, never for an attempt that failed
         before. Sparkplug's ``bdSeq`` rises per CONNECT packet, not per attempt, and the NBIRTH
         must repeat the will's number: this is where it is consumed and persisted."""
+        return None
 
     def subscriptions(self) -> Sequence[str]:
         return ()

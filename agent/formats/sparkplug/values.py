@@ -34,6 +34,7 @@ _INT32 = {pb.Int8: 8, pb.Int16: 16, pb.Int32: 32}
 _UINT32 = {pb.UInt8: 8, pb.UInt16: 16, pb.UInt32: 32}
 _INTEGER = {**_INT32, **_UINT32, pb.Int64: 64, pb.UInt64: 64}
 _ARRAYS = {pb.Int64Array: "q", pb.DoubleArray: "d"}
+_ALL_ARRAYS = {*_ARRAYS, pb.BooleanArray, pb.StringArray}
 
 
 def infer(value: Any) -> int:
@@ -73,8 +74,12 @@ def fits(datatype: int, value: Any) -> bool:
         return bool(-(1 << (bits - 1)) <= value < 1 << (bits - 1))
     if datatype in (pb.Float, pb.Double):
         return isinstance(value, int | float) and not isinstance(value, bool)
+    if datatype == pb.DateTime:  # milliseconds since the epoch, unsigned
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
     if datatype == pb.String:
         return True
+    if isinstance(value, list) and not value:
+        return datatype in _ALL_ARRAYS  # an empty list fits any array type
     return infer(value) == datatype or (
         datatype == pb.DoubleArray and infer(value) == pb.Int64Array
     )
@@ -100,7 +105,7 @@ def set_value(metric: Any, datatype: int, value: Any) -> None:
         metric.boolean_value = bool(value)
     elif datatype in _INT32 or datatype in _UINT32:
         metric.int_value = int(value) & 0xFFFFFFFF
-    elif datatype in (pb.Int64, pb.UInt64):
+    elif datatype in (pb.Int64, pb.UInt64, pb.DateTime):
         metric.long_value = int(value) & 0xFFFFFFFFFFFFFFFF
     elif datatype == pb.Float:
         metric.float_value = float(value)
