@@ -331,11 +331,14 @@ async def test_alarm_events_are_metrics_of_their_device(tmp_path: Path, broker: 
 
 async def test_windows_features_state_and_side_documents(tmp_path: Path, broker: Mosquitto) -> None:
     """Window aggregates, waveform features and the machine state ride in the device's data as
-    metrics of their own; the retained side document (``device_topic(device, "state")``) is not
-    published outside the Sparkplug namespace: the DBIRTH gives a late host the current state."""
+    metrics of their own. The retained side document (``device_topic(device, "state")``, handed
+    over again after a restart or reload) is not published outside the Sparkplug namespace: it
+    gives the device's DBIRTH the current state and run times."""
     host = _host(broker)
     fmt = _fmt(tmp_path)
-    assert fmt.side_message(fmt.device_topic("d1", "state"), b'{"state": "running"}') is None
+    side = {"state": "idle", "since": 1_699_999_000_000, "ts": 1_699_999_999_000,
+            "runtime": {"idle": 5.0, "running": 12}}  # fmt: skip
+    assert fmt.side_message(fmt.device_topic("d1", "state"), json.dumps(side).encode()) is None
     doc = {
         "ts": 1_700_000_000_000,
         "values": {"t": 3, "t.avg": 2.5, "t.max": 4, "vib.rms": 0.8, "vib.iso_zone": "B",
@@ -346,10 +349,17 @@ async def test_windows_features_state_and_side_documents(tmp_path: Path, broker:
         msgs = await host.wait_for(_count("DDATA"))
     host.stop()
     births = [d for d in _decoded(msgs) if d.kind == "DBIRTH"]
+    first = {m["name"]: m for m in births[0].metrics}  # right after the NBIRTH
+    assert first["state"]["string_value"] == "idle"
+    assert first["state"]["timestamp"] == 1_699_999_999_000
+    assert (first["runtime.idle"]["double_value"], first["runtime.running"]["datatype"]) == (
+        5.0, DOUBLE,
+    )  # fmt: skip
     types = {m["name"]: m["datatype"] for m in births[-1].metrics}
     assert types == {
-        "t": INT16, "f": FLOAT, "t.avg": DOUBLE, "t.max": INT64, "vib.rms": DOUBLE,
-        "vib.iso_zone": STRING, "state": STRING, "runtime.running": DOUBLE, "wave": DOUBLE_ARRAY,
+        "t": INT16, "f": FLOAT, "state": STRING, "runtime.idle": DOUBLE, "runtime.running": DOUBLE,
+        "t.avg": DOUBLE, "t.max": INT64, "vib.rms": DOUBLE, "vib.iso_zone": STRING,
+        "wave": DOUBLE_ARRAY,
     }  # fmt: skip
     assert births[-1].metric("state")["string_value"] == "running"
     assert all(not m.topic.startswith("edge/") for m in msgs)
@@ -373,3 +383,63 @@ def test_an_unreadable_row_raises_before_anything_is_spent(tmp_path: Path) -> No
     [packed] = fmt.pack([good])
     assert packed.rows == (good,) and packed.message is not None
     assert Decoded(packed.message.topic, packed.message.payload).seq == 2
+
+
+async def test_a_down_device_stays_dead_for_the_host(tmp_path: Path, broker: Mosquitto) -> None:
+    """While a device is down, its batches (every tag bad, and the machine state the agent
+    derives from that) are said by its DDEATH, not by a DBIRTH that would show it online; a
+    batch buffered while it was still up goes out under a DBIRTH and a DDEATH follows it."""
+    host = _host(broker)
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), _fmt(tmp_path)) as rig:
+        await rig.put_doc("d1", _row(0))
+        await host.wait_for(_count("DDATA"))
+        rig.publisher.device_status("d1", "down", "timeout", time.time())
+        await host.wait_for(_count("DDEATH"))
+        lost = {"ts": 1_700_000_000_001, "values": {"state": "stopped", "runtime.stopped": 2.0},
+                "quality": {"t": "bad: timeout", "f": "bad: timeout"}}  # fmt: skip
+        await rig.put_doc("d1", lost)
+        await until(lambda: rig.buffer.stats().batches == 0, timeout=5)
+        await rig.put_doc("d1", _row(2, t=9))  # read just before the device was lost
+        msgs = await host.wait_for(_count("DDEATH", 2))
+        await until(lambda: rig.buffer.stats().batches == 0, timeout=5)
+    host.stop()
+    kinds = _kinds(msgs)
+    assert kinds == ["NBIRTH", "DBIRTH", "DDATA", "DDEATH", "DBIRTH", "DDATA", "DDEATH"]
+    assert [d.seq for d in _decoded(msgs)] == list(range(7))
+    assert "state" not in {m["name"] for m in _decoded(msgs)[4].metrics}
+
+
+async def test_a_device_down_at_the_connect_is_born_and_dies(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A configured device that does not answer when the session starts: DBIRTH with null
+    values right after the NBIRTH, then its DDEATH, so a host lists it as offline."""
+    host = _host(broker)
+    fmt = _fmt(tmp_path)
+    assert fmt.status_changed("d1", "down", "connection refused", 0) == []  # not connected yet
+    async with Rig(tmp_path, _settings([f"127.0.0.1:{broker.port}"]), fmt):
+        msgs = await host.wait_for(_count("DDEATH"))
+    host.stop()
+    decoded = _decoded(msgs)
+    assert [(d.kind, d.device, d.seq) for d in decoded] == [
+        ("NBIRTH", None, 0), ("DBIRTH", "d1", 1), ("DDEATH", "d1", 2),
+    ]  # fmt: skip
+    assert all(m.get("is_null") is True for m in decoded[1].metrics)
+
+
+def test_a_side_document_with_new_metrics_rebirths_before_the_next_data(tmp_path: Path) -> None:
+    """The machine state's side document arriving in a session adds metrics the host does not
+    know yet: the device's next message is a DBIRTH that declares them, then its DDATA."""
+    fmt = _fmt(tmp_path)
+    fmt.connect_sent()
+    assert [m.topic.split("/")[2] for m in fmt.online()] == ["NBIRTH", "DBIRTH"]
+    doc = {"state": "running", "ts": 1_700_000_000_000, "runtime": {"running": 3.5}}
+    fmt.side_message(fmt.device_topic("d1", "state"), json.dumps(doc).encode())
+    row = StoredBatch(1, "d1", "data", 1, 1_700_000_000_001, json.dumps(_row(1)).encode(), 0)
+    packed = fmt.pack([row])
+    assert [p.message.topic.split("/")[2] for p in packed if p.message] == ["DBIRTH", "DDATA"]
+    assert packed[0].message is not None
+    birth = Decoded(packed[0].message.topic, packed[0].message.payload)
+    assert birth.metric("state")["string_value"] == "running"
+    assert birth.metric("runtime.running")["double_value"] == 3.5
+    assert fmt.pack([row])[0].message.topic.split("/")[2] == "DDATA"  # type: ignore[union-attr]

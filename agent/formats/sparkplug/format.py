@@ -10,17 +10,20 @@ TCK is checked on the wire in tests/test_sparkplug_tck.py (one test per ``tck-id
 * NBIRTH has ``seq`` 0, ``bdSeq`` and ``Node Control/Rebirth`` (Boolean false, no alias: a host
   must be able to ask for a rebirth without knowing an alias); every later message of the
   session takes the next ``seq``, wrapping 255 → 0. NDEATH carries no ``seq``.
-* Right after the NBIRTH, before any data, a DBIRTH for every device that is up and whose
-  metrics are known (declared tag types, or seen earlier): name, alias, datatype, current value
-  (or ``is_null``) and, for a value that is not good, its ``Quality``. DDATA carries aliases only.
+* Right after the NBIRTH, before any data, a DBIRTH for every device whose metrics are known
+  (declared tag types, or seen earlier): name, alias, datatype, current value (or ``is_null``)
+  and, for a value that is not good, its ``Quality``; a device that is down then gets its DDEATH
+  at once, so a host shows it offline rather than unknown. DDATA carries aliases only.
   A device whose metrics are not known yet is born with its first batch; a metric that appears
   later (a computed feature, an alarm event) or changes datatype re-births its device first, so
   every DDATA metric is in the latest DBIRTH of its device.
 * Metrics of one message are in chronological order of their timestamps (a tag's own source
   timestamp where the device gave one, else the batch's).
 * NCMD ``Node Control/Rebirth`` = true: NBIRTH (seq 0, same bdSeq) and the DBIRTHs again.
-* A device going down: DDEATH (its values are stale from then on); its next batch with values:
-  DBIRTH first.
+* A device going down: DDEATH (its values are stale from then on); its batches while down (all
+  its tags bad, the machine state the agent derives) are said by it; its next batch with values:
+  DBIRTH first. Backlog of a device that is down now goes out under a DBIRTH and is followed by
+  a DDEATH again.
 * With ``primary_host_id``: subscribe to ``spBv1.0/STATE/<id>`` and birth and publish only
   while the host says ``online: true``; a STATE older than one already seen in this MQTT session
   is ignored (a host keeps its timestamp per server, so one from another server says nothing).
@@ -34,6 +37,10 @@ TCK is checked on the wire in tests/test_sparkplug_tck.py (one test per ``tck-id
   device: ``active`` (Boolean, raise/clear), ``event``, ``severity``, ``tag``, ``mode``,
   ``condition`` (String), ``value``, ``measure``, ``mean``, ``stddev`` (Double), ``since``
   (DateTime) and the evidence ``values`` (DoubleArray), stamped with the event's time.
+* Window aggregates, waveform features and the machine state (``state``, ``runtime.<state>``)
+  are metrics of the device's data. The machine state's side document (``device_topic(device,
+  "state")``) is not published outside the namespace: it sets those metrics' current values,
+  which the device's DBIRTH carries.
 * Quality property codes are the specification's: 0 for a bad reading, 500 (stale) for an
   uncertain one.
 
@@ -89,6 +96,7 @@ class _Device:
         self.stamps: dict[str, int] = {}  # ms of each current value
         self.quality: dict[str, int] = {}  # Quality code of current values that are not good
         self.newest_ms = 0  # newest batch timestamp sent in this session
+        self.reborn = False  # a metric was added outside a batch: the next batch re-births
 
 
 @dataclass(slots=True)
@@ -275,15 +283,22 @@ class SparkplugFormat(Format):
             if code is not None:
                 _quality_property(m, code)
         dev.born = True
+        dev.reborn = False
         return Message(self.topic("DBIRTH", name), payload.SerializeToString(), qos=0)
 
     def _births(self) -> list[Message]:
-        """NBIRTH, then at once a DBIRTH for every device that is up and whose metrics are
-        known: all births before any data (tck-id-payloads-dbirth-order)."""
+        """NBIRTH, then at once a DBIRTH for every device whose metrics are known: all births
+        before any data (tck-id-payloads-dbirth-order). A device that is down is born with null
+        values and dies at once (DDEATH): a host then shows a configured device that does not
+        answer as offline, not as unknown."""
         out = [self._nbirth()]
+        dead = []
         for name, dev in self._devices.items():
-            if dev.status != "down" and (dev.types or self._declared.get(name)):
+            if dev.types or self._declared.get(name):
                 out.append(self._dbirth(name, dev))
+                if dev.status == "down":
+                    dead.append((name, dev))
+        out.extend(self._ddeath(name, dev) for name, dev in dead)
         return out
 
     def _session_births(self) -> list[Message]:
@@ -327,11 +342,40 @@ class SparkplugFormat(Format):
         return f"{self.prefix}/{device}/{kind}"
 
     def side_message(self, topic: str, payload: bytes) -> Message | None:
-        """None: a Sparkplug edge node publishes nothing outside its namespace. The machine
-        state travels as the device's ``state`` and ``runtime.<state>`` metrics (DDATA, and
-        the DBIRTH gives a late host the current one, as a retained message would); a retained
-        side topic would also precede the NBIRTH after each connect, which Sparkplug forbids
-        (tck-id-principles-birth-certificates-order)."""
+        """None: a Sparkplug edge node publishes nothing outside its namespace (a retained side
+        topic would also precede the NBIRTH after each connect, which Sparkplug forbids:
+        tck-id-principles-birth-certificates-order). The machine state travels as the device's
+        ``state`` and ``runtime.<state>`` metrics in its data; the side document
+        (``{"state", "since", "ts", "runtime": {...}}``) is taken in as their current values,
+        so the device's DBIRTH gives a host the current state, as a retained message would,
+        also after a restart or a reload that built this format afresh."""
+        device, _, kind = topic.removeprefix(f"{self.prefix}/").rpartition("/")
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return None
+        if kind != "state" or not device or not isinstance(doc, dict):
+            return None
+        values: dict[str, Any] = {}
+        if isinstance(doc.get("state"), str):
+            values["state"] = doc["state"]
+        runtime = doc.get("runtime")
+        if isinstance(runtime, dict):
+            values.update(
+                (f"runtime.{k}", float(v))
+                for k, v in runtime.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            )
+        ts = doc.get("ts")
+        dev = self._devices.setdefault(device, _Device())
+        for metric, value in values.items():
+            known = dev.types.get(metric)
+            if known is None or not fits(known, value):
+                dev.types[metric] = int(pb.String) if metric == "state" else int(pb.Double)
+                dev.reborn = dev.born  # the host must learn the metric before any DDATA has it
+            dev.latest[metric] = value
+            if isinstance(ts, int) and not isinstance(ts, bool):
+                dev.stamps[metric] = ts
         return None
 
     def status_changed(
@@ -368,7 +412,7 @@ class SparkplugFormat(Format):
                 row.created * 1000 < self._birth_ms - self._grace_ms or row.ts_ms < dev.newest_ms
             )
             dev.newest_ms = max(dev.newest_ms, row.ts_ms)
-            if not r.values and dev.status == "down" and r.kind == "data":
+            if self._lost(dev, r):
                 # The all-bad batch of a lost device: DDEATH says it (once).
                 msg = self._ddeath(r.device, dev) if dev.born else None
                 out.append(Packed(msg, (row,)))
@@ -376,7 +420,22 @@ class SparkplugFormat(Format):
             births = self._prepare(dev, r, row.ts_ms, historical)
             out.extend(Packed(m, ()) for m in births)
             out.append(Packed(self._ddata(dev, r, row.ts_ms, historical), (row,)))
+        for name in dict.fromkeys(r.device for r in read):
+            dev = self._devices[name]
+            if dev.status == "down" and dev.born:
+                # What was buffered while the device was still up went out under a DBIRTH; the
+                # host must not be left believing a lost device is online.
+                out.append(Packed(self._ddeath(name, dev), ()))
         return out
+
+    def _lost(self, dev: _Device, r: _Row) -> bool:
+        """A data batch of a device that is down in which none of its own tags has a value:
+        what a lost device yields (every tag bad, plus what the agent derives from that, such
+        as the machine state ``stopped``). Its DDEATH says it all."""
+        if r.kind != "data" or dev.status != "down":
+            return False
+        declared = self._declared.get(r.device)
+        return not any(k in declared for k in r.values) if declared else not r.values
 
     def _prepare(self, dev: _Device, r: _Row, ts_ms: int, historical: bool) -> list[Message]:
         """A DBIRTH when the host does not know this device or one of these metrics yet."""
@@ -404,7 +463,7 @@ class SparkplugFormat(Format):
                     dev.latest.pop(metric, None)
                     dev.stamps[metric] = r.stamps.get(metric, ts_ms)
                 dev.quality[metric] = code
-        if dev.born and not changed:
+        if dev.born and not changed and not dev.reborn:
             return []
         return [self._dbirth(r.device, dev)]
 
