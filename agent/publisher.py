@@ -41,6 +41,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from agent.buffer import Buffer, BufferError, StoredBatch
@@ -205,6 +207,7 @@ class Publisher:
             except TimeoutError:
                 break
         await self._flush_acks()
+        await self._flush_unpackable()
         if not self._lost.is_set():
             # The will is only sent on an unclean loss; a clean stop says offline itself.
             for msg in self._fmt.offline():
@@ -212,7 +215,11 @@ class Publisher:
                 await asyncio.to_thread(
                     _wait_published, info, max(0.1, deadline - time.monotonic())
                 )
-        client.disconnect()
+        if self.protocol == V5 and self._fmt.will_on_clean_stop:
+            # Reason code 4 asks the broker to publish the will as well.
+            client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+        else:
+            client.disconnect()
 
     # -- connecting -------------------------------------------------------------------------------
 

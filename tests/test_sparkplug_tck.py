@@ -23,9 +23,8 @@ recorded traffic.
 
 The edge node runs with ``qos: 0``, the letter of the specification for DDATA; the default
 ``qos: 1`` sends DDATA at QoS 1 on purpose (the buffer deletes a batch on PUBACK), the one
-documented deviation. ``payloads-ndeath-will-message-publisher-disconnect-mqtt50`` is an
-expected failure (strict): the publisher sends its MQTT 5 DISCONNECT with reason code 0, not 4
-("disconnect with will message"); the fix belongs to agent/publisher.py.
+documented deviation. On MQTT 5 a clean stop publishes the NDEATH and then sends DISCONNECT with
+reason code 4 ("disconnect with will message"), as the TCK's text requires.
 
 UInt32 travels in ``int_value`` as the specification's table says (sparkplug issue #102, TCK
 pull request #469), not in ``long_value`` as older Tahu code did.
@@ -539,8 +538,9 @@ async def _main(tmp: Path) -> Run:
             await wire.wait_for(
                 lambda: any(p.topic == ddata_d1 for p in wire.connections[-1].up("PUBLISH"))
             )
-            await edge.stop()  # a clean stop: NDEATH, then DISCONNECT
-            await host.wait_for(lambda ms: len([m for m in ms if "/NDEATH/" in m.topic]) == 2)
+            await edge.stop()  # a clean stop: NDEATH, then DISCONNECT with reason code 4
+            # ... after which the broker delivers the will too (same bdSeq): three in all.
+            await host.wait_for(lambda ms: len([m for m in ms if "/NDEATH/" in m.topic]) == 3)
         finally:
             await edge.stop()  # a clean stop: NDEATH, then DISCONNECT
             await wire.wait_for(lambda: all(c.closed is not None for c in wire.connections))
@@ -996,7 +996,8 @@ def _bdseq_matches_will(run: Run) -> None:
         assert _bdseq(s.msg) == _bdseq(wills[s.conn])
     assert [_bdseq(w) for w in wills.values()] == [0, 1]
     delivered = [pb.Payload.FromString(m.payload) for m in run.host if "/NDEATH/" in m.topic]
-    assert [_bdseq(d) for d in delivered] == [0, 1]  # the will of session 1, the clean stop's
+    # The will of session 1, then the clean stop's NDEATH and its will (reason code 4).
+    assert [_bdseq(d) for d in delivered] == [0, 1, 1]
     [stop] = run.sent("NDEATH")
     assert _bdseq(stop.msg) == _bdseq(wills[stop.conn]) == 1
 
@@ -1024,7 +1025,7 @@ def _bdseq_per_connect_packet(run: Run) -> None:
 def _ndeath_only_bdseq(run: Run) -> None:
     deaths = [w for _, w in run.wills()] + [s.msg for s in run.sent("NDEATH")]
     deaths += [pb.Payload.FromString(m.payload) for m in run.host if "/NDEATH/" in m.topic]
-    assert len(deaths) == 5
+    assert len(deaths) == 6
     for d in deaths:
         assert [m.name for m in d.metrics] == ["bdSeq"]
 
@@ -1375,13 +1376,14 @@ def _device_death(run: Run) -> None:
      "payloads-ndeath-will-message-publisher",
      "operational-behavior-edge-node-intentional-disconnect-packet")  # fmt: skip
 def _clean_stop_v5(run: Run) -> None:
-    """A clean stop: NDEATH (QoS 1, the session's bdSeq) is the last PUBLISH, then DISCONNECT;
-    the broker then sends no will (the host got exactly one NDEATH per session)."""
+    """A clean stop: NDEATH (QoS 1, the session's bdSeq) is the last PUBLISH, then DISCONNECT
+    with reason code 4, so the broker delivers the will as well: the host sees the session's
+    death twice with the same bdSeq (and the lost session's will before)."""
     last = run.accepted()[-1][1]
     publishes, [disconnect] = last.up("PUBLISH"), last.up("DISCONNECT")
     assert publishes[-1].topic == _node_topic("NDEATH") and publishes[-1].qos == 1
     assert publishes[-1].order < disconnect.order
-    assert len([m for m in run.host if "/NDEATH/" in m.topic]) == 2
+    assert len([m for m in run.host if "/NDEATH/" in m.topic]) == 3
 
 
 @tck("v311", "payloads-ndeath-will-message-publisher-disconnect-mqtt311")
@@ -1536,11 +1538,6 @@ def _params() -> list[Any]:
     out = []
     for tck_id, (scenario, _) in sorted(CHECKS.items()):
         marks: list[Any] = [pytest.mark.slow] if scenario in SLOW else []
-        if tck_id == "payloads-ndeath-will-message-publisher-disconnect-mqtt50":
-            marks.append(pytest.mark.xfail(
-                strict=True,
-                reason="agent/publisher.py disconnects with reason code 0; 3.0 wants 4",
-            ))  # fmt: skip
         out.append(pytest.param(tck_id, marks=marks, id=f"tck-id-{tck_id}"))
     return out
 

@@ -87,6 +87,11 @@ class Format(abc.ABC):
     max_payload: int | None = None
     #: whether the platform keeps retained messages (Alibaba, AWS and Azure do not need them)
     retain_supported = True
+    #: On a clean stop over MQTT 5, after ``offline()``, DISCONNECT with reason code 4
+    #: ("disconnect with will message") so that the broker publishes the will too: Sparkplug 3.0
+    #: requires it (tck-id-payloads-ndeath-will-message-publisher-disconnect-mqtt50; the NDEATH
+    #: it repeats carries the same bdSeq, which a host takes as the same death).
+    will_on_clean_stop = False
     #: data messages per second the platform allows per connection; None: no limit
     max_rate: float | None = None
 

@@ -190,6 +190,7 @@ def _quality_property(metric: Any, code: int) -> None:
 
 class SparkplugFormat(Format):
     name = "sparkplug"
+    will_on_clean_stop = True
 
     def __init__(
         self,
