@@ -1,0 +1,58 @@
+"""The format registry (entry points ``edge_agent.formats``) and the stream kinds registry agree
+with what the config accepts and with what the seams matrix covers."""
+
+from __future__ import annotations
+
+import typing
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from agent.config.models import FormatName
+from agent.formats import registry
+from agent.formats.base import Format
+from agent.formats.registry import FormatConflictError, available_formats, load_format
+from agent.streams import STREAM_KINDS, StreamKind
+from tests.platforms.dialects import DIALECTS
+
+
+def test_config_accepts_exactly_the_registered_formats() -> None:
+    """``mqtt.format`` keeps its own list (it is validated without importing any format): a
+    format registered but refused by the config, or accepted but not installed, fails here."""
+    assert set(typing.get_args(FormatName)) == set(available_formats())
+
+
+@pytest.mark.parametrize("name", sorted(available_formats()))
+def test_every_entry_point_loads_a_format_of_its_own_name(name: str) -> None:
+    cls = load_format(name)
+    assert issubclass(cls, Format) and cls.name == name
+
+
+@pytest.mark.parametrize("name", sorted(available_formats()))
+def test_every_registered_format_has_a_dialect_adapter(name: str) -> None:
+    """The seams matrix runs a format only through its adapter; a new format without one would
+    pass unseen."""
+    assert name in DIALECTS, f"tests/platforms/dialects.py has no adapter for format {name!r}"
+    assert DIALECTS[name].format == name
+
+
+def test_two_formats_claiming_one_name_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    group = registry.GROUP
+    clash = [
+        EntryPoint("json", "agent.formats.jsonfmt:JsonFormat", group),
+        EntryPoint("json", "someone.else:Json", group),
+    ]
+    monkeypatch.setattr(registry, "entry_points", lambda group: clash)
+    with pytest.raises(FormatConflictError, match="two formats are named 'json'"):
+        available_formats()
+
+
+def test_an_entry_point_that_is_no_format_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = [EntryPoint("odd", "agent.streams:StreamKind", registry.GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: odd)
+    with pytest.raises(TypeError, match="not a subclass of Format"):
+        load_format("odd")
+
+
+def test_stream_kinds_are_listed_once_with_unique_names() -> None:
+    assert len({k.value for k in STREAM_KINDS}) == len(STREAM_KINDS) == len(StreamKind)
