@@ -44,6 +44,7 @@ from simulators.modbus_map import POINTS
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import free_port
 from tests.e2e import Delivery, until
+from tests.faultproxy import FaultProxy
 from tests.platforms.dialects import AGENT_ID, DIALECTS, GATEWAY, VARIANTS, Arrived, Dialect
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quiet_pymodbus")]
@@ -259,6 +260,8 @@ class Cell:
         self.sim = ModbusSimulator(port=free_port(), units=(1, 2, 3), update_interval=0.05)
         self.dead_port = free_port()  # nothing listens there
         self.agent: Agent | None = None
+        #: between the agent and the broker, to lose the link uncleanly (the broker stays)
+        self.proxy = FaultProxy(dialect.broker.port)
 
     def devices(self, *names: str, changed: bool = False) -> list[dict[str, Any]]:
         units = {"m1": 1, "m2": 2, "m3": 3}
@@ -273,7 +276,7 @@ class Cell:
 
     def write(self, variant: int, devices: list[dict[str, Any]]) -> None:
         self.dialect.devices[variant] = [d["name"] for d in devices]
-        write_config(self.cfg, self.dialect, variant, self.dialect.broker.port, devices)
+        write_config(self.cfg, self.dialect, variant, self.proxy.port, devices)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Agent]:
@@ -397,6 +400,27 @@ class Cell:
         # commits up to three batches: a closed window, its own, an event).
         assert sum(map(len, delivery.waiting.values())) <= 9, delivery.waiting
 
+    async def lose_link(self, variant: int) -> None:
+        """The agent's connection dies uncleanly (an RST; the broker stays): the platform hears
+        the gateway's will where the dialect has one, then the gateway online again, under the
+        options of ``variant`` (the will is the running format's, also after a reload)."""
+        agent = self.agent
+        assert agent is not None
+        since, sessions = len(self.messages()), agent.publisher.sessions
+        self.proxy.set("reset")
+        await until(lambda: not agent.publisher.connected.is_set(), timeout=10)
+        self.proxy.set("pass")
+        await until(lambda: agent.publisher.sessions > sessions, timeout=10)
+        if not self.dialect.says_offline:
+            await self.online(variant, since)
+            return
+
+        def will_then_online(arrived: Arrived) -> list[str]:
+            said = arrived.of(GATEWAY, StreamKind.GATEWAY_STATUS)
+            return [] if False in said and said[-1] is True else [f"gateway: {said}"]
+
+        await self.wait(will_then_online, variant, since)
+
     async def said_offline(self) -> None:
         """A clean stop tells the platform the gateway is offline, where the dialect can."""
         if not self.dialect.says_offline:
@@ -423,7 +447,7 @@ async def cell(
     c.written = {}
     dialect.start()
     try:
-        async with c.sim:
+        async with c.sim, c.proxy:
             for unit in (1, 2, 3):
                 prime(c.sim, unit)
             yield c
@@ -444,6 +468,7 @@ async def _fresh(cell: Cell) -> None:
         await cell.online(0)
         await cell.everything(0, {"m1": Expect(), "m2": Expect()}, {"m9": Expect()})
         cell.writes_reached_the_devices()
+        await cell.lose_link(0)
         await cell.settle()
     await cell.said_offline()
     await cell.every_batch_once(dead={"m9"})
@@ -476,6 +501,7 @@ async def _reload(cell: Cell) -> None:
         problems = cell.dialect.options_applied(cell.messages(), "m3")
         assert not problems, f"{cell.column}: {problems}"
         cell.writes_reached_the_devices()
+        await cell.lose_link(1)
         await cell.settle()
     await cell.said_offline()
     await cell.every_batch_once(dead={"m9"})

@@ -151,7 +151,8 @@ class Dialect(abc.ABC):
     shows_empty_batches: ClassVar[bool] = True
     #: whether batches carry the buffer's seq (else they are told apart by content)
     keyed_by_seq: ClassVar[bool] = False
-    #: whether a clean stop tells the platform the gateway is offline
+    #: whether the platform hears that the gateway went offline (its MQTT will, and on a clean
+    #: stop the same message)
     says_offline: ClassVar[bool] = False
 
     def __init__(self, workdir: Path) -> None:
@@ -940,8 +941,9 @@ class SparkplugDialect(Dialect):
     """Sparkplug B 3.0 (README "Sparkplug B"), every payload decoded by protoc: NBIRTH/NDEATH
     (the gateway), DBIRTH/DDEATH (a device up/down; a device never born is not online), DDATA by
     alias, alarm events as metrics ``Events/<alarm>/<field>``, the machine state as the
-    ``state`` metric (its current value in the DBIRTH, changes in DDATA). DCMD has no reply: the written value showing up in the device's data is
-    the answer. The reload moves the node to another group."""
+    ``state`` metric (its current value in the DBIRTH, changes in DDATA). DCMD has no reply:
+    the written value showing up in the device's data is the answer. The reload moves the node
+    to another group."""
 
     format = "sparkplug"
     shows_empty_batches = False  # the all-bad batch of a lost device is said by its DDEATH
