@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 
 from tests.brokers import free_port
-from tests.readme import ReadmeSection
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "systemd" / "install.sh"
 UNIT = REPO / "systemd" / "edge-agent.service"
-INSTALLING = ReadmeSection("Installing on a gateway")
-ZH = REPO / "README.zh-CN.md"
+#: The page that documents installing, and its Simplified Chinese twin.
+INSTALLING = REPO / "docs" / "operations.md"
+ZH = REPO / "docs" / "zh-CN" / "operations.md"
 #: What `systemd-analyze security` may rate the unit at most (0 = locked down, 10 = exposed).
 MAX_EXPOSURE = 2.5
 
@@ -180,15 +180,17 @@ def test_unit_security_exposure(tmp_path: Path) -> None:
         assert line.startswith("✓"), (setting, line)
 
 
-# -- serial ports: the unit, the README's table of device groups and its drop-in example agree ----
+# -- serial ports: the unit, the docs' table of device groups and their drop-in example agree ----
 
 
 def install_section(lang: str) -> str:
-    """The "Installing on a gateway" section as the integrator reads it, in either language."""
-    if lang == "en":
-        return INSTALLING.read_text()
-    text = ZH.read_text(encoding="utf-8")
-    start = text.index("\n## 在网关上安装\n") + 1
+    """The "Installing on a gateway" part of the operations page as the integrator reads it, in
+    either language."""
+    page, heading = (
+        (INSTALLING, "Installing on a gateway") if lang == "en" else (ZH, "在网关上安装")
+    )
+    text = page.read_text(encoding="utf-8")
+    start = text.index(f"\n## {heading}\n") + 1
     return text[start : text.index("\n## ", start)]
 
 

@@ -1,4 +1,5 @@
-"""The operations docs (README.md, README.zh-CN.md) tell the truth."""
+"""The operations docs (docs/operations.md, its Simplified Chinese twin, and the Chinese pages as a
+whole) tell the truth."""
 
 from __future__ import annotations
 
@@ -11,13 +12,34 @@ import pytest
 from agent.config import load_config
 from agent.drivers import load_drivers
 from agent.status_cli import print_status
-from tests.readme import ReadmeSection
 from tests.test_ops_dashboards import exported
 from tests.test_status_page import snapshot
 
 REPO = Path(__file__).resolve().parent.parent
-OPERATIONS = ReadmeSection("Installing on a gateway", "Day-to-day operation")
-ZH = REPO / "README.zh-CN.md"
+DOCS = REPO / "docs"
+OPERATIONS = DOCS / "operations.md"
+ZH = DOCS / "zh-CN" / "operations.md"
+
+
+class Pages:
+    """Every page under a folder, read like one file: the Simplified Chinese pages together are what
+    README.zh-CN.md once held, so their examples and metric names are checked as a whole."""
+
+    suffix = ".md"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        pages = sorted(self.folder.rglob("*.md"))
+        assert pages, self.folder
+        return "".join(page.read_text(encoding=encoding) for page in pages)
+
+    def __repr__(self) -> str:
+        return f"{self.folder.relative_to(REPO)}/**/*.md"
+
+
+ZH_PAGES = Pages(DOCS / "zh-CN")
 
 
 def yaml_blocks(path: Path) -> list[str]:
@@ -25,8 +47,9 @@ def yaml_blocks(path: Path) -> list[str]:
 
 
 #: How a documentation block becomes a whole config: a block is a whole file, the ``devices:``
-#: section of one, a list of device entries, or a fragment of a device (checked with the English
-#: section's own test, which knows where it goes).
+#: section of one, a list of device entries (the device pages show them as they sit under
+#: ``devices:``), or a fragment of a device (checked with the English page's own test, which knows
+#: where it goes).
 _AGENT = "agent:\n  id: doc\n"
 
 
@@ -36,12 +59,12 @@ def _as_config(block: str) -> str | None:
         return block if "\nagent:" in "\n" + block else _AGENT + block
     if first.startswith("devices:"):
         return _AGENT + block
-    if first.startswith("- "):
+    if first.startswith(("- ", "  - ")):  # at the margin, or indented as under ``devices:``
         return _AGENT + "devices:\n" + block
     return None
 
 
-@pytest.mark.parametrize("doc", [ZH, REPO / "config/edge-agent.yaml"])
+@pytest.mark.parametrize("doc", [ZH_PAGES, REPO / "config/edge-agent.yaml"])
 def test_yaml_examples_validate(doc: Path, tmp_path: Path) -> None:
     blocks = yaml_blocks(doc) if doc.suffix == ".md" else [doc.read_text()]
     assert blocks
@@ -57,16 +80,29 @@ def test_yaml_examples_validate(doc: Path, tmp_path: Path) -> None:
     assert checked >= len(blocks) // 2, "most examples are whole configs or device lists"
 
 
-def test_sections_the_readme_splices() -> None:
+def test_the_operations_page_and_its_twin_have_both_parts() -> None:
+    """Installing, then day-to-day operation, in both languages; the Chinese page leads on to the
+    Chinese configuration and device pages (what README.zh-CN.md held between those two parts)."""
     text = OPERATIONS.read_text(encoding="utf-8")
-    assert text.startswith("## Installing on a gateway\n")
-    assert "\n## Day-to-day operation\n" in text
+    assert text.startswith("# ")
+    assert (
+        0 < text.index("\n## Installing on a gateway\n") < text.index("\n## Day-to-day operation\n")
+    )
     zh = ZH.read_text(encoding="utf-8")
-    for heading in ("## 在网关上安装", "## 配置", "## 接入设备", "## 日常运维"):
+    assert zh.startswith("# ")
+    for heading in ("## 在网关上安装", "## 日常运维"):
         assert f"\n{heading}\n" in zh
+    assert zh.index("\n## 在网关上安装\n") < zh.index("\n## 日常运维\n")
+    for link in (
+        "](configuration.md)",
+        "](devices/modbus.md)",
+        "](devices/serial.md)",
+        "](devices/opcua.md)",
+    ):
+        assert link in zh, link
 
 
-@pytest.mark.parametrize("doc", [OPERATIONS, ZH])
+@pytest.mark.parametrize("doc", [OPERATIONS, DOCS / "processing.md", ZH, ZH_PAGES])
 def test_metrics_named_in_the_docs_exist(doc: Path) -> None:
     names = exported()
     for metric in set(re.findall(r"`(edge_agent_[a-z_]+)", doc.read_text(encoding="utf-8"))):

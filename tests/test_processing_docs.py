@@ -1,5 +1,5 @@
-"""The "Edge processing" README section tells the truth: its pump example is the shipped config
-and validates, its state snippet validates, it names every processing key."""
+"""The "Edge processing" page (docs/processing.md) tells the truth: its pump example is the shipped
+config and validates, its state snippet validates, it names every processing key."""
 
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ from drivers.processing_models import (
     WindowSpec,
     ZoneSpec,
 )
-from tests.readme import ReadmeSection
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ReadmeSection("Edge processing")
+DOC = ROOT / "docs" / "processing.md"
 
 
 def _blocks() -> list[str]:

@@ -1,5 +1,6 @@
-"""The degrading pump through the README's pump config: the bearing alarm comes before the
-fault's end of life and never while the bearing is healthy; counters and state follow the pump.
+"""The degrading pump through the pump config docs/processing.md shows: the bearing alarm comes
+before the fault's end of life and never while the bearing is healthy; counters and state follow
+the pump.
 
 The pump's model is driven on simulated time (no network), and the batches carry simulated
 timestamps, so the config's delays (``for: 10m``) and learning period (``learn: 7d``) mean what
