@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm test test-fast lint typecheck schema proto bench soak clean
+.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm test test-fast lint typecheck schema reference proto bench soak clean
 
 venv: $(VENV)/.installed
 
@@ -63,6 +63,10 @@ typecheck: venv
 
 schema: venv
 	$(VENV)/bin/edge-agent schema > config/schema.json
+
+# docs/reference/config.md: every config key, generated from the schema (a test keeps it current).
+reference: venv
+	$(VENV)/bin/edge-agent schema --markdown > docs/reference/config.md
 
 # Sparkplug B: regenerate the committed Python module from the .proto (needs protobuf-compiler).
 proto:

@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar=("DEVICE", "FRAME"),
         help="show the tags one frame (escapes allowed, e.g. 'ST,GS,+0012.34 kg') yields",
     )
-    sub.add_parser("schema", help="print the JSON Schema of the config file")
+    schema = sub.add_parser("schema", help="print the JSON Schema of the config file")
+    schema.add_argument(
+        "--markdown", action="store_true", help="print it as the reference page (Markdown)"
+    )
     run = sub.add_parser("run", help="run the agent until SIGTERM or SIGINT")
     run.add_argument("-c", "--config", required=True, metavar="FILE")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -176,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     if args.command == "schema":
+        if args.markdown:
+            from agent.reference import config_reference
+
+            sys.stdout.write(config_reference(config_schema(drivers)))
+            return EXIT_OK
         print(json.dumps(config_schema(drivers), indent=2))
         return EXIT_OK
     if args.command == "validate":
