@@ -1,14 +1,15 @@
-"""The README's general claims about device-side keys and commands, checked for every driver.
+"""The docs' general claims about device-side keys and commands, checked for every driver.
 
-The README says that the edge-processing keys (deadband, deadband_percent, max_silence, window,
-waveform, counter, alarms, state) work on any device, that ``profile`` merges tags, that a
-device's ``commands`` limit and ``enabled`` are keys of every driver, that writes are off unless
-a tag allows them, that ``edge-agent read`` and ``edge-agent status`` (and the status page) show
-any device, and so on. A claim of that kind is only as good as the driver nobody tried it on, so
-the tests here are generated from the driver registry (``load_drivers()``, the entry points of
-``edge_agent.drivers``), not from a hand-picked list: a new driver is covered without editing
-this file, and until it has an entry in ``KINDS`` (how to get a live device of it) every live
-test fails with a message saying so.
+The docs (docs/configuration.md, the device pages under docs/devices/, docs/processing.md and
+docs/operations.md; the README before them) say that the edge-processing keys (deadband,
+deadband_percent, max_silence, window, waveform, counter, alarms, state) work on any device, that
+``profile`` merges tags, that a device's ``commands`` limit and ``enabled`` are keys of every
+driver, that writes are off unless a tag allows them, that ``edge-agent read`` and ``edge-agent
+status`` (and the status page) show any device, and so on. A claim of that kind is only as good as
+the driver nobody tried it on, so the tests here are generated from the driver registry
+(``load_drivers()``, the entry points of ``edge_agent.drivers``), not from a hand-picked list: a new
+driver is covered without editing this file, and until it has an entry in ``KINDS`` (how to get a
+live device of it) every live test fails with a message saying so.
 
 A driver can have several kinds of device that behave differently enough to break a claim
 (OPC UA subscribes or polls; a serial instrument streams or answers requests, and in poll mode
@@ -48,6 +49,7 @@ from simulators.opcua_cnc import WAVE_POINTS, CncSimulator
 from simulators.serial_instruments import OvenSimulator, ScaleSimulator
 from tests.brokers import Mosquitto, Received, Subscriber, free_port
 from tests.e2e import until
+from tests.readme import DOCS
 
 DRIVERS = load_drivers()
 
@@ -684,7 +686,7 @@ live = pytest.mark.slow  # each kind's scenario takes several seconds (once per 
 
 @live
 def test_profile_tags_come_first_and_the_devices_own_are_added(record: Record) -> None:
-    """README Configuration: ``profile: ...  # its tags come first, the device's own tags are
+    """docs/configuration.md: ``profile: ...  # its tags come first, the device's own tags are
     added``."""
     assert record.tag_order[:2] == ["plain", "other"], record.tag_order
     first = record.data()[0]
@@ -843,7 +845,8 @@ def test_an_alarm_raises_and_clears(record: Record) -> None:
 
 @live
 def test_writes_are_off_unless_a_tag_allows_them_within_its_range(record: Record) -> None:
-    """README: writes are off unless a tag says ``writable: true``; ``min``/``max`` bound the
+    """docs/devices/modbus.md "Writes from the cloud" (and docs/configuration.md for
+    ``commands``): writes are off unless a tag says ``writable: true``; ``min``/``max`` bound the
     value; the device holds what the reply confirms; a device's ``commands`` limit (every
     driver's devices take it) refuses the excess."""
     replies = record.replies
@@ -867,9 +870,17 @@ def test_writes_are_off_unless_a_tag_allows_them_within_its_range(record: Record
 def test_a_driver_without_writes_refuses_writable_in_the_config(
     tmp_path: Path, kind: Kind | str
 ) -> None:
-    """The driver's README section says which drivers write; a driver that does not must refuse
-    ``writable: true`` at ``validate``, not accept it and refuse every command later."""
+    """The driver's page (docs/devices/<driver>.md) says whether it writes; a driver that does
+    not must refuse ``writable: true`` at ``validate``, not accept it and refuse every command
+    later, and its page must say so."""
     kind = need_kind(kind)
+    page = DOCS / "devices" / f"{kind.driver}.md"
+    said = " ".join(page.read_text(encoding="utf-8").split())
+    if writes_supported(DRIVERS[kind.driver]):
+        assert " ## Writes from the cloud " in said, page
+    else:
+        assert "does not write" in said, page
+        assert "`writable: true` is refused by `validate`" in said, page
     cfg = one_device_config(tmp_path, kind, {"tags": [tag(kind, "t", writable=True)]})
     found = problems(cfg)
     if writes_supported(DRIVERS[kind.driver]):
@@ -998,7 +1009,7 @@ def test_every_processing_key_is_taken_by_every_driver(tmp_path: Path, kind: Kin
 def test_unknown_and_duplicate_keys_and_duplicate_tags_after_a_profile_are_errors(
     tmp_path: Path, kind: Kind | str
 ) -> None:
-    """README Configuration: unknown keys and duplicate keys are errors, and so are duplicate
+    """docs/configuration.md: unknown keys and duplicate keys are errors, and so are duplicate
     tag names after a profile is merged, whatever the driver."""
     kind = need_kind(kind)
     cfg = one_device_config(

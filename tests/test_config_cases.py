@@ -59,3 +59,23 @@ def test_case(case: Path) -> None:
 
 def test_corpus_is_not_empty() -> None:
     assert len(CASES) >= 15
+
+
+@pytest.mark.parametrize(
+    ("page", "heading"),
+    [
+        (ROOT / "docs" / "configuration.md", "## When the config is wrong"),
+        (ROOT / "docs" / "zh-CN" / "configuration.md", "## 配置有错时"),
+    ],
+    ids=["en", "zh-CN"],
+)
+def test_the_configuration_page_names_the_corpus_this_test_reads(page: Path, heading: str) -> None:
+    """docs/configuration.md (and its twin) tell an integrator where the corpus is and that a
+    case is two files: every folder it names is one this test reads, and it holds cases."""
+    text = page.read_text(encoding="utf-8")
+    section = text[text.index(f"\n{heading}\n") :]
+    named = [ROOT / d for d in re.findall(r"`((?:tests|drivers)/[\w/]+)/`", section)]
+    assert named, "the page names the corpus folders"
+    for folder in named:
+        assert folder in DIRS, folder
+        assert any(folder.glob("*.yaml")), folder

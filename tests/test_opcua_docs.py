@@ -1,5 +1,7 @@
-"""The README's "Connecting OPC UA servers" tells the truth: its configs validate, its openssl
-recipe makes a certificate the server accepts, and the certificate fetch saves the server's."""
+"""The page "Connecting OPC UA servers" (docs/devices/opcua.md) and its Simplified Chinese twin
+tell the truth: their configs validate (the twin's are the same devices), the openssl recipe makes
+a certificate the server accepts, the certificate fetch saves the server's, and every key of the
+driver is on the page."""
 
 from __future__ import annotations
 
@@ -20,34 +22,60 @@ from drivers.opcua.config import OpcuaDevice
 from drivers.opcua.driver import OpcuaDriver
 from simulators.opcua_cnc import POINTS, CncSimulator, ServerCert
 from tests.brokers import free_port
-from tests.readme import ReadmeSection
+from tests.readme import DOCS, code_words, driver_keys
 from tests.test_opcua_support import Pki, device, make_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-DOC = ReadmeSection("Connecting OPC UA servers")
+DOC = DOCS / "devices" / "opcua.md"
+ZH = DOCS / "zh-CN" / "devices" / "opcua.md"
 EDGE_AGENT = str(Path(sys.executable).with_name("edge-agent"))
 
 
-def _blocks(kind: str) -> list[str]:
-    text = DOC.read_text(encoding="utf-8")
-    assert text.startswith("## Connecting OPC UA servers")
+def _blocks(kind: str, page: Path = DOC) -> list[str]:
+    text = page.read_text(encoding="utf-8")
+    title = {DOC: "# Connecting OPC UA servers\n", ZH: "# 接入 OPC UA 服务器\n"}[page]
+    assert text.startswith(title)
     return [textwrap.dedent(b) for b in re.findall(rf"```{kind}\n(.*?)```", text, re.S)]
 
 
-async def test_every_yaml_example_validates(tmp_path: Path) -> None:
-    blocks = _blocks("yaml")
+def _examples(page: Path, folder: Path) -> list[OpcuaDevice]:
+    blocks = _blocks("yaml", page)
     assert len(blocks) == 2
-    names = []
+    devices: list[OpcuaDevice] = []
+    folder.mkdir(exist_ok=True)
     for i, block in enumerate(blocks):
         body = block if re.search(r"^devices:", block, re.M) else "devices:\n" + block
-        path = tmp_path / f"example{i}.yaml"
+        path = folder / f"example{i}.yaml"
         path.write_text("agent:\n  id: doc\n" + body, encoding="utf-8")
         config = load_config(path, load_drivers())
-        names += [d.name for d in config.devices]
-        for d in config.devices:
-            OpcuaDriver(d)  # and the driver takes it
-    assert names == ["lathe-3", "lathe-3", "press-7"]
+        devices += [d for d in config.devices if isinstance(d, OpcuaDevice)]
+    return devices
+
+
+async def test_every_yaml_example_validates(tmp_path: Path) -> None:
+    devices = _examples(DOC, tmp_path)
+    for d in devices:
+        OpcuaDriver(d)  # and the driver takes it
+    assert [d.name for d in devices] == ["lathe-3", "lathe-3", "press-7"]
+
+
+async def test_the_chinese_page_shows_the_same_devices_and_commands(tmp_path: Path) -> None:
+    """The twin translates the prose and the comments, never the configuration or a command."""
+    en, zh = _examples(DOC, tmp_path / "en"), _examples(ZH, tmp_path / "zh")
+    assert [d.model_dump() for d in zh] == [d.model_dump() for d in en]
+    assert _blocks("sh", ZH) == _blocks("sh")
+
+
+@pytest.mark.parametrize("page", [DOC, ZH], ids=["en", "zh-CN"])
+async def test_every_key_of_the_driver_is_on_the_page(page: Path) -> None:
+    """The page is where an integrator looks a key up: each key the driver adds to the common
+    ones (device, tag, connection, security) is named on it, and it links to the generated
+    reference."""
+    text = page.read_text(encoding="utf-8")
+    missing = driver_keys(OpcuaDevice) - code_words(text)
+    assert not missing, f"keys of driver opcua not on {page.name}: {sorted(missing)}"
+    assert "reference/config.md)" in text
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -100,7 +128,7 @@ async def test_the_openssl_recipe_makes_a_certificate_the_server_accepts(
 async def test_save_server_cert_as_written_saves_that_endpoints_certificate(
     sim: CncSimulator, pki: Pki, tmp_path: Path
 ) -> None:
-    """The README's command, run against the simulator: it saves the certificate and says
+    """The page's command, run against the simulator: it saves the certificate and says
     which endpoint's it is, with the thumbprint."""
     line = next(x for b in _blocks("sh") for x in b.splitlines() if "--save-server-cert" in x)
     argv = line.replace("opc.tcp://10.0.0.20:4840/cnc", sim.endpoint).split()

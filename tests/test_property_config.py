@@ -1,11 +1,11 @@
 """Generated mutations of valid configs: each one validates or is refused with file:line:col.
 
 The seeds are the configs we ship and document (``config/demo.yaml``, every driver's
-``sample.yaml``, the README's full examples). Mutations work on the text (a character inserted or
-deleted, a line duplicated, dropped or re-indented) and on the structure (a key deleted, renamed
-or duplicated, a value replaced by one of another type or an absurd one). The loader runs in
-process. Whatever comes out must be a ``Config`` or ``ConfigErrors`` whose every line has the
-contract's shape: never a traceback, never an issue without a position.
+``sample.yaml``, the full examples of the README and of the pages under docs/). Mutations work on
+the text (a character inserted or deleted, a line duplicated, dropped or re-indented) and on the
+structure (a key deleted, renamed or duplicated, a value replaced by one of another type or an
+absurd one). The loader runs in process. Whatever comes out must be a ``Config`` or ``ConfigErrors``
+whose every line has the contract's shape: never a traceback, never an issue without a position.
 """
 
 from __future__ import annotations
@@ -29,16 +29,30 @@ ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = load_drivers()
 
 
-def _readme_configs() -> list[str]:
-    """The README's yaml blocks that are whole files (they start with the agent section)."""
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
-    return [b for b in blocks if b.lstrip().startswith("agent:")]
+def _documented_configs() -> list[str]:
+    """The yaml blocks of the README and the docs/ pages that are whole files (they start with
+    the agent section), each once: docs/configuration.md's annotated example among them."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    blocks = [
+        b
+        for page in pages
+        for b in re.findall(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+        if b.lstrip().startswith("agent:")
+    ]
+    return list(dict.fromkeys(blocks))
+
+
+def _annotated_example() -> str:
+    """docs/configuration.md's annotated example: the whole file every key is explained on."""
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    found = re.search(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert found is not None
+    return found.group(1)
 
 
 def _seeds() -> list[str]:
     files = [ROOT / "config" / "demo.yaml", *sorted(ROOT.glob("drivers/*/sample.yaml"))]
-    return [f.read_text() for f in files] + _readme_configs()
+    return [f.read_text() for f in files] + _documented_configs()
 
 
 SEEDS = _seeds()
@@ -168,7 +182,8 @@ def _settings(examples: int) -> settings:
 
 
 def test_seeds_are_valid() -> None:
-    assert len(SEEDS) >= 4  # demo, two samples, the README's annotated example
+    assert len(SEEDS) >= 4  # demo, two samples, the annotated example
+    assert _annotated_example() in SEEDS
     for text in SEEDS:
         assert check(text) == "valid", text[:200]
 
