@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
 from agent.drivers import load_drivers
 from agent.status_cli import print_status
+from tests.doc_examples import load_example
 from tests.test_ops_dashboards import exported
 from tests.test_status_page import snapshot
 
@@ -46,38 +46,14 @@ def yaml_blocks(path: Path) -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
 
 
-#: How a documentation block becomes a whole config: a block is a whole file, the ``devices:``
-#: section of one, a list of device entries (the device pages show them as they sit under
-#: ``devices:``), or a fragment of a device (checked with the English page's own test, which knows
-#: where it goes).
-_AGENT = "agent:\n  id: doc\n"
-
-
-def _as_config(block: str) -> str | None:
-    first = next((ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")), "")
-    if first.startswith(("agent:", "mqtt:")):
-        return block if "\nagent:" in "\n" + block else _AGENT + block
-    if first.startswith("devices:"):
-        return _AGENT + block
-    if first.startswith(("- ", "  - ")):  # at the margin, or indented as under ``devices:``
-        return _AGENT + "devices:\n" + block
-    return None
-
-
 @pytest.mark.parametrize("doc", [ZH_PAGES, REPO / "config/edge-agent.yaml"])
 def test_yaml_examples_validate(doc: Path, tmp_path: Path) -> None:
+    """Every example, completed the way tests/doc_examples.py says (a whole file, a devices
+    section, a device list, a tag list, a device's keys), is a config the loader accepts."""
     blocks = yaml_blocks(doc) if doc.suffix == ".md" else [doc.read_text()]
     assert blocks
-    checked = 0
-    for i, block in enumerate(blocks):
-        text = _as_config(block)
-        if text is None:
-            continue
-        path = tmp_path / f"block{i}.yaml"
-        path.write_text(text, encoding="utf-8")
-        load_config(path, load_drivers())
-        checked += 1
-    assert checked >= len(blocks) // 2, "most examples are whole configs or device lists"
+    for block in blocks:
+        load_example(block, load_drivers(), tmp_path)
 
 
 def test_the_operations_page_and_its_twin_have_both_parts() -> None:
