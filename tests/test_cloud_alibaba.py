@@ -114,6 +114,7 @@ async def test_gateway_session_against_an_alibaba_shaped_broker(tmp_path: Path) 
     try:
         commands = press_commands(target)
         async with Rig(tmp_path, settings, fmt, commands, SECRET) as rig:
+            rig.publisher.device_status("press-1", "up", None, 1.0)  # only then logged in
             await rig.put("press-1", 3)
             await until(lambda: rig.buffer.stats().batches == 0, timeout=10)
             rig.publisher.device_status("press-1", "down", "timeout", 1.0)
@@ -140,3 +141,29 @@ def test_a_removed_device_keeps_its_identity_for_its_buffered_batches() -> None:
     assert packed.message is not None and [r.id for r in packed.rows] == [1]
     [sub] = json.loads(packed.message.payload)["params"]["subDevices"]
     assert sub["identity"] == {"productKey": SUB_PK, "deviceName": "gone"}
+
+
+def test_only_devices_that_answered_are_logged_in() -> None:
+    """The online state on the platform is the login: a device whose first poll has not
+    answered (or never will) is registered but not logged in; it is when it answers."""
+    subs = {"a": (SUB_PK, "a"), "b": (SUB_PK, "b")}
+    fmt = AlibabaFormat(GW_PK, GW_DN, subs, clock=lambda: TS / 1000)
+    fmt.online()
+    assert fmt.status_changed("a", "up", None, 0) == []  # no secret yet: logged in once registered
+    issued = [{"productKey": SUB_PK, "deviceName": n, "deviceSecret": "s"} for n in "ab"]
+    reaction = fmt.incoming(
+        f"/sys/{GW_PK}/{GW_DN}/thing/sub/register_reply",
+        json.dumps({"code": 200, "data": issued}).encode(),
+    )
+    assert reaction is not None
+    logins = [m for m in reaction.publish if m.topic.endswith("/combine/login")]
+    assert [json.loads(m.payload)["params"]["deviceName"] for m in logins] == ["a"]
+    [late] = fmt.status_changed("b", "up", None, 0)
+    assert late.topic.endswith("/combine/login")
+    assert json.loads(late.payload)["params"]["deviceName"] == "b"
+    # a device that comes and goes is logged out each time it goes (the second time too)
+    for _ in range(2):
+        [out] = fmt.status_changed("b", "down", "timeout", 0)
+        assert out.topic.endswith("/combine/logout")
+        [back] = fmt.status_changed("b", "up", None, 0)
+        assert back.topic.endswith("/combine/login")

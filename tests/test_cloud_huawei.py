@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from agent.buffer import StoredBatch
+from agent.formats.base import Message
 from agent.formats.huawei import HuaweiFormat, event_time, mqtt_credentials
 from tests.e2e import until
 from tests.platforms.common import RecordingTarget, press_commands
@@ -85,6 +86,7 @@ async def test_gateway_session_against_an_iotda_shaped_broker(tmp_path: Path) ->
     try:
         commands = press_commands(target)
         async with Rig(tmp_path, settings, fmt, commands, SECRET) as rig:
+            rig.publisher.device_status("press-1", "up", None, 1.0)  # OFFLINE until it answers
             await rig.put("press-1", 4)
             await until(lambda: rig.buffer.stats().batches == 0, timeout=10)
             iotda.command("9", "prod_press-1", "write", {"sp": 5})
@@ -121,3 +123,17 @@ def test_alarm_events_and_removed_devices_pack() -> None:
             "event_time": "20180724T174200Z",
         }
     ]
+
+
+def test_a_device_is_offline_until_it_answers() -> None:
+    """Announced OFFLINE at connect until its first poll answered: a device that does not
+    answer must not show ONLINE until its poll times out."""
+    fmt = HuaweiFormat(GATEWAY, {"press-1": "prod_press-1"}, clock=lambda: WHEN)
+
+    def statuses(messages: list[Message]) -> list[str]:
+        docs = [json.loads(m.payload)["services"][0]["paras"] for m in messages]
+        return [s["status"] for d in docs for s in d["device_statuses"]]
+
+    assert statuses(fmt.online()) == ["OFFLINE"]
+    assert statuses(fmt.status_changed("press-1", "up", None, 0)) == ["ONLINE"]
+    assert statuses(fmt.online()) == ["ONLINE"]  # the next connect says what is known

@@ -8,9 +8,10 @@ What the platform documents and this implements:
   (the parameters sorted by name, concatenated without separators).
 * Sub-devices: at each connect the gateway registers them (``thing/sub/register``, dynamic
   registration: the platform returns each one's secret, so no sub-device secret is configured),
-  adds them to its topology (``thing/topo/add``) and logs them in (``combine/login``), each
-  signed like the gateway's own sign-in. A device that goes down is logged out, and in again
-  when it is back: the platform has no retained messages or wills, its online state is the login.
+  adds them to its topology (``thing/topo/add``) and logs in those that answered
+  (``combine/login``), each signed like the gateway's own sign-in. A device that goes down is
+  logged out, one that answers (again) logged in: the platform has no retained messages or
+  wills, its online state is the login, so a device not known to answer is not logged in.
 * Data: ``thing.event.property.pack.post`` from the gateway, several batches of several
   sub-devices per message (``{"value", "time"}`` per property), within the message size limit.
 * Writes: ``thing.service.property.set`` on a sub-device's topic goes through the command path;
@@ -101,7 +102,9 @@ class AlibabaFormat(Format):
         self._ids = 0
         self._secrets: dict[str, str] = {}
         self._logged_in: set[str] = set()
-        self._down: set[str] = set()
+        # Devices that answered (last status up). Only they are logged in: a device whose
+        # first poll has not answered yet, or never will, must not show online on a guess.
+        self._up: set[str] = set()
         self._ready = False
         self._sys = f"/sys/{product_key}/{device_name}/"
         self._session = f"/ext/session/{product_key}/{device_name}/"
@@ -176,13 +179,15 @@ class AlibabaFormat(Format):
         if device not in self.subs:
             return []
         if state == "down":
-            self._down.add(device)
+            self._up.discard(device)
             if device in self._logged_in:
                 self._logged_in.discard(device)
                 return [self._logout(device)]
             return []
-        self._down.discard(device)
+        self._up.add(device)
         if device in self._secrets and device not in self._logged_in:
+            # Recorded, or its next down would send no logout and leave it online.
+            self._logged_in.add(device)
             return [self._login(device)]
         return []
 
@@ -223,8 +228,8 @@ class AlibabaFormat(Format):
         topo = self._request(
             f"{self._sys}thing/topo/add", "thing.topo.add", [self._signed(d) for d in known]
         )
-        logins = [self._login(d) for d in known if d not in self._down]
-        self._logged_in.update(d for d in known if d not in self._down)
+        logins = [self._login(d) for d in known if d in self._up]
+        self._logged_in.update(d for d in known if d in self._up)
         self._ready = True  # data of a device the platform refused is answered with an error
         return Reaction(publish=[topo, *logins])
 

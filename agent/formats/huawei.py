@@ -9,7 +9,8 @@ From IoTDA's MQTT interface reference:
   ``{"devices": [{"device_id", "services": [{"service_id", "properties", "event_time"}]}]}``,
   several batches of several sub-devices per message.
 * Sub-device status: event ``sub_device_update_status`` of service ``$sub_device_manager`` on
-  ``$oc/devices/{gateway}/sys/events/up`` (ONLINE/OFFLINE), sent at each connect and on change.
+  ``$oc/devices/{gateway}/sys/events/up`` (ONLINE/OFFLINE), sent at each connect and on change;
+  a device is OFFLINE until it answered.
 * Commands: ``$oc/devices/{gateway}/sys/commands/request_id={id}`` with ``object_device_id``,
   ``command_name`` (``write``) and ``paras`` (tag: value), answered on
   ``.../sys/commands/response/request_id={id}`` with ``result_code`` 0 or 1.
@@ -77,7 +78,9 @@ class HuaweiFormat(Format):
         self.max_rate = MAX_RATE
         self._clock = clock
         self._epoch = 0.0
-        self._status: dict[str, str] = {d: "ONLINE" for d in self.subs}
+        # OFFLINE until a device answers (status_changed): a device that does not answer, or not
+        # yet, must not show ONLINE on a guess until its first poll times out.
+        self._status: dict[str, str] = {d: "OFFLINE" for d in self.subs}
         self._base = f"$oc/devices/{device_id}/sys/"
 
     def client_id(self, configured: str) -> str:
