@@ -106,6 +106,14 @@ def _tags() -> list[dict[str, Any]]:
     return tags
 
 
+#: Devices that never answer: m9 refuses the connection, m8 takes it and stays silent.
+DEAD = ("m8", "m9")
+
+
+def never_answer() -> dict[str, Expect]:
+    return {name: Expect(up=False, answered=False) for name in DEAD}
+
+
 def machine(name: str, port: int, unit: int, poll: str = POLL) -> dict[str, Any]:
     return {
         "name": name,
@@ -158,6 +166,7 @@ class Expect:
     kinds: frozenset[StreamKind] = frozenset(STREAM_KINDS)
     events: tuple[str, ...] = ("raise",)
     reason: str | None = None  # a down device's reason, where the dialect carries one
+    answered: bool = True  # False: it never answered, so nothing may ever say it is up
 
 
 def _data(obs: list[Any], e: Expect) -> bool:
@@ -182,7 +191,7 @@ def _state(obs: list[Any], e: Expect) -> bool:
 
 
 def _status(obs: list[Any], e: Expect) -> bool:
-    if not obs:
+    if not obs or (not e.answered and any(state == "up" for state, _ in obs)):
         return False
     state, reason = obs[-1]
     if not e.up and e.reason is not None and reason is not None and e.reason not in reason:
@@ -258,7 +267,10 @@ class Cell:
         self.cfg.parent.mkdir(parents=True)
         self.data_dir = self.cfg.parent / "data"
         self.sim = ModbusSimulator(port=free_port(), units=(1, 2, 3), update_interval=0.05)
-        self.dead_port = free_port()  # nothing listens there
+        self.dead_port = free_port()  # m9: nothing listens there (connection refused)
+        #: m8: a device that takes the connection and never answers (its requests time out)
+        self.silent = FaultProxy(self.sim.port)
+        self.silent.set("blackhole")
         self.agent: Agent | None = None
         #: between the agent and the broker, to lose the link uncleanly (the broker stays)
         self.proxy = FaultProxy(dialect.broker.port)
@@ -269,6 +281,8 @@ class Cell:
         for name in names:
             if name == "m9":
                 out.append(machine(name, self.dead_port, 1))
+            elif name == "m8":
+                out.append(machine(name, self.silent.port, 1))
             else:
                 poll = "300ms" if changed and name == "m1" else POLL
                 out.append(machine(name, self.sim.port, units[name], poll))
@@ -447,7 +461,7 @@ async def cell(
     c.written = {}
     dialect.start()
     try:
-        async with c.sim, c.proxy:
+        async with c.sim, c.proxy, c.silent:
             for unit in (1, 2, 3):
                 prime(c.sim, unit)
             yield c
@@ -463,24 +477,24 @@ async def test_every_stream_kind_arrives(cell: Cell, column: str, situation: str
 
 
 async def _fresh(cell: Cell) -> None:
-    cell.write(0, cell.devices("m1", "m2", "m9"))
+    cell.write(0, cell.devices("m1", "m2", "m8", "m9"))
     async with cell.running():
         await cell.online(0)
-        await cell.everything(0, {"m1": Expect(), "m2": Expect()}, {"m9": Expect()})
+        await cell.everything(0, {"m1": Expect(), "m2": Expect()}, never_answer())
         cell.writes_reached_the_devices()
         await cell.lose_link(0)
         await cell.settle()
     await cell.said_offline()
-    await cell.every_batch_once(dead={"m9"})
+    await cell.every_batch_once(dead=set(DEAD))
 
 
 async def _reload(cell: Cell) -> None:
-    cell.write(0, cell.devices("m1", "m2", "m9"))
+    cell.write(0, cell.devices("m1", "m2", "m8", "m9"))
     async with cell.running() as agent:
         await cell.online(0)
-        await cell.everything(0, {"m1": Expect(), "m2": Expect()}, {"m9": Expect()})
+        await cell.everything(0, {"m1": Expect(), "m2": Expect()}, never_answer())
         # m3 added, m1 changed (poll interval), m2 removed, an option of the format changed
-        cell.write(1, cell.devices("m1", "m3", "m9", changed=True))
+        cell.write(1, cell.devices("m1", "m3", "m8", "m9", changed=True))
         cell.dialect.variant = 1
         since = len(cell.messages())
         format_before = agent.format
@@ -492,7 +506,7 @@ async def _reload(cell: Cell) -> None:
         # is sent again)...
         kept = frozenset(STREAM_KINDS) - {StreamKind.EVENT, StreamKind.STATE}
         up = {"m1": Expect(kinds=kept), "m3": Expect()}
-        await cell.everything(1, up, {"m9": Expect()}, since)
+        await cell.everything(1, up, never_answer(), since)
         # ... and its machine state is where a platform set up with the new options finds it
         state = frozenset({StreamKind.STATE})
         await cell.wait(lambda a: missing(a, {"m1": Expect(kinds=state)}), 1)
@@ -504,11 +518,11 @@ async def _reload(cell: Cell) -> None:
         await cell.lose_link(1)
         await cell.settle()
     await cell.said_offline()
-    await cell.every_batch_once(dead={"m9"})
+    await cell.every_batch_once(dead=set(DEAD))
 
 
 async def _outage(cell: Cell) -> None:
-    cell.write(0, cell.devices("m1", "m2", "m9"))
+    cell.write(0, cell.devices("m1", "m2", "m8", "m9"))
     async with cell.running() as agent:
         await cell.online(0)
         await cell.wait(lambda a: missing(a, {"m1": Expect(kinds=frozenset({StreamKind.DATA}))}), 0)
@@ -521,11 +535,11 @@ async def _outage(cell: Cell) -> None:
         cell.dialect.broker.start()
         await cell.online(0, since)
         up = {"m1": Expect(events=("raise", "clear")), "m2": Expect()}
-        await cell.everything(0, up, {"m9": Expect()})
+        await cell.everything(0, up, never_answer())
         cell.writes_reached_the_devices()
         await cell.settle()
     await cell.said_offline()
-    await cell.every_batch_once(dead={"m9"})
+    await cell.every_batch_once(dead=set(DEAD))
 
 
 def _has_event_and_window(rows: list[Any], device: str) -> bool:

@@ -641,7 +641,8 @@ ALI_NAMES: tuple[dict[str, str], dict[str, str]] = ({}, {"m3": "machine-3"})
 
 class AlibabaDialect(Dialect):
     """Alibaba Cloud IoT Platform, Alink JSON (README "Alibaba Cloud IoT Platform"): sub-devices
-    registered, added and logged in at each connect (their online state is the login),
+    registered, added and logged in at each connect (their online state is the login within the
+    gateway's session: they go offline with the gateway),
     ``thing.event.property.pack.post`` with properties and TSL events, ``property.set`` writes.
     The platform has no retained messages: the machine state is the ``state`` property. The
     reload gives the added device another DeviceName (``alibaba.devices``)."""
@@ -696,7 +697,6 @@ class AlibabaDialect(Dialect):
     def decode(self, messages: Sequence[Received], variant: int | None = None) -> Arrived:
         arrived = Arrived()
         ours = self.ours(variant)
-        registered: list[str] = []
         sys = f"/sys/{GW_PK}/{GW_DN}/"
         session = f"/ext/session/{GW_PK}/{GW_DN}/"
         for m in messages:
@@ -704,8 +704,13 @@ class AlibabaDialect(Dialect):
             if topic == f"{sys}thing/sub/register":
                 doc = _json(m, arrived)
                 if not _missing(doc, ["id", "params", "method"], topic, arrived):
+                    # A new session of the gateway: its sub-devices are offline until logged
+                    # in again (they go offline with the gateway).
                     arrived.add(GATEWAY, StreamKind.GATEWAY_STATUS, True)
-                    registered += [p["deviceName"] for p in doc["params"]]
+                    for p in doc["params"]:
+                        device = ours(p["deviceName"])
+                        if device is not None:
+                            arrived.add(device, StreamKind.DEVICE_STATUS, ("down", None))
             elif topic in (f"{session}combine/login", f"{session}combine/logout"):
                 doc = _json(m, arrived)
                 if _missing(doc, ["id", "params"], topic, arrived):
@@ -727,11 +732,6 @@ class AlibabaDialect(Dialect):
                 if device is None or _missing(doc, ["id", "code", "message"], topic, arrived):
                     continue
                 arrived.add(device, StreamKind.COMMAND_REPLY, (doc["id"], doc["code"] == 200))
-        # A registered sub-device never logged in is offline: its online state is the login.
-        for name in registered:
-            device = ours(name)
-            if device is not None and not arrived.of(device, StreamKind.DEVICE_STATUS):
-                arrived.add(device, StreamKind.DEVICE_STATUS, ("down", None))
         return arrived
 
     @staticmethod
@@ -983,6 +983,9 @@ class SparkplugDialect(Dialect):
         arrived = Arrived()
         groups = {SP_GROUPS[v] for v in self.variants(variant)}
         names: dict[tuple[str, str], dict[int, tuple[str, int]]] = {}  # (group, device)
+        # A DBIRTH followed by the device's DDEATH with no DDATA between is a device that is
+        # down, born only so that the host knows its metrics: the host lists it as offline.
+        births: dict[str, int] = {}  # device -> index of its pending "up"
         for m in messages:
             levels = m.topic.split("/")
             if len(levels) < 4 or levels[1] not in groups or levels[3] != AGENT_ID:
@@ -994,7 +997,15 @@ class SparkplugDialect(Dialect):
             if kind == "NBIRTH":
                 arrived.add(GATEWAY, StreamKind.GATEWAY_STATUS, True)
             elif kind == "NDEATH":
+                # the node's devices die with it (a birth without data was a dead one's)
                 arrived.add(GATEWAY, StreamKind.GATEWAY_STATUS, False)
+                for device, born in births.items():
+                    del arrived.of(device, StreamKind.DEVICE_STATUS)[born]
+                births.clear()
+                for states in arrived.kinds.values():
+                    said = states.get(StreamKind.DEVICE_STATUS)
+                    if said and said[-1][0] == "up":
+                        said.append(("down", None))
             elif kind == "DBIRTH" and d.device is not None:
                 aliases = names.setdefault((group, d.device), {})
                 for metric in d.metrics:
@@ -1003,10 +1014,15 @@ class SparkplugDialect(Dialect):
                     if metric.get("name") == "state" and "string_value" in metric:
                         # the current machine state, as a late host learns it
                         arrived.add(d.device, StreamKind.STATE, metric["string_value"])
+                births[d.device] = len(arrived.of(d.device, StreamKind.DEVICE_STATUS))
                 arrived.add(d.device, StreamKind.DEVICE_STATUS, ("up", None))
             elif kind == "DDEATH" and d.device is not None:
+                born = births.pop(d.device, None)
+                if born is not None:
+                    del arrived.of(d.device, StreamKind.DEVICE_STATUS)[born]
                 arrived.add(d.device, StreamKind.DEVICE_STATUS, ("down", None))
             elif kind == "DDATA" and d.device is not None:
+                births.pop(d.device, None)
                 self._ddata(m, d, names.get((group, d.device), {}), arrived)
         # A device the host was never told about (no DBIRTH) is not online.
         for device in {d for v in self.variants(variant) for d in self.devices[v]}:
