@@ -1,5 +1,5 @@
-"""README.md ("Sending data to your platform") tells the truth: every example
-validates and does what the text says."""
+"""The platform pages (docs/platforms/, once README.md's "Sending data to your platform") tell the
+truth: every example validates and does what the text says."""
 
 from __future__ import annotations
 
@@ -19,13 +19,26 @@ from agent.formats.azure import AzureIotFormat
 from agent.formats.huawei import HuaweiFormat
 from agent.formats.sparkplug.format import SparkplugFormat
 from agent.formats.thingsboard import ThingsBoardFormat
-from tests.readme import ReadmeSection
+from tests.readme import DOCS
 
-DOC = ReadmeSection("Sending data to your platform")
+PLATFORMS = DOCS / "platforms"
+#: The pages in the order README.md's section held them (one example each).
+PAGES = [
+    PLATFORMS / f"{name}.md"
+    for name in ("json", "sparkplug", "thingsboard", "aws", "azure", "alibaba", "huawei", "brokers")
+]
+
+
+def _blocks(page: Path) -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
 
 
 def _examples() -> list[str]:
-    return re.findall(r"```yaml\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    return [block for page in PAGES for block in _blocks(page)]
+
+
+def _text(name: str) -> str:
+    return (PLATFORMS / f"{name}.md").read_text(encoding="utf-8")
 
 
 def _load(tmp_path: Path, text: str) -> Any:
@@ -34,8 +47,11 @@ def _load(tmp_path: Path, text: str) -> Any:
     return load_config(path, load_drivers())
 
 
-def test_the_section_starts_with_its_heading() -> None:
-    assert DOC.read_text(encoding="utf-8").startswith("## Sending data to your platform\n")
+def test_every_page_starts_with_its_title_and_shows_one_example() -> None:
+    for page in PAGES:
+        assert page.read_text(encoding="utf-8").startswith("# "), page
+        assert len(_blocks(page)) == 1, page  # so _examples()[n] is the n-th page's
+    assert "\n## Sending data to your platform\n" in _text("json")
 
 
 @pytest.mark.parametrize("index", range(len(_examples())))
@@ -46,7 +62,7 @@ def test_every_example_validates(tmp_path: Path, index: int) -> None:
 def test_unified_namespace_example_topics(tmp_path: Path) -> None:
     fmt = build_format(_load(tmp_path, _examples()[0]))
     assert isinstance(fmt, JsonFormat)
-    text = DOC.read_text(encoding="utf-8")
+    text = _text("json")
     for device in ("press-1", "oven-2"):
         topic = fmt.data_topic(device)
         assert f"`{topic}`" in text
@@ -71,7 +87,7 @@ def test_thingsboard_example(tmp_path: Path) -> None:
         "press-2": "Press pilot",
         "meter-1": "Power meter",
     }
-    text = " ".join(DOC.read_text(encoding="utf-8").split())  # as the text says
+    text = " ".join(_text("thingsboard").split())  # as the text says
     assert (
         "press-1 is a `Hydraulic press`, press-2 a `Press pilot` and meter-1 a `Power meter`"
         in text
