@@ -299,7 +299,7 @@ class Agent:
             self.format = fmt
             plan.restart_publisher = True
         if plan.restart_publisher:
-            await self._restart_publisher()
+            await self._restart_publisher(removed=plan.removed)
             await self._release_quarantined("format rebuilt by a reload")
         self.reloads += 1
         self.config_loaded_at = time.time()
@@ -346,14 +346,20 @@ class Agent:
             for new_poller in made:
                 self._start_poller(new_poller)
 
-    async def _restart_publisher(self) -> None:
-        """A new session with the new ``mqtt`` settings; the buffer keeps what was in flight."""
+    async def _restart_publisher(self, removed: Collection[str] = ()) -> None:
+        """A new session with the new ``mqtt`` settings; the buffer keeps what was in flight.
+
+        The devices this reload ``removed`` are said down by the new session too: the old one
+        told the broker only if it was connected, and a platform would otherwise keep a removed
+        device online for good (a retained status, an attribute, a sub-device state)."""
         old, task = self.publisher, self._publisher_task
         await self._stop_publisher()
         self.publisher = self._make_publisher(self.config)
         for device, view in self.board.devices.items():  # retained states, for the new session
             if view.state is not None and view.since is not None:
                 self.publisher.device_status(device, view.state, view.reason, view.since)
+        for device in removed:
+            self.publisher.device_status(device, "down", "removed from config", time.time())
         for (device, kind), payload in old.sides.items():
             if device in self.device_configs:
                 self.publisher.retain(device, kind, payload)

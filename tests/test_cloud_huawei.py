@@ -137,3 +137,15 @@ def test_a_device_is_offline_until_it_answers() -> None:
     assert statuses(fmt.online()) == ["OFFLINE"]
     assert statuses(fmt.status_changed("press-1", "up", None, 0)) == ["ONLINE"]
     assert statuses(fmt.online()) == ["ONLINE"]  # the next connect says what is known
+
+
+def test_a_removed_device_is_said_offline_under_the_id_it_had() -> None:
+    """A reload's new format does not map a removed device; told it is down, it still says so
+    (and again at each connect), or IoTDA would keep it online."""
+    fmt = HuaweiFormat(GATEWAY, {}, clock=lambda: WHEN, sub_product_id="prod")
+    [msg] = fmt.status_changed("gone", "down", "removed from config", 0)
+    paras = json.loads(msg.payload)["services"][0]["paras"]
+    assert paras["device_statuses"] == [{"device_id": "prod_gone", "status": "OFFLINE"}]
+    [again] = fmt.online()
+    assert again.payload.count(b"prod_gone") == 1
+    assert fmt.status_changed("gone", "up", None, 0) == []  # not ours to bring back

@@ -51,7 +51,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quiet_pymodbus")]
 
 #: The matrix's columns: every registered format, then the variants of one.
 COLUMNS = [*sorted(available_formats()), *VARIANTS]
-SITUATIONS = ("fresh", "reload", "outage")
+SITUATIONS = ("fresh", "reload", "reload-offline", "outage")
 
 # -- the devices: one profile of tags that produces every stream kind ---------------------------
 
@@ -167,6 +167,7 @@ class Expect:
     events: tuple[str, ...] = ("raise",)
     reason: str | None = None  # a down device's reason, where the dialect carries one
     answered: bool = True  # False: it never answered, so nothing may ever say it is up
+    gone: bool = False  # removed: unknown to the platform (under the new options) is down too
 
 
 def _data(obs: list[Any], e: Expect) -> bool:
@@ -191,7 +192,9 @@ def _state(obs: list[Any], e: Expect) -> bool:
 
 
 def _status(obs: list[Any], e: Expect) -> bool:
-    if not obs or (not e.answered and any(state == "up" for state, _ in obs)):
+    if not obs:
+        return e.gone
+    if not e.answered and any(state == "up" for state, _ in obs):
         return False
     state, reason = obs[-1]
     if not e.up and e.reason is not None and reason is not None and e.reason not in reason:
@@ -378,7 +381,8 @@ class Cell:
     async def every_batch_once(self, dead: set[str]) -> None:
         """After the agent stopped: per device and buffered stream, every seq handed out reached
         the platform (or still waits in the buffer, for the last few in flight at the stop), none
-        twice beyond a byte-identical QoS 1 redelivery."""
+        twice beyond a QoS 1 redelivery (the same payload again, after a reload maybe on the new
+        options' topic)."""
         delivery = Delivery.read(self.data_dir)
         skip = set() if self.dialect.shows_empty_batches else dead
 
@@ -472,7 +476,13 @@ async def cell(
 @pytest.mark.parametrize("situation", SITUATIONS)
 @pytest.mark.parametrize("column", COLUMNS)
 async def test_every_stream_kind_arrives(cell: Cell, column: str, situation: str) -> None:
-    await {"fresh": _fresh, "reload": _reload, "outage": _outage}[situation](cell)
+    situations = {
+        "fresh": _fresh,
+        "reload": _reload,
+        "reload-offline": _reload_offline,
+        "outage": _outage,
+    }
+    await situations[situation](cell)
     cell.no_problems()
 
 
@@ -489,10 +499,24 @@ async def _fresh(cell: Cell) -> None:
 
 
 async def _reload(cell: Cell) -> None:
+    await _reloaded(cell, offline=False)
+
+
+async def _reload_offline(cell: Cell) -> None:
+    """The same reload while the agent cannot reach the broker: the old session cannot say the
+    removed device is gone, and its batches still wait in the buffer, for the new format."""
+    await _reloaded(cell, offline=True)
+
+
+async def _reloaded(cell: Cell, offline: bool) -> None:
     cell.write(0, cell.devices("m1", "m2", "m8", "m9"))
     async with cell.running() as agent:
         await cell.online(0)
         await cell.everything(0, {"m1": Expect(), "m2": Expect()}, never_answer())
+        if offline:
+            cell.proxy.set("reset")
+            await until(lambda: not agent.publisher.connected.is_set(), timeout=10)
+            await _buffered(agent, lambda rows: any(r.device == "m2" for r in rows))
         # m3 added, m1 changed (poll interval), m2 removed, an option of the format changed
         cell.write(1, cell.devices("m1", "m3", "m8", "m9", changed=True))
         cell.dialect.variant = 1
@@ -500,6 +524,7 @@ async def _reload(cell: Cell) -> None:
         format_before = agent.format
         assert await agent.reload(cell.cfg)
         assert agent.format is not format_before, "the reload did not rebuild the format"
+        cell.proxy.set("pass")
         await cell.online(1, since)
         # Since the reload, under the new options: the added device has every stream kind; the
         # changed one keeps its streams (its alarm stays raised, its state unchanged: neither
@@ -510,8 +535,13 @@ async def _reload(cell: Cell) -> None:
         # ... and its machine state is where a platform set up with the new options finds it
         state = frozenset({StreamKind.STATE})
         await cell.wait(lambda a: missing(a, {"m1": Expect(kinds=state)}), 1)
-        removed = Expect(up=False, reason="removed from config")
-        await cell.wait(lambda a: missing(a, {"m2": removed}), None)
+        if offline:
+            # under the new options the removed device is down, or unknown
+            gone = Expect(up=False, reason="removed from config", gone=True)
+            await cell.wait(lambda a: missing(a, {"m2": gone}), 1)
+        else:
+            removed = Expect(up=False, reason="removed from config")
+            await cell.wait(lambda a: missing(a, {"m2": removed}), None)
         problems = cell.dialect.options_applied(cell.messages(), "m3")
         assert not problems, f"{cell.column}: {problems}"
         cell.writes_reached_the_devices()

@@ -98,7 +98,7 @@ class HuaweiFormat(Format):
         return (f"{self._base}commands/#",)
 
     def _statuses(self, devices: Sequence[str]) -> Message:
-        statuses = [{"device_id": self.subs[d], "status": self._status[d]} for d in devices]
+        statuses = [{"device_id": self._device_id(d), "status": self._status[d]} for d in devices]
         doc = {
             "object_device_id": self.device_id,
             "services": [
@@ -113,13 +113,15 @@ class HuaweiFormat(Format):
         return Message(f"{self._base}events/up", _dumps(doc).encode())
 
     def online(self) -> list[Message]:
-        return [self._statuses(list(self.subs))] if self.subs else []
+        return [self._statuses(list(self._status))] if self._status else []
 
     def status_changed(
         self, device: str, state: str, reason: str | None, ts_ms: int
     ) -> list[Message]:
-        if device not in self.subs:
+        if device not in self.subs and (state != "down" or self._sub_product_id is None):
             return []
+        # A device outside the map is one a reload removed: OFFLINE under the id it had, now
+        # and at each connect, or IoTDA would keep it online for good.
         self._status[device] = "ONLINE" if state == "up" else "OFFLINE"
         return [self._statuses([device])]
 

@@ -61,7 +61,9 @@ class Arrived:
 
     #: device (GATEWAY for the gateway) -> stream kind -> observations, in arrival order
     kinds: dict[str, dict[StreamKind, list[Any]]] = field(default_factory=dict)
-    #: (device, buffered stream "data" | "event") -> (batch key, wire copy) per batch received
+    #: (device, buffered stream "data" | "event") -> (batch key, payload that carried it) per
+    #: batch received; the same key in the same payload is a QoS 1 redelivery (after a reload
+    #: it may come on the new options' topic)
     batches: dict[tuple[str, str], list[tuple[BatchKey, bytes]]] = field(default_factory=dict)
     #: what does not have the documented shape
     problems: list[str] = field(default_factory=list)
@@ -326,7 +328,7 @@ class JsonDialect(Dialect):
             return True
         if doc["agent"] != AGENT_ID or doc["device"] != device:
             arrived.problems.append(f"{m.topic}: agent/device {doc['agent']}/{doc['device']}")
-        arrived.batch(device, stream, doc["seq"], m.topic.encode() + b"\0" + m.payload)
+        arrived.batch(device, stream, doc["seq"], m.payload)
         if stream == "data":
             arrived.values(device, doc["values"], state_in_data=False)
         else:
@@ -517,7 +519,7 @@ class AzureDialect(Dialect):
                     continue
                 if props.get("seq") != str(doc["seq"]) or doc["device"] != device:
                     arrived.problems.append(f"{m.topic}: properties and body disagree")
-                arrived.batch(device, kind, doc["seq"], m.topic.encode() + b"\0" + m.payload)
+                arrived.batch(device, kind, doc["seq"], m.payload)
                 if kind == "data":
                     arrived.values(device, doc["values"], state_in_data=False)
                 else:
@@ -704,12 +706,14 @@ class AlibabaDialect(Dialect):
             if topic == f"{sys}thing/sub/register":
                 doc = _json(m, arrived)
                 if not _missing(doc, ["id", "params", "method"], topic, arrived):
-                    # A new session of the gateway: its sub-devices are offline until logged
-                    # in again (they go offline with the gateway).
+                    # A new session of the gateway: its sub-devices went offline with it, and
+                    # are online again once logged in.
                     arrived.add(GATEWAY, StreamKind.GATEWAY_STATUS, True)
-                    for p in doc["params"]:
-                        device = ours(p["deviceName"])
-                        if device is not None:
+                    names = [ours(p["deviceName"]) for p in doc["params"]]
+                    for device in {*arrived.kinds, *names} - {GATEWAY, None}:
+                        assert device is not None
+                        said = arrived.of(device, StreamKind.DEVICE_STATUS)
+                        if not said or said[-1][0] != "down":
                             arrived.add(device, StreamKind.DEVICE_STATUS, ("down", None))
             elif topic in (f"{session}combine/login", f"{session}combine/logout"):
                 doc = _json(m, arrived)
