@@ -86,6 +86,17 @@ class _Section:
     used_in: list[str] = field(default_factory=list)  # anchors of the sections linking here
 
 
+def _driver_of(model: Schema, name: str) -> str:
+    """The driver a device or profile model is for: its ``driver`` key's only allowed value
+    (the model's name when the schema does not say)."""
+    driver = model.get("properties", {}).get("driver", {})
+    if "const" in driver:
+        return str(driver["const"])
+    if len(driver.get("enum", [])) == 1:
+        return str(driver["enum"][0])
+    return name
+
+
 def _ref_name(node: Schema) -> str | None:
     ref = node.get("$ref")
     return ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
@@ -140,8 +151,7 @@ class _Page:
             for option in holder.get("oneOf", []) if isinstance(holder, dict) else []:
                 name = _ref_name(option)
                 if name is not None:
-                    driver = self.defs[name].get("properties", {}).get("driver", {}).get("const")
-                    found.append((str(driver) if driver is not None else name, name))
+                    found.append((_driver_of(self.defs[name], name), name))
         return found
 
     def _shared_defs(self) -> set[str]:

@@ -168,8 +168,9 @@ def config_candidates(block: str, drivers: Mapping[str, type[Driver]]) -> list[s
             return [_device(d, "", names, tags=text) for d in _drivers_for({}, drivers)]
     if isinstance(doc, dict) and doc:
         keys = set(doc)
-        fitting = [d for d in _drivers_for(doc, drivers) if keys <= device_keys(drivers)[d]]
-        return [_device(d, text, [], tags=None, keys=keys) for d in fitting]
+        if not keys <= device_keys(drivers):
+            return []
+        return [_device(d, text, [], tags=None, keys=keys) for d in _drivers_for(doc, drivers)]
     return []
 
 
@@ -178,19 +179,18 @@ def _drivers_for(doc: dict[str, Any], drivers: Mapping[str, type[Driver]]) -> li
     return [str(named)] if named else [d for d in drivers if d in MINIMAL]
 
 
-_DEVICE_KEYS: dict[tuple[str, ...], dict[str, set[str]]] = {}
+_DEVICE_KEYS: dict[tuple[str, ...], set[str]] = {}
 
 
-def device_keys(drivers: Mapping[str, type[Driver]]) -> dict[str, set[str]]:
-    """Per driver, the keys its device entries take (from the schema)."""
+def device_keys(drivers: Mapping[str, type[Driver]]) -> set[str]:
+    """The keys a device entry of any driver takes (from the schema): an example made of such
+    keys is part of a device; the loader then judges it as part of each driver's device."""
     key = tuple(sorted(drivers))
     if key not in _DEVICE_KEYS:
         schema = config_schema(drivers)
-        found: dict[str, set[str]] = {}
-        for option in schema["properties"]["devices"]["items"]["oneOf"]:
-            model = schema["$defs"][option["$ref"].rsplit("/", 1)[-1]]
-            found[model["properties"]["driver"]["const"]] = set(model["properties"])
-        _DEVICE_KEYS[key] = found
+        refs = schema["properties"]["devices"]["items"].get("oneOf", [])
+        models = [schema["$defs"][r["$ref"].rsplit("/", 1)[-1]] for r in refs if "$ref" in r]
+        _DEVICE_KEYS[key] = {k for model in models for k in model.get("properties", {})}
     return _DEVICE_KEYS[key]
 
 
