@@ -35,6 +35,7 @@ from agent.buffer import StoredBatch
 from agent.formats.base import Command, Format, Message, Packed, Reaction, stream_of
 from agent.formats.split import chunks
 from agent.record import decode_body
+from agent.streams import STATE_DOCUMENT
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ DEFAULT_MAX_PAYLOAD = 65536
 
 #: Attribute name prefix of a side document of this kind (``Publisher.retain``): the machine
 #: state's keys become ``machine_state``... beside the device status's ``state``/``reason``.
-SIDE_PREFIX = {"state": "machine"}
+SIDE_PREFIX = {STATE_DOCUMENT: "machine"}
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
