@@ -39,7 +39,7 @@ from agent.config import load_config
 from agent.drivers import load_drivers
 from agent.formats.registry import available_formats
 from agent.runtime import Agent
-from agent.streams import STREAM_KINDS, StreamKind
+from agent.streams import EVENT_STREAM, STREAM_KINDS, StreamKind
 from simulators.modbus_map import POINTS
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import free_port
@@ -573,7 +573,7 @@ async def _outage(cell: Cell) -> None:
 
 
 def _has_event_and_window(rows: list[Any], device: str) -> bool:
-    event = any(r.device == f"{device}/event" and b'"clear"' in r.body for r in rows)
+    event = any(r.device == f"{device}/{EVENT_STREAM}" and b'"clear"' in r.body for r in rows)
     window = any(r.device == device and b"temp.mean" in r.body for r in rows)
     return event and window
 

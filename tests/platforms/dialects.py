@@ -5,10 +5,10 @@ topics it allows) with the platform's own client on it; the config's ``mqtt`` se
 variants (the second changes an option the format really uses, for the reload situation); how the
 platform sends a write (the format's command dialect); and how to read what arrived. ``decode``
 turns the messages the platform received into, per device, the observations of each stream kind
-of agent/streams.py in the shape README.md documents for the format ("Sending data to your
-platform"), plus the problems found in that shape. It is written from the documented shape, not
-from the format's code, so a format that sends something else shows up as a missing stream kind
-or a shape problem.
+of agent/streams.py in the shape the format's page documents (docs/platforms/<format>.md, and
+README "What reaches the broker" for json), plus the problems found in that shape. It is written
+from the documented shape, not from the format's code, so a format that sends something else
+shows up as a missing stream kind or a shape problem.
 
 A format registered in the entry-point group ``edge_agent.formats`` without an adapter here fails
 the matrix: add one (and its platform rig in tests/platforms/) when you add a format.
@@ -241,8 +241,8 @@ class Dialect(abc.ABC):
 
 
 class JsonDialect(Dialect):
-    """The contract's format (README "What reaches the broker"): everything under
-    ``topic_prefix``; the reload changes the prefix."""
+    """The contract's format (README "What reaches the broker", docs/platforms/json.md):
+    everything under ``topic_prefix``; the reload changes the prefix."""
 
     format = "json"
     keyed_by_seq = True
@@ -337,7 +337,7 @@ class JsonDialect(Dialect):
 
 
 class JsonTemplateDialect(JsonDialect):
-    """json with ``topic_template`` (README "Plain JSON, and a unified namespace"): data and
+    """json with ``topic_template`` (docs/platforms/json.md): data and
     events where the template puts them, statuses and commands under ``topic_prefix``. The
     reload changes the template (and places the added device in another area)."""
 
@@ -406,7 +406,7 @@ class JsonTemplateDialect(JsonDialect):
 
 
 class AwsDialect(JsonDialect):
-    """AWS IoT Core (README "AWS IoT Core"): the contract's topics and payloads under
+    """AWS IoT Core (docs/platforms/aws.md): the contract's topics and payloads under
     ``topic_prefix``, nothing retained, mutual TLS with the thing's certificate against a policy
     limited to the prefix. The reload changes the prefix."""
 
@@ -441,7 +441,7 @@ def _azure_user(hub: str) -> str:
 
 
 class AzureDialect(Dialect):
-    """Azure IoT Hub (README "Azure IoT Hub"): device-to-cloud messages whose property bag says
+    """Azure IoT Hub (docs/platforms/azure.md): device-to-cloud messages whose property bag says
     agent, device, seq and type; direct method ``write``. The reload moves the device to another
     hub (``azure.hub``: its user name and SAS token)."""
 
@@ -543,11 +543,12 @@ TB_TYPES: tuple[dict[str, Any], dict[str, Any]] = (
 
 
 class ThingsBoardDialect(Dialect):
-    """ThingsBoard's gateway API (README "ThingsBoard"): telemetry ``{device: [{ts, values}]}``
-    with alarm events as ``event.<alarm>`` keys, device status and machine state as client
-    attributes, RPC ``write``. The gateway's own connectivity is its MQTT session; what the
-    agent says at each connect is the announcement of its devices (``v1/gateway/connect``).
-    The reload gives the added device a type of its own (``device_types``)."""
+    """ThingsBoard's gateway API (docs/platforms/thingsboard.md): telemetry
+    ``{device: [{ts, values}]}`` with alarm events as ``event.<alarm>`` keys, device status and
+    machine state as client attributes, RPC ``write``. The gateway's own connectivity is its MQTT
+    session; what the agent says at each connect is the announcement of its devices
+    (``v1/gateway/connect``). The reload gives the added device a type of its own
+    (``device_types``)."""
 
     format = "thingsboard"
     env = {"TB_PASS": GATEWAY_PASSWORD}
@@ -642,7 +643,7 @@ ALI_NAMES: tuple[dict[str, str], dict[str, str]] = ({}, {"m3": "machine-3"})
 
 
 class AlibabaDialect(Dialect):
-    """Alibaba Cloud IoT Platform, Alink JSON (README "Alibaba Cloud IoT Platform"): sub-devices
+    """Alibaba Cloud IoT Platform, Alink JSON (docs/platforms/alibaba.md): sub-devices
     registered, added and logged in at each connect (their online state is the login within the
     gateway's session: they go offline with the gateway),
     ``thing.event.property.pack.post`` with properties and TSL events, ``property.set`` writes.
@@ -803,7 +804,7 @@ HW_IDS: tuple[dict[str, str], dict[str, str]] = ({}, {"m3": "mixer-0003"})
 
 
 class HuaweiDialect(Dialect):
-    """Huawei Cloud IoTDA (README "Huawei Cloud IoTDA"): sub-device property reports (service
+    """Huawei Cloud IoTDA (docs/platforms/huawei.md): sub-device property reports (service
     ``edge``; alarm events the service ``event``), ONLINE/OFFLINE by ``sub_device_update_status``
     (all of them at each connect: the gateway's own announcement), command ``write``. The
     machine state is the ``state`` property. The reload gives the added device its own id
@@ -942,7 +943,7 @@ _SP_SIGNED = {1: 8, 2: 16, 3: 32}
 
 
 class SparkplugDialect(Dialect):
-    """Sparkplug B 3.0 (README "Sparkplug B"), every payload decoded by protoc: NBIRTH/NDEATH
+    """Sparkplug B 3.0 (docs/platforms/sparkplug.md), every payload decoded by protoc: NBIRTH/NDEATH
     (the gateway), DBIRTH/DDEATH (a device up/down; a device never born is not online), DDATA by
     alias, alarm events as metrics ``Events/<alarm>/<field>``, the machine state as the
     ``state`` metric (its current value in the DBIRTH, changes in DDATA). DCMD has no reply:
@@ -972,7 +973,7 @@ class SparkplugDialect(Dialect):
 
     def _send(self, cmd_id: str, device: str, tag: str, value: Any) -> None:
         topic = f"spBv1.0/{SP_GROUPS[self.variant]}/DCMD/{AGENT_ID}/{device}"
-        # by name (README: "Metrics may be addressed by name or alias"), UInt16
+        # by name (docs/platforms/sparkplug.md: by name or alias), UInt16
         body = f'metrics {{ name: "{tag}" datatype: 6 int_value: {int(value)} }}'
         self.publish(topic, sparkplug_encode(body))
 
