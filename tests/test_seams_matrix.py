@@ -1,14 +1,18 @@
-"""The seams matrix: every stream kind x every format x three situations, through a real mosquitto.
+"""The seams matrix: every stream kind x every format x four situations, through a real mosquitto.
 
 Features that each passed their own tests failed where they met: alarm events were deleted
 unpublished by four formats, a reload kept a format built for the old config. So every format
 registered in the entry-point group ``edge_agent.formats`` (plus json with topic templates) runs
 here, in one agent run per situation that produces every stream kind of agent/streams.py at once:
 
-* **fresh**: a clean start;
+* **fresh**: a clean start, then the agent's link lost uncleanly (the gateway's will);
 * **reload**: a device added, one changed (its poll interval), one removed, and an option of the
-  format changed (tests/platforms/dialects.py says which, per format);
+  format changed (tests/platforms/dialects.py says which, per format), then the link lost;
+* **reload-offline**: the same reload while the broker cannot be reached;
 * **outage**: the broker stops while the devices poll and starts again on the same port.
+
+Beside the devices that answer, two never do (one refuses the connection, one takes it and stays
+silent): nothing may ever say they are up.
 
 The platform's side of each format (its broker, its client, its way to send a write and its
 reading of what arrived) is the format's dialect adapter in tests/platforms/dialects.py. What is
@@ -275,6 +279,7 @@ class Cell:
         self.silent = FaultProxy(self.sim.port)
         self.silent.set("blackhole")
         self.agent: Agent | None = None
+        self.written: dict[str, int] = {}  # device -> the set-point its write asked for
         #: between the agent and the broker, to lose the link uncleanly (the broker stays)
         self.proxy = FaultProxy(dialect.broker.port)
 
@@ -357,8 +362,6 @@ class Cell:
         arrived = await self.wait(lambda a: missing(a, {**up, **down}), variant, since)
         assert not arrived.problems, f"{self.column}: not the documented shape: {arrived.problems}"
         return arrived
-
-    written: dict[str, int]
 
     def writes_reached_the_devices(self) -> None:
         units = {"m1": 1, "m2": 2, "m3": 3}
@@ -462,7 +465,6 @@ async def cell(
     for key, value in dialect.env.items():
         monkeypatch.setenv(key, value)
     c = Cell(column, tmp_path, dialect)
-    c.written = {}
     dialect.start()
     try:
         async with c.sim, c.proxy, c.silent:

@@ -1022,9 +1022,8 @@ class SparkplugDialect(Dialect):
                 births[d.device] = len(arrived.of(d.device, StreamKind.DEVICE_STATUS))
                 arrived.add(d.device, StreamKind.DEVICE_STATUS, ("up", None))
             elif kind == "DDEATH" and d.device is not None:
-                born = births.pop(d.device, None)
-                if born is not None:
-                    del arrived.of(d.device, StreamKind.DEVICE_STATUS)[born]
+                if d.device in births:
+                    del arrived.of(d.device, StreamKind.DEVICE_STATUS)[births.pop(d.device)]
                 arrived.add(d.device, StreamKind.DEVICE_STATUS, ("down", None))
             elif kind == "DDATA" and d.device is not None:
                 births.pop(d.device, None)
