@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agent.config import Config, ConfigErrors, config_schema, load_config
 from agent.drivers import DriverConflictError, load_drivers
-from drivers.base import DeviceError, Driver, Quality, Reading
+from drivers.base import DeviceError, Driver, Quality
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -113,11 +113,10 @@ def _try_sample(
         names = ", ".join(d.name for d in config.devices)
         print(f"edge-agent: no device {device_name!r} (devices: {names})", file=sys.stderr)
         return EXIT_CONFIG
-    try_sample = getattr(drivers[device.driver](device), "try_sample", None)
-    if try_sample is None:
+    readings = drivers[device.driver](device).try_sample(frame)
+    if readings is None:
         print(f"edge-agent: driver {device.driver!r} cannot parse samples", file=sys.stderr)
         return EXIT_CONFIG
-    readings: list[Reading] = try_sample(frame)
     for r in readings:
         shown = repr(r.value) if r.quality is Quality.GOOD else f"{r.quality.value}: {r.reason}"
         print(f"  {r.tag} = {shown}")
@@ -126,7 +125,8 @@ def _try_sample(
 
 def _sniff(args: argparse.Namespace, drivers: Mapping[str, type[Driver]]) -> int:
     """Run the serial driver's sniffer until --count, --duration or Ctrl-C."""
-    tool = getattr(drivers.get("serial"), "sniff", None)
+    serial = drivers.get("serial")
+    tool = serial.sniffer() if serial is not None else None
     if tool is None:
         print("edge-agent: sniff needs the serial driver, which is not installed", file=sys.stderr)
         return EXIT_RUNTIME

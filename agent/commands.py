@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from drivers.base import CommandLimits, DeviceBase, WriteError
+from drivers.base import CommandLimits, DeviceBase, WritableTag, WriteError
 
 #: Larger payloads are refused unparsed: a command is a handful of set-points, not a file.
 MAX_COMMAND_BYTES = 64 * 1024
@@ -142,7 +142,8 @@ class CommandHandler:
         for tag in writes:
             if tag not in tags:
                 return _error(cmd_id, f"unknown tag '{tag}'")
-            if not getattr(tags[tag], "writable", False):
+            found = tags[tag]
+            if not (isinstance(found, WritableTag) and found.writable):
                 return _error(cmd_id, f"tag '{tag}' is not writable")
         target = self._targets(device)
         if target is None:

@@ -26,9 +26,9 @@ import numpy as np
 from agent.buffer import Buffer
 from agent.pipeline import Pipeline
 from agent.processing import Processing
+from agent.processing.config import WaveformSpec
 from agent.processing.features import compute
 from drivers.base import Batch, DeviceBase, Reading
-from drivers.processing_models import WaveformSpec
 
 SAMPLES = 4096
 FS = 25600.0

@@ -17,8 +17,8 @@ from agent.formats import build_format
 from agent.formats.base import Reaction
 from agent.formats.thingsboard import ThingsBoardFormat
 from agent.processing.alarms import Alarm
+from agent.processing.config import AlarmSpec, StateSpec
 from agent.processing.state import MachineState
-from drivers.processing_models import AlarmSpec, StateSpec
 from tests.e2e import until
 from tests.platforms.common import RecordingTarget, WritableTag, press_commands
 from tests.platforms.thingsboard import (

@@ -11,8 +11,7 @@ from pydantic import BaseModel
 
 from agent.config import load_config
 from agent.drivers import load_drivers
-from agent.processing.features import fault_frequencies
-from drivers.processing_models import (
+from agent.processing.config import (
     AlarmSpec,
     BearingSpec,
     CounterSpec,
@@ -23,6 +22,7 @@ from drivers.processing_models import (
     WindowSpec,
     ZoneSpec,
 )
+from agent.processing.features import fault_frequencies
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "processing.md"

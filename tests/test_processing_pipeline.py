@@ -12,14 +12,15 @@ from agent.buffer import Buffer
 from agent.formats import JsonFormat
 from agent.pipeline import Pipeline
 from agent.processing import Output, Processing
+from agent.processing.config import ProcessedDevice
 from agent.record import encode_batch
-from drivers.base import Batch, DeviceBase, Reading
+from drivers.base import Batch, Reading
 
 T0 = 1_763_884_800.0
 
 
-def pump() -> DeviceBase:
-    return DeviceBase.model_validate(
+def pump() -> ProcessedDevice:
+    return ProcessedDevice.model_validate(
         {
             "name": "pump-1",
             "driver": "test",
@@ -40,7 +41,9 @@ def pump() -> DeviceBase:
 
 
 async def test_processed_batches_events_and_untouched_devices(tmp_path: Path) -> None:
-    other = DeviceBase.model_validate({"name": "meter", "driver": "test", "tags": [{"name": "v"}]})
+    other = ProcessedDevice.model_validate(
+        {"name": "meter", "driver": "test", "tags": [{"name": "v"}]}
+    )
     processing = Processing([pump(), other], tmp_path)
     buffer = Buffer(tmp_path, 4_000_000)
     await buffer.open()

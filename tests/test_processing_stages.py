@@ -13,19 +13,20 @@ import numpy as np
 import pytest
 
 from agent.processing import Output, Processing
-from drivers.base import Batch, DeviceBase, Quality, Reading
+from agent.processing.config import ProcessedDevice
+from drivers.base import Batch, Quality, Reading
 
 T0 = 1_763_884_800.0  # a whole minute (and hour) since the epoch
 
 
-def device(tags: list[dict[str, Any]], **kw: Any) -> DeviceBase:
-    return DeviceBase.model_validate({"name": "pump-1", "driver": "test", "tags": tags, **kw})
+def device(tags: list[dict[str, Any]], **kw: Any) -> ProcessedDevice:
+    return ProcessedDevice.model_validate({"name": "pump-1", "driver": "test", "tags": tags, **kw})
 
 
 class Rig:
     """A Processing for one device, fed batch by batch; remembers every output."""
 
-    def __init__(self, dev: DeviceBase, data_dir: Path) -> None:
+    def __init__(self, dev: ProcessedDevice, data_dir: Path) -> None:
         self.retained: list[dict[str, Any]] = []
         self.processing = Processing(
             [dev], data_dir, lambda d, payload: self.retained.append(json.loads(payload))
@@ -63,7 +64,7 @@ BAD = object()
 async def make_rig(tmp_path: Path) -> AsyncIterator[Any]:
     rigs: list[Rig] = []
 
-    async def make(dev: DeviceBase, data_dir: Path = tmp_path) -> Rig:
+    async def make(dev: ProcessedDevice, data_dir: Path = tmp_path) -> Rig:
         rig = Rig(dev, data_dir)
         await rig.processing.start()
         rigs.append(rig)

@@ -20,8 +20,8 @@ from agent.config.locate import Locator
 from agent.config.models import BASE_DIR, Config, MqttSection, build_config_model
 from agent.config.secrets import resolve_secrets as fill_secrets
 from agent.config.yamlpos import EMPTY_MESSAGE, parse_yaml
+from agent.processing.config import check_device_processing
 from drivers.base import Driver
-from drivers.processing_models import check_device_processing
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_TITLE = "edge-agent configuration"
@@ -148,7 +148,7 @@ def _after_merge(config: Config, loc: Locator) -> list[ConfigIssue]:
         if device.profile is None:
             continue
         try:
-            check_device_processing(device.model_copy(update={"profile": None}))
+            check_device_processing(device, merged=True)
         except PydanticCustomError as exc:
             ctx = exc.context or {}
             issues.append(loc.at_key(("devices", i, str(ctx.get("key"))), str(ctx.get("message"))))

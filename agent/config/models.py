@@ -38,6 +38,7 @@ from agent.northbound.config import (
     ThingsBoardOptions,
     placement_issues,
 )
+from agent.processing.config import processed_models
 from drivers.base import (
     NAME_PATTERN,
     DeviceBase,
@@ -424,8 +425,10 @@ def build_config_model(drivers: Mapping[str, type[Driver]]) -> type[Config]:
     """The top-level model for these drivers: devices and profiles typed by the drivers' models."""
     if not drivers:
         return Config
-    device = _tagged_union({name: d.device_model for name, d in sorted(drivers.items())})
-    profile = _tagged_union({name: d.profile_model for name, d in sorted(drivers.items())})
+    # Each driver's models with the agent's processing keys added (the contract has none).
+    models = {n: processed_models(d.device_model, d.profile_model) for n, d in drivers.items()}
+    device = _tagged_union({name: models[name][0] for name in sorted(models)})
+    profile = _tagged_union({name: models[name][1] for name in sorted(models)})
     return create_model(
         "Config",
         __base__=Config,

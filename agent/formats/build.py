@@ -115,15 +115,5 @@ def build_format(config: Any) -> Format:
 
 
 def _tag_types(device: Any) -> dict[str, str]:
-    """Tag name to the driver's declared ``type`` (where a driver declares one)."""
-    out = {}
-    for tag in device.tags:
-        declared = getattr(tag, "type", None)
-        scaled = getattr(tag, "scale", None) not in (None, 1) or getattr(
-            tag, "offset", None
-        ) not in (None, 0)
-        if isinstance(declared, str):
-            out[tag.name] = "float64" if scaled and declared != "bool" else declared
-        elif declared is not None and isinstance(getattr(declared, "value", None), str):
-            out[tag.name] = "float64" if scaled else declared.value
-    return out
+    """Tag name to the value type the driver declares for it (where it declares one)."""
+    return {t.name: v for t in device.tags if (v := t.value_type()) is not None}

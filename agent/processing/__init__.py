@@ -22,12 +22,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from agent.processing.config import ProcessedDevice, WaveformSpec
 from agent.processing.device import DeviceProcessor, Output, needs_processing
 from agent.processing.metrics import ProcessingCollector
 from agent.processing.persist import StateFiles
 from agent.processing.values import FeatureValue
 from drivers.base import Batch, DeviceBase
-from drivers.processing_models import WaveformSpec
 
 __all__ = ["DeviceProcessor", "Output", "Processing"]
 
@@ -50,7 +50,7 @@ class Processing:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._files = StateFiles(data_dir)
-        self._devices = [d for d in devices if needs_processing(d)]
+        self._devices = _processed(devices)
         self._sink = state_sink
         self._persist_every = persist_every
         # numpy releases the GIL in FFTs: spare cores analyse several devices' waveforms at once,
@@ -75,7 +75,7 @@ class Processing:
         """A config reload: processors of changed devices are rebuilt with the state they had
         (run time, counter totals, alarms), removed devices are saved and dropped, new ones
         start from their saved state, if any."""
-        wanted = {d.name: d for d in devices if needs_processing(d)}
+        wanted = {d.name: d for d in _processed(devices)}
         for name in [n for n in self.processors if n not in wanted]:
             self._retired[name] = self.processors.pop(name).snapshot()
         for name, device in wanted.items():
@@ -140,3 +140,9 @@ class Processing:
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, features.compute, samples, spec, rpm)
+
+
+def _processed(devices: Sequence[DeviceBase]) -> list[ProcessedDevice]:
+    """The devices with any processing key set (every device the config loader builds has the
+    keys; one made by hand for a test or a tool may not)."""
+    return [d for d in devices if isinstance(d, ProcessedDevice) and needs_processing(d)]

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.processing.config import AlarmSpec, parse_condition
 from agent.processing.values import tidy
-from drivers.processing_models import AlarmSpec, parse_condition
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,

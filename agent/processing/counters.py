@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from drivers.processing_models import CounterSpec
+from agent.processing.config import CounterSpec
 
 
 def increment(previous: float, current: float, rollover: int | None) -> float:

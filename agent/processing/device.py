@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.processing.alarms import Alarm, Event
+from agent.processing.config import ProcessedDevice, ProcessedTag, WaveformSpec
 from agent.processing.counters import Counter
 from agent.processing.exception import Deadband
 from agent.processing.state import MachineState
 from agent.processing.values import FeatureValue, tidy
 from agent.processing.values import number as as_number
 from agent.processing.windows import Window
-from drivers.base import Batch, DeviceBase, Quality, Reading, TagBase
-from drivers.processing_models import WaveformSpec
+from drivers.base import Batch, Quality, Reading
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 Compute = Callable[[Any, WaveformSpec, float | None], Awaitable[dict[str, FeatureValue]]]
 
 
-def needs_processing(device: DeviceBase) -> bool:
+def needs_processing(device: ProcessedDevice) -> bool:
     """Whether any processing key is set on the device or one of its tags."""
     if device.state is not None or device.processing is not None:
         return True
@@ -50,7 +50,7 @@ def needs_processing(device: DeviceBase) -> bool:
 class TagProcessor:
     """The processing of one tag, with the device's defaults filled in."""
 
-    def __init__(self, tag: TagBase, device: DeviceBase) -> None:
+    def __init__(self, tag: ProcessedTag, device: ProcessedDevice) -> None:
         defaults = device.processing
         self.name = tag.name
         if tag.deadband is not None or tag.deadband_percent is not None:
@@ -110,7 +110,7 @@ class Output:
 
 class DeviceProcessor:
     def __init__(
-        self, device: DeviceBase, saved: dict[str, Any] | None = None, resume: bool = False
+        self, device: ProcessedDevice, saved: dict[str, Any] | None = None, resume: bool = False
     ) -> None:
         self.device = device
         self.name = device.name

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.processing.config import WaveformSpec, ZoneSpec
 from agent.processing.values import FeatureValue
-from drivers.processing_models import WaveformSpec, ZoneSpec
 
 G = 9.80665  # m/s² per g
 Array = npt.NDArray[np.float64]

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from agent.processing.alarms import OPS
-from drivers.processing_models import StateSpec
+from agent.processing.config import StateSpec
 
 
 class MachineState:

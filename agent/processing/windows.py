@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from drivers.processing_models import WindowSpec
+from agent.processing.config import WindowSpec
 
 
 class Window:

@@ -18,7 +18,8 @@ from drivers.base import (
     PositiveDuration,
     ProfileBase,
     StrictModel,
-    TagBase,
+    ValueType,
+    WritableTag,
 )
 from drivers.modbus.codec import register_count, resolve_byte_order
 
@@ -166,7 +167,7 @@ class ModbusConnection(StrictModel):
         return 3.5 * self.char_time
 
 
-class ModbusTag(TagBase):
+class ModbusTag(WritableTag):
     """One value read from a Modbus table."""
 
     table: Table = Field(
@@ -203,8 +204,11 @@ class ModbusTag(TagBase):
     writable: bool = Field(
         default=False, description="accept writes from the cloud (holding registers and coils)"
     )
-    min: float | None = Field(default=None, description="writes below this are refused")
-    max: float | None = Field(default=None, description="writes above this are refused")
+
+    def value_type(self) -> ValueType:
+        """A scaled or offset number is a float64 whatever its register type."""
+        scaled = self.scale != 1 or self.offset != 0
+        return "float64" if scaled and self.type != "bool" else self.type
 
     @property
     def element_width(self) -> int:

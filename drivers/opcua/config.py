@@ -215,6 +215,15 @@ class OpcuaTag(TagBase):
         le=10000,
         description="subscribe mode: changes the server keeps per publishing interval (1: latest)",
     )
+    # The edge's report-by-exception key, which this driver also hands the server (an absolute
+    # deadband means the same there): declared here because the driver reads it; the agent's
+    # processing stage applies it too, as for every driver.
+    deadband: float | None = Field(
+        default=None,
+        ge=0,
+        description="report by exception: publish only changes beyond this (subscribe mode: "
+        "the server filters them too)",
+    )
 
     @model_validator(mode="after")
     def _one_address(self) -> OpcuaTag:

@@ -12,7 +12,14 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
-from drivers.base import DeviceBase, PositiveDuration, ProfileBase, StrictModel, TagBase
+from drivers.base import (
+    DeviceBase,
+    PositiveDuration,
+    ProfileBase,
+    StrictModel,
+    TagBase,
+    ValueType,
+)
 from drivers.serial.checksums import ChecksumFormat, ChecksumKind
 from drivers.serial.escapes import decode_escapes
 
@@ -170,6 +177,11 @@ class SerialTag(TagBase):
             if scaled:
                 raise ValueError(f"{' and '.join(scaled)} not allowed on a {self.type} tag")
         return self
+
+    def value_type(self) -> ValueType:
+        """A scaled or offset number is a float64."""
+        scaled = self.scale != 1 or self.offset != 0
+        return "float64" if scaled and self.type != "bool" else self.type
 
 
 class SerialDevice(DeviceBase):

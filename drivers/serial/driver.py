@@ -18,7 +18,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TextIO
 
 from pydantic import ValidationError
@@ -91,6 +91,10 @@ class SerialDriver(Driver):
             length=framing.length,
             max_frame=self.config.max_frame,
         )
+
+    @classmethod
+    def sniffer(cls) -> Callable[..., Coroutine[Any, Any, None]]:
+        return cls.sniff
 
     @staticmethod
     async def sniff(

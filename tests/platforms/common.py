@@ -6,13 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from agent.commands import CommandHandler
-from drivers.base import DeviceBase, TagBase
+from drivers.base import DeviceBase, TagBase, WritableTag
 
 DEVICE = "press-1"
-
-
-class WritableTag(TagBase):
-    writable: bool = False
 
 
 class RecordingTarget:

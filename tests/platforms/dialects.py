@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.formats.alibaba import sign
+from agent.processing.config import Feature, Stat
 from agent.streams import StreamKind
-from drivers.processing_models import Feature, Stat
 from tests.brokers import Mosquitto, Received, Subscriber
 from tests.platforms.alibaba import GW_DN, GW_PK, SUB_PK, AlibabaResponder
 from tests.platforms.cloud import AZURE_DEVICE, IotHubResponder, TlsSubscriber, aws_broker

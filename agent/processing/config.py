@@ -1,17 +1,17 @@
 """Config models of edge processing: the keys a tag and a device take to be processed at the edge.
 
-They live here, beside ``drivers.base``, because the tag and device models every driver subclasses
-carry them (``TagBase.window``, ``DeviceBase.state``...), and ``drivers.base`` may import only the
-standard library and pydantic. So this module depends on nothing else either: ``drivers.base``
-imports it, not the other way round (the value types both share live in ``drivers.units``). The
-agent's ``agent.processing`` package gives these keys their meaning.
+They belong to the agent, not to the driver contract: the config loader adds them to each
+driver's tag and device models (``processed_models``), so an integrator writes them beside the
+driver's own keys while drivers know nothing of them. ``agent.processing`` gives them meaning.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -19,13 +19,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    create_model,
     model_validator,
 )
 
-from drivers.units import Duration as _Duration
-from drivers.units import Name as _Name
-from drivers.units import PositiveDuration as _PositiveDuration
-from drivers.units import key_error as _key_error
+from drivers.base import DeviceBase, ProfileBase, StrictModel, TagBase
+from drivers.base import Duration as _Duration
+from drivers.base import Name as _Name
+from drivers.base import PositiveDuration as _PositiveDuration
+from drivers.base import key_error as _key_error
 
 
 class _Model(BaseModel):
@@ -447,7 +449,7 @@ def tag_outputs(
 
 
 def check_tag_processing(tag: Any) -> None:
-    """Rules across a tag's processing keys (called from ``TagBase``)."""
+    """Rules across a tag's processing keys (called from ``TagProcessing``)."""
     if tag.deadband is not None and tag.deadband_percent is not None:
         raise _key_error("deadband_percent", "give deadband or deadband_percent, not both")
     known = tag_outputs(tag.name, tag.window, tag.waveform, tag.counter)
@@ -468,10 +470,12 @@ def check_tag_processing(tag: Any) -> None:
             )
 
 
-def check_device_processing(device: Any) -> None:
-    """Rules across a device's tags (called from ``DeviceBase``). A device with a profile is
-    checked after the merge, by ``agent.config.loader``, since its profile's tags are not here."""
+def check_device_processing(device: Any, *, merged: bool = False) -> None:
+    """Rules across a device's tags (called from ``DeviceProcessing``). The rules that name
+    other tags wait for a device with a profile until its profile's tags are merged in: the
+    config loader calls this again then with ``merged=True``."""
     names = {t.name for t in device.tags}
+    complete = merged or device.profile is None
     state = device.state
     if state is not None:
         for reserved in ("state", "runtime"):
@@ -479,7 +483,7 @@ def check_device_processing(device: Any) -> None:
                 raise _key_error(
                     "state", f"a device with state: cannot have a tag named {reserved!r}"
                 )
-        if device.profile is None:
+        if complete:
             for i, rule in enumerate(state.rules):
                 for tag, _, _ in rule.conditions():
                     if tag not in names:
@@ -492,10 +496,119 @@ def check_device_processing(device: Any) -> None:
                 raise _key_error(
                     "tags", f"tag {tag.name}: an alarm with states needs the device's state:"
                 )
-    if device.profile is None:
+    if complete:
         for tag in device.tags:
             wf = getattr(tag, "waveform", None)
             if wf is not None and wf.shaft_rpm_tag is not None and wf.shaft_rpm_tag not in names:
                 raise _key_error(
                     "tags", f"tag {tag.name}: shaft_rpm_tag {wf.shaft_rpm_tag!r} is not a tag"
                 )
+
+
+# ------------------------------------------------------------- the keys, added to drivers' models
+
+
+class TagProcessing(StrictModel):
+    """The processing keys of a tag, added to every driver's tag model."""
+
+    deadband: float | None = Field(
+        default=None, ge=0, description="report by exception: publish only changes beyond this"
+    )
+    deadband_percent: float | None = Field(
+        default=None, gt=0, le=100, description="deadband as a percentage of the last value"
+    )
+    max_silence: _PositiveDuration | None = Field(
+        default=None, description="report by exception: publish anyway after this long"
+    )
+    window: WindowSpec | None = Field(default=None, description="aggregates over time windows")
+    waveform: WaveformSpec | None = Field(default=None, description="waveform features")
+    counter: CounterSpec | None = Field(default=None, description="parts or energy counter")
+    alarms: list[AlarmSpec] = Field(default_factory=list, description="alarms on this tag")
+
+    @model_validator(mode="after")
+    def _check_processing(self) -> Any:
+        check_tag_processing(self)
+        return self
+
+
+class DeviceProcessingKeys(StrictModel):
+    """The processing keys of a device, added to every driver's device model."""
+
+    processing: DeviceProcessing | None = Field(
+        default=None, description="processing defaults for every tag of the device"
+    )
+    state: StateSpec | None = Field(default=None, description="machine state rules")
+
+    @model_validator(mode="after")
+    def _check_processing(self) -> Any:
+        check_device_processing(self)
+        return self
+
+
+class ProcessedTag(TagProcessing, TagBase):
+    """A tag with the processing keys: every driver's tag model becomes a subclass of it (see
+    ``processed_models``), so processing code is typed by it."""
+
+
+class ProcessedDevice(DeviceProcessingKeys, DeviceBase):
+    """A device with the processing keys, whose tags have them too; like ``ProcessedTag``, the
+    base of every driver's device model as the agent loads it."""
+
+    tags: Sequence[ProcessedTag] = Field(default_factory=list)
+
+
+def _tag_model(device_model: type[DeviceBase]) -> type[TagBase]:
+    """The tag class a driver's device model lists (``tags: Sequence[X]``)."""
+    annotation = device_model.model_fields["tags"].annotation
+    args = get_args(annotation)
+    tag = args[0] if args else annotation
+    if not (isinstance(tag, type) and issubclass(tag, TagBase)):
+        raise TypeError(f"{device_model.__name__}.tags does not list a TagBase subclass")
+    return tag
+
+
+@functools.cache
+def processed_models(
+    device_model: type[DeviceBase], profile_model: type[ProfileBase]
+) -> tuple[type[DeviceBase], type[ProfileBase]]:
+    """A driver's device and profile models with the processing keys added to the device and
+    to each of its tags, under the driver's own class names (the schema's and the errors' names
+    stay the driver's). The YAML is unchanged: the keys sit beside the driver's own.
+
+    The driver's class comes first among the bases: pydantic takes an inherited field from the
+    first base that has it, so the driver's narrowed keys (``driver: Literal[...]``) and a key
+    it declares itself (OPC UA's ``deadband``, which it also hands the server) win. The keys
+    are listed in the order of the class hierarchy from its root: the contract's, the processing
+    keys (``ProcessedTag`` lists ``TagProcessing`` before ``TagBase`` for that), the driver's."""
+    tag = _tag_model(device_model)
+    processed_tag = (
+        ProcessedTag
+        if tag is TagBase
+        else create_model(
+            tag.__name__,
+            __base__=(tag, ProcessedTag),
+            __module__=tag.__module__,
+            __doc__=tag.__doc__,
+        )
+    )
+    tags: Any = (
+        Sequence[processed_tag],  # type: ignore[valid-type]
+        Field(default_factory=list, description=device_model.model_fields["tags"].description),
+    )
+    device: type[DeviceBase] = create_model(
+        device_model.__name__,
+        __base__=(ProcessedDevice,)
+        if device_model is DeviceBase
+        else (device_model, ProcessedDevice),
+        __module__=device_model.__module__,
+        __doc__=device_model.__doc__,
+        tags=tags,
+    )
+    profile = create_model(
+        profile_model.__name__,
+        __base__=profile_model,
+        __module__=profile_model.__module__,
+        __doc__=profile_model.__doc__,
+        tags=tags,
+    )
+    return device, profile

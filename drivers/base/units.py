@@ -1,9 +1,8 @@
 """Value types every config section shares (names, durations, sizes) and its key error.
 
-They live in a module of their own so that both ``drivers.base`` and ``drivers.processing_models``
-(which ``drivers.base`` imports) can use one definition without an import cycle. Like the driver
-contract, this module depends on the standard library and pydantic only; ``drivers.base``
-re-exports every name here, so drivers keep importing them from the contract.
+Part of the driver contract (``drivers.base`` re-exports every name here): the agent's own
+sections (mqtt, buffer, processing keys...) use the same types, so a duration or a size means the
+same everywhere in the file.
 """
 
 from __future__ import annotations
