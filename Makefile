@@ -70,7 +70,7 @@ reference: venv
 
 # Sparkplug B: regenerate the committed Python module from the .proto (needs protobuf-compiler).
 proto:
-	cd agent/formats/sparkplug && protoc --python_out=. sparkplug_b.proto
+	cd agent/north/formats/sparkplug && protoc --python_out=. sparkplug_b.proto
 
 # The 30-minute soak (200 devices, broker flapping): fails on growth beyond 2 % after warm-up.
 soak: venv system-deps

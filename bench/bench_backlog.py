@@ -26,8 +26,8 @@ from typing import Any
 
 import psutil
 
-from agent.buffer import Buffer
-from agent.record import encode_batch
+from agent.core.buffer import Buffer
+from agent.core.record import encode_batch
 from bench.bench_e2e import ROOT, DataWatch, bench_tags, cpu_seconds, write_config
 from drivers.base import Batch, Reading
 from tests.brokers import Mosquitto, free_port

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.buffer import Buffer
+from agent.core.buffer import Buffer
 
 BODY = (
     b'{"ts":1763884800123,"values":{"voltage_l1":229.8,"voltage_l2":230.1,"voltage_l3":229.5,'

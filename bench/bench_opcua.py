@@ -29,8 +29,8 @@ from typing import Any
 
 from asyncua import Client, ua
 
-from agent.record import encode_batch
-from agent.scheduler import frames
+from agent.core.record import encode_batch
+from agent.south.scheduler import frames
 from drivers.base import Batch
 from drivers.opcua.config import OpcuaDevice
 from drivers.opcua.driver import OpcuaDriver

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.buffer import Buffer
-from agent.pipeline import Pipeline
-from agent.processing import Processing
-from agent.processing.config import WaveformSpec
-from agent.processing.features import compute
+from agent.core.buffer import Buffer
+from agent.core.pipeline import Pipeline
+from agent.core.processing import Processing
+from agent.core.processing.config import WaveformSpec
+from agent.core.processing.features import compute
 from drivers.base import Batch, DeviceBase, Reading
 
 SAMPLES = 4096

@@ -21,8 +21,8 @@ import contextlib
 import logging
 from typing import Any
 
-from agent.lines import LinePoller
-from agent.metrics import Metrics
+from agent.ops.metrics import Metrics
+from agent.south.lines import LinePoller
 from drivers.base import Batch, Driver
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver

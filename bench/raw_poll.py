@@ -14,8 +14,8 @@ from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from agent.config import load_config
-from agent.drivers import load_drivers
+from agent.app.config import load_config
+from agent.south.registry import load_drivers
 from drivers.modbus.driver import ModbusDriver
 
 

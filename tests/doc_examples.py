@@ -28,7 +28,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from agent.config import ConfigErrors, config_schema, load_config
+from agent.app.config import ConfigErrors, config_schema, load_config
 from drivers.base import Driver
 
 ROOT = Path(__file__).resolve().parent.parent

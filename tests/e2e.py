@@ -17,9 +17,9 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.runtime import Agent
+from agent.app.config import load_config
+from agent.app.runtime import Agent
+from agent.south.registry import load_drivers
 from simulators.modbus_map import POINTS, PRESS_POINTS, TYPE_TEST_POINTS, Point
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import Subscriber, data_seqs, free_port

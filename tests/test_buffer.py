@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.buffer import MIN_SIZE, SEQ_RESERVATION, Buffer, BufferError
-from agent.metrics import Metrics
+from agent.core.buffer import MIN_SIZE, SEQ_RESERVATION, Buffer, BufferError
+from agent.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"ts":0,"values":{"v":1}}'
@@ -81,7 +81,9 @@ async def _set_max_pages(buf: Buffer, pages: int | None) -> int:
 
 def _buffer_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
     return [
-        r for r in caplog.records if r.name.startswith("agent.buffer") and text in r.getMessage()
+        r
+        for r in caplog.records
+        if r.name.startswith("agent.core.buffer") and text in r.getMessage()
     ]
 
 
@@ -770,7 +772,7 @@ async def test_agent_on_a_full_disk_keeps_polling_drops_oldest_counted_and_recov
     (tiny_fs / "filler").write_bytes(b"f" * 1_200_000)
     data = tiny_fs / "data"
     broker = Mosquitto(tmp_path / "mosquitto")
-    caplog.set_level(logging.WARNING, logger="agent.buffer")
+    caplog.set_level(logging.WARNING, logger="agent.core.buffer")
     async with ModbusSimulator(port=free_port(), units=(1, 2, 3, 4)) as sim:
         cfg = _agent_config(tmp_path, data, broker.port, sim.port, "64MB")
         sub: Subscriber | None = None

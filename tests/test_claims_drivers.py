@@ -38,10 +38,10 @@ from typing import Any
 
 import pytest
 
-from agent import cli
-from agent.config import ConfigErrors, load_config
-from agent.drivers import load_drivers
-from agent.runtime import Agent
+from agent.app import cli
+from agent.app.config import ConfigErrors, load_config
+from agent.app.runtime import Agent
+from agent.south.registry import load_drivers
 from drivers.base import Driver
 from simulators.modbus_tcp import ModbusSimulator
 from simulators.opcua_cnc import POINTS as OPCUA_POINTS

@@ -7,8 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from agent.buffer import StoredBatch
-from agent.formats.alibaba import AlibabaFormat, mqtt_credentials, sign
+from agent.core.buffer import StoredBatch
+from agent.north.formats.alibaba import AlibabaFormat, mqtt_credentials, sign
 from tests.e2e import until
 from tests.platforms.alibaba import (
     GW_DN,
@@ -48,7 +48,7 @@ def _row(i: int, device: str, values: dict[str, object], kind: str = "data") -> 
     return StoredBatch(i, device, kind, i, 1524448722000, body, 0.0)
 
 
-#: An alarm event as the pipeline buffers it (agent/processing/alarms.py): ``values`` is the
+#: An alarm event as the pipeline buffers it (agent/core/processing/alarms.py): ``values`` is the
 #: list of evidence, not a tag map.
 EVENT = {"event": "raise", "alarm": "overtemp", "severity": "warning", "values": [81.5, 82.0]}
 

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.buffer import StoredBatch
-from agent.config import ConfigErrors, load_config
-from agent.drivers import load_drivers
-from agent.formats import JsonFormat
-from agent.formats.aws import AwsIotFormat
-from agent.formats.split import split_doc
+from agent.app.config import ConfigErrors, load_config
+from agent.core.buffer import StoredBatch
+from agent.north.formats import JsonFormat
+from agent.north.formats.aws import AwsIotFormat
+from agent.north.formats.split import split_doc
+from agent.south.registry import load_drivers
 from tests.brokers import Mosquitto, Subscriber, data_seqs
 from tests.platforms.cloud import TlsSubscriber, aws_broker
 from tests.test_failover import Rig, _settings

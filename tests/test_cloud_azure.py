@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent.formats.azure import AzureIotFormat, sas_token
+from agent.north.formats.azure import AzureIotFormat, sas_token
 from tests.brokers import Mosquitto
 from tests.e2e import until
 from tests.platforms.cloud import AZURE_DEVICE, AZURE_HUB, IotHubResponder, azure_broker

@@ -9,9 +9,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from agent.buffer import StoredBatch
-from agent.formats.base import Message
-from agent.formats.huawei import HuaweiFormat, event_time, mqtt_credentials
+from agent.core.buffer import StoredBatch
+from agent.north.formats.base import Message
+from agent.north.formats.huawei import HuaweiFormat, event_time, mqtt_credentials
 from tests.e2e import until
 from tests.platforms.common import RecordingTarget, press_commands
 from tests.platforms.huawei import GATEWAY, IotdaResponder, huawei_broker

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from agent.buffer import StoredBatch
-from agent.config import ConfigErrors, load_config
-from agent.drivers import load_drivers
-from agent.formats import build_format
-from agent.formats.base import Reaction
-from agent.formats.thingsboard import ThingsBoardFormat
-from agent.processing.alarms import Alarm
-from agent.processing.config import AlarmSpec, StateSpec
-from agent.processing.state import MachineState
+from agent.app.config import ConfigErrors, load_config
+from agent.core.buffer import StoredBatch
+from agent.core.processing.alarms import Alarm
+from agent.core.processing.config import AlarmSpec, StateSpec
+from agent.core.processing.state import MachineState
+from agent.north.formats import build_format
+from agent.north.formats.base import Reaction
+from agent.north.formats.thingsboard import ThingsBoardFormat
+from agent.south.registry import load_drivers
 from tests.e2e import until
 from tests.platforms.common import RecordingTarget, WritableTag, press_commands
 from tests.platforms.thingsboard import (
@@ -56,7 +56,7 @@ def _event_row(i: int, doc: dict[str, Any]) -> StoredBatch:
 
 
 def _machine_state() -> bytes:
-    """The retained machine-state document of a running machine (agent/processing/state.py)."""
+    """The retained machine-state document of a running machine (agent/core/processing/state.py)."""
     state = MachineState(
         StateSpec.model_validate({"rules": [{"state": "running", "when": "spindle > 0"}]})
     )

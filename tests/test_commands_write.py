@@ -17,12 +17,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.commands import CommandHandler, TokenBucket
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.metrics import Metrics
-from agent.reload import plan_reload
-from agent.scheduler import DevicePoller
+from agent.app.config import load_config
+from agent.app.reload import plan_reload
+from agent.ops.metrics import Metrics
+from agent.south.commands import CommandHandler, TokenBucket
+from agent.south.registry import load_drivers
+from agent.south.scheduler import DevicePoller
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from simulators.modbus_tcp import ModbusSimulator

@@ -18,8 +18,8 @@ from typing import Literal
 import pytest
 from pydantic import Field, SecretStr, model_validator
 
-from agent.cli import main
-from agent.config import (
+from agent.app.cli import main
+from agent.app.config import (
     Config,
     ConfigErrors,
     ConfigIssue,
@@ -27,8 +27,8 @@ from agent.config import (
     config_schema,
     load_config,
 )
-from agent.config.models import parse_listen
-from agent.drivers import DriverConflictError, load_drivers
+from agent.app.config.models import parse_listen
+from agent.south.registry import DriverConflictError, load_drivers
 from drivers.base import (
     DeviceBase,
     Driver,
@@ -697,7 +697,7 @@ def test_cli_run_refuses_bad_config(
         started.append(args)
         return 0
 
-    monkeypatch.setattr("agent.runtime.run_agent", run_agent)
+    monkeypatch.setattr("agent.app.runtime.run_agent", run_agent)
     assert main(["run", "-c", str(path)]) == 2
     assert (
         "mqtt.password_env: environment variable EA_TEST_UNSET is not set"
@@ -714,8 +714,8 @@ def test_cli_run_starts_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         calls.append(args)
         return 0
 
-    monkeypatch.setattr("agent.runtime.run_agent", record)
-    monkeypatch.setattr("agent.logs.setup_logging", record)
+    monkeypatch.setattr("agent.app.runtime.run_agent", record)
+    monkeypatch.setattr("agent.ops.logs.setup_logging", record)
     assert main(["run", "--config", str(path), "--log-level", "debug", "--log-format", "json"]) == 0
     assert calls[0] == ("debug", "json")
     config, config_path = calls[1]
@@ -750,7 +750,7 @@ def test_cli_internal_error_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A driver's bug is not the file's fault: exit 1 with one line, not a traceback."""
-    monkeypatch.setattr("agent.cli.load_drivers", lambda: {"broken": BrokenDriver})
+    monkeypatch.setattr("agent.app.cli.load_drivers", lambda: {"broken": BrokenDriver})
     path = write(tmp_path, "agent: {id: a}\ndevices: [{name: d, driver: broken}]\n")
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
@@ -770,7 +770,7 @@ class FakeTwin(FakeDriver):
 
 def _entry_points(monkeypatch: pytest.MonkeyPatch, *targets: tuple[str, str]) -> None:
     found = [EntryPoint(name, value, "edge_agent.drivers") for name, value in targets]
-    monkeypatch.setattr("agent.drivers.entry_points", lambda group: found)
+    monkeypatch.setattr("agent.south.registry.entry_points", lambda group: found)
 
 
 def test_broken_drivers_are_reported_and_skipped(
@@ -783,7 +783,7 @@ def test_broken_drivers_are_reported_and_skipped(
         ("half", f"{__name__}:HalfDriver"),
         ("odd", f"{__name__}:FakeTag"),
     )
-    with caplog.at_level(logging.ERROR, logger="agent.drivers"):
+    with caplog.at_level(logging.ERROR, logger="agent.south.registry"):
         assert load_drivers() == {"fake": FakeDriver}
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3
@@ -809,7 +809,7 @@ def test_an_entry_point_must_carry_its_drivers_name(
     """Drivers are found by entry-point name without importing them, so a class whose ``name``
     differs from its entry point's could make a config mean another driver: refused."""
     _entry_points(monkeypatch, ("fake", f"{__name__}:FakeDriver"), ("twin", f"{__name__}:FakeTwin"))
-    with caplog.at_level(logging.ERROR, logger="agent.drivers"):
+    with caplog.at_level(logging.ERROR, logger="agent.south.registry"):
         drivers = load_drivers()
         assert "twin" not in drivers
     assert drivers == {"fake": FakeDriver}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigErrors, ConfigIssue, load_config
-from agent.drivers import load_drivers
+from agent.app.config import ConfigErrors, ConfigIssue, load_config
+from agent.south.registry import load_drivers
 
 ROOT = Path(__file__).resolve().parent.parent
 DIRS = [ROOT / "tests" / "config_cases", *sorted((ROOT / "drivers").glob("*/testcases/errors"))]

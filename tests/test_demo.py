@@ -50,4 +50,4 @@ def test_demo_shows_data_arriving_and_cleans_up(tmp_path: Path) -> None:
     assert "edge/demo-gw/press-2/data seq=" in out.stdout
     assert '"online": true' in out.stdout
     assert "demo stopped" in out.stdout
-    assert "agent.runtime stopped" in out.stderr  # the agent stopped cleanly on SIGTERM
+    assert "agent.app.runtime stopped" in out.stderr  # the agent stopped cleanly on SIGTERM

@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from agent.config import Config, config_schema, load_config
-from agent.drivers import load_drivers
+from agent.app.config import Config, config_schema, load_config
+from agent.south.registry import load_drivers
 from tests.readme import DOCS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import _parser
-from agent.drivers import load_drivers
+from agent.app.cli import _parser
+from agent.south.registry import load_drivers
 from tests.doc_examples import (
     MINIMAL,
     ROOT,

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent.buffer import Buffer
-from agent.commands import CommandHandler
-from agent.formats import Format, JsonFormat
-from agent.metrics import Metrics
-from agent.publisher import Publisher
+from agent.core.buffer import Buffer
+from agent.north.formats import Format, JsonFormat
+from agent.north.publisher import Publisher
+from agent.ops.metrics import Metrics
+from agent.south.commands import CommandHandler
 from tests.brokers import Mosquitto, Subscriber, V5Subscriber, data_seqs, free_port
 from tests.e2e import until
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.runtime import Agent
+from agent.app.runtime import Agent
 from simulators.modbus_map import PRESS_POINTS, TYPE_TEST_POINTS, Point
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import Mosquitto, Received, Subscriber, data_seqs

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.formats import JsonFormat, build_format
-from agent.formats.alibaba import AlibabaFormat
-from agent.formats.aws import AwsIotFormat
-from agent.formats.azure import AzureIotFormat
-from agent.formats.huawei import HuaweiFormat
-from agent.formats.sparkplug.format import SparkplugFormat
-from agent.formats.thingsboard import ThingsBoardFormat
+from agent.app.config import load_config
+from agent.north.formats import JsonFormat, build_format
+from agent.north.formats.alibaba import AlibabaFormat
+from agent.north.formats.aws import AwsIotFormat
+from agent.north.formats.azure import AzureIotFormat
+from agent.north.formats.huawei import HuaweiFormat
+from agent.north.formats.sparkplug.format import SparkplugFormat
+from agent.north.formats.thingsboard import ThingsBoardFormat
+from agent.south.registry import load_drivers
 from tests.readme import DOCS
 
 PLATFORMS = DOCS / "platforms"

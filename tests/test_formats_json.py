@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import StoredBatch
-from agent.config import ConfigErrors, load_config
-from agent.drivers import load_drivers
-from agent.formats import JsonFormat, build_format
-from agent.northbound.config import check_template
+from agent.app.config import ConfigErrors, load_config
+from agent.core.buffer import StoredBatch
+from agent.north.config import check_template
+from agent.north.formats import JsonFormat, build_format
+from agent.south.registry import load_drivers
 from tests.brokers import Mosquitto, Subscriber
 from tests.test_failover import Rig, _settings
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from agent.buffer import StoredBatch
-from agent.formats import Format
-from agent.formats.alibaba import AlibabaFormat
-from agent.formats.aws import AwsIotFormat
-from agent.formats.azure import AzureIotFormat
-from agent.formats.huawei import HuaweiFormat
-from agent.formats.thingsboard import ThingsBoardFormat
+from agent.core.buffer import StoredBatch
+from agent.north.formats import Format
+from agent.north.formats.alibaba import AlibabaFormat
+from agent.north.formats.aws import AwsIotFormat
+from agent.north.formats.azure import AzureIotFormat
+from agent.north.formats.huawei import HuaweiFormat
+from agent.north.formats.thingsboard import ThingsBoardFormat
 
 LIMIT = 4096
 VALUES = {f"tag{i:04d}": i * 0.5 for i in range(1500)}  # about 25KB as JSON

@@ -8,11 +8,11 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from agent.config.models import FormatName
-from agent.formats import registry
-from agent.formats.base import Format
-from agent.formats.registry import FormatConflictError, available_formats, load_format
-from agent.streams import STREAM_KINDS, StreamKind
+from agent.app.config.models import FormatName
+from agent.core.streams import STREAM_KINDS, StreamKind
+from agent.north.formats import registry
+from agent.north.formats.base import Format
+from agent.north.formats.registry import FormatConflictError, available_formats, load_format
 from tests.platforms.dialects import DIALECTS
 
 
@@ -39,7 +39,7 @@ def test_every_registered_format_has_a_dialect_adapter(name: str) -> None:
 def test_two_formats_claiming_one_name_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     group = registry.GROUP
     clash = [
-        EntryPoint("json", "agent.formats.jsonfmt:JsonFormat", group),
+        EntryPoint("json", "agent.north.formats.jsonfmt:JsonFormat", group),
         EntryPoint("json", "someone.else:Json", group),
     ]
     monkeypatch.setattr(registry, "entry_points", lambda group: clash)
@@ -48,7 +48,7 @@ def test_two_formats_claiming_one_name_are_refused(monkeypatch: pytest.MonkeyPat
 
 
 def test_an_entry_point_that_is_no_format_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    odd = [EntryPoint("odd", "agent.streams:StreamKind", registry.GROUP)]
+    odd = [EntryPoint("odd", "agent.core.streams:StreamKind", registry.GROUP)]
     monkeypatch.setattr(registry, "entry_points", lambda group: odd)
     with pytest.raises(TypeError, match="not a subclass of Format"):
         load_format("odd")

@@ -39,7 +39,7 @@ WEIGHTS = {
 }
 
 
-#: As ``edge-agent run`` configures it (agent/logs.py): pymodbus would log every hostile frame,
+#: As ``edge-agent run`` configures it (agent/ops/logs.py): pymodbus would log every hostile frame,
 #: and capturing 10,000 debug lines is most of this test's time.
 pytestmark = pytest.mark.usefixtures("quiet_pymodbus")
 

@@ -426,7 +426,7 @@ def test_image_install_lets_the_operator_validate_and_ask_status_never_read_secr
             assert READY_LINE.search(shown.stdout) and "line1-gw" in shown.stdout
             # Without -c it reads /etc/edge-agent/config.yaml: here, the image's.
             default = (
-                "import sys; from pathlib import Path; import agent.status_cli as s; "
+                "import sys; from pathlib import Path; import agent.app.status_cli as s; "
                 "s.DEFAULT_CONFIG = Path(sys.argv[1]); "
                 "sys.exit(s.status_command(None, None, False))"
             )

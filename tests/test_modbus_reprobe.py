@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.drivers import load_drivers
+from agent.app.config import load_config
+from agent.south.registry import load_drivers
 from drivers.base import Quality
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from agent.lines import LinePoller
-from agent.metrics import Metrics
+from agent.ops.metrics import Metrics
+from agent.south.lines import LinePoller
 from drivers.base import Driver, Quality
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
@@ -231,7 +231,7 @@ async def test_tcp_gateway_unit_ids_share_one_connection() -> None:
 async def test_a_write_on_a_line_goes_between_turns_and_is_confirmed() -> None:
     """A command to unit 2 while the line polls units 1 and 2: written with function 6, read
     back, and on the wire never inside another unit's poll."""
-    from agent.commands import CommandHandler
+    from agent.south.commands import CommandHandler
 
     tags = [
         *PRESS_TAGS,

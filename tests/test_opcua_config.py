@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from pydantic import ValidationError
 
-from agent.record import encode_batch
+from agent.core.record import encode_batch
 from drivers.base import Batch, Quality, Reading
 from drivers.opcua.config import OpcuaDevice, parse_node
 from drivers.opcua.convert import quality_of, shortest_float32, to_value

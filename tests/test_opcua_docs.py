@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from agent.config import load_config
-from agent.drivers import load_drivers
+from agent.app.config import load_config
+from agent.south.registry import load_drivers
 from drivers.opcua.config import OpcuaDevice
 from drivers.opcua.driver import OpcuaDriver
 from simulators.opcua_cnc import POINTS, CncSimulator, ServerCert

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agent.config import load_config
-from agent.drivers import load_drivers
+from agent.app.config import load_config
+from agent.south.registry import load_drivers
 from drivers.base import DeviceError, Quality
 from drivers.opcua.config import OpcuaDevice
 from drivers.opcua.discover import parser, run

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agent.metrics import Metrics
-from agent.scheduler import DevicePoller
+from agent.ops.metrics import Metrics
+from agent.south.scheduler import DevicePoller
 from drivers.base import DeviceError, Quality
 from drivers.opcua.config import OpcuaDevice
 from drivers.opcua.driver import OpcuaDriver

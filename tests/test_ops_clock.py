@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from agent.buffer import Buffer
-from agent.clock import ClockWatch, DeviceStamps, adjtimex_synchronized, clock_synchronized
-from agent.metrics import Metrics
-from agent.pipeline import Pipeline
-from agent.record import decode_body
+from agent.core.buffer import Buffer
+from agent.core.clock import ClockWatch, DeviceStamps, adjtimex_synchronized, clock_synchronized
+from agent.core.pipeline import Pipeline
+from agent.core.record import decode_body
+from agent.ops.metrics import Metrics
 from drivers.base import Batch, Reading
 
 
@@ -27,7 +27,7 @@ def test_warns_once_per_change_and_sets_the_gauge(caplog: pytest.LogCaptureFixtu
     m = Metrics()
     watch = ClockWatch(m.clock_synchronized, probe=lambda: next(states))
     gauge: list[float] = []
-    with caplog.at_level(logging.INFO, logger="agent.clock"):
+    with caplog.at_level(logging.INFO, logger="agent.core.clock"):
         for _ in range(7):
             watch.check()
             gauge.append(m.registry.get_sample_value("edge_agent_clock_synchronized") or 0.0)

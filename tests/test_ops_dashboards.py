@@ -10,9 +10,9 @@ from typing import Any
 from prometheus_client import generate_latest
 from ruamel.yaml import YAML
 
-from agent.clock import DeviceStamps
-from agent.metrics import DriverErrors, Metrics
-from agent.processing.metrics import ProcessingCollector
+from agent.core.clock import DeviceStamps
+from agent.ops.metrics import DriverErrors, Metrics
+from agent.ops.processing_metrics import ProcessingCollector
 from drivers.base import Driver
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.drivers import load_drivers
-from agent.status_cli import print_status
+from agent.app.status_cli import print_status
+from agent.south.registry import load_drivers
 from tests.doc_examples import load_example
 from tests.test_ops_dashboards import exported
 from tests.test_status_page import snapshot

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.logs import JsonFormatter, TextFormatter
+from agent.ops.logs import JsonFormatter, TextFormatter
 from tests.brokers import Mosquitto
 from tests.e2e import write_config
 from tests.test_ops_rig import AgentProcess

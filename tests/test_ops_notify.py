@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from agent.notify import Notifier
+from agent.ops.notify import Notifier
 
 
 def listener(path: Path) -> socket.socket:

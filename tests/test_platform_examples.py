@@ -20,11 +20,11 @@ import pytest
 from pydantic import BaseModel
 from ruamel.yaml import YAML
 
-from agent.config import load_config
-from agent.config.models import MqttSection
-from agent.drivers import load_drivers
-from agent.formats.build import build_format
-from agent.formats.registry import available_formats, load_format
+from agent.app.config import load_config
+from agent.app.config.models import MqttSection
+from agent.north.formats.build import build_format
+from agent.north.formats.registry import available_formats, load_format
+from agent.south.registry import load_drivers
 from tests.doc_examples import ROOT, code_blocks, top_level_keys
 
 DRIVERS = load_drivers()

@@ -9,9 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.processing.config import (
+from agent.app.config import load_config
+from agent.core.processing.config import (
     AlarmSpec,
     BearingSpec,
     CounterSpec,
@@ -22,7 +21,8 @@ from agent.processing.config import (
     WindowSpec,
     ZoneSpec,
 )
-from agent.processing.features import fault_frequencies
+from agent.core.processing.features import fault_frequencies
+from agent.south.registry import load_drivers
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "processing.md"

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from agent.processing.config import BearingSpec, WaveformSpec, ZoneSpec
-from agent.processing.features import compute, fault_frequencies, iso_zone
+from agent.core.processing.config import BearingSpec, WaveformSpec, ZoneSpec
+from agent.core.processing.features import compute, fault_frequencies, iso_zone
 
 FS = 10240.0
 N = 4096

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from ruamel.yaml import YAML
 
-from agent.processing import Processing
+from agent.core.processing import Processing
 from drivers.base import Batch, DeviceBase, Reading
 from simulators.degrading_pump import DAY, G_PER_COUNT, PumpModel
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.buffer import Buffer
-from agent.formats import JsonFormat
-from agent.pipeline import Pipeline
-from agent.processing import Output, Processing
-from agent.processing.config import ProcessedDevice
-from agent.record import encode_batch
+from agent.core.buffer import Buffer
+from agent.core.pipeline import Pipeline
+from agent.core.processing import Output, Processing
+from agent.core.processing.config import ProcessedDevice
+from agent.core.record import encode_batch
+from agent.north.formats import JsonFormat
 from drivers.base import Batch, Reading
 
 T0 = 1_763_884_800.0

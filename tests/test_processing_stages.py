@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.processing import Output, Processing
-from agent.processing.config import ProcessedDevice
+from agent.core.processing import Output, Processing
+from agent.core.processing.config import ProcessedDevice
 from drivers.base import Batch, Quality, Reading
 
 T0 = 1_763_884_800.0  # a whole minute (and hour) since the epoch

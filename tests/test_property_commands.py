@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.runtime import Agent
+from agent.app.config import load_config
+from agent.app.runtime import Agent
+from agent.south.registry import load_drivers
 from simulators.modbus_map import POINTS, PRESS_POINTS
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import Mosquitto, Subscriber, free_port

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from agent.config import ConfigErrors, load_config
-from agent.drivers import load_drivers
+from agent.app.config import ConfigErrors, load_config
+from agent.south.registry import load_drivers
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = load_drivers()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.commands import CommandHandler
-from agent.formats import JsonFormat
+from agent.north.formats import JsonFormat
+from agent.south.commands import CommandHandler
 from drivers.base import DeviceBase, TagBase
 from tests import test_failover as failover
 from tests.brokers import Mosquitto, Subscriber, data_seqs

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Buffer, StoredBatch
-from agent.formats import JsonFormat, Packed
-from agent.formats.base import stream_of
-from agent.metrics import Metrics
-from agent.status import build_snapshot
-from agent.status_cli import print_status
-from agent.web.i18n import TEXT
-from agent.web.page import render_page
+from agent.app.status_cli import print_status
+from agent.core.buffer import Buffer, StoredBatch
+from agent.north.formats import JsonFormat, Packed
+from agent.north.formats.base import stream_of
+from agent.ops.metrics import Metrics
+from agent.ops.status import build_snapshot
+from agent.ops.web.i18n import TEXT
+from agent.ops.web.page import render_page
 from tests.brokers import Mosquitto, Subscriber
 from tests.e2e import AgentRig, until
 from tests.test_failover import Rig
@@ -125,7 +125,7 @@ async def test_publisher_quarantines_what_the_format_cannot_pack_and_logs_once(
 ) -> None:
     sub = Subscriber(broker.port, ["edge/gw/#"]).start()
     fmt = _NoEvents("gw", "edge/gw")
-    caplog.set_level(logging.INFO, logger="agent.publisher")
+    caplog.set_level(logging.INFO, logger="agent.north.publisher")
     async with Rig(tmp_path, _settings(broker.port), fmt=fmt) as rig:
         await rig.put("d1", 5)
         for i in range(3):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
-from agent.buffer import StoredBatch
-from agent.commands import MAX_COMMAND_BYTES, CommandHandler
-from agent.formats import JsonFormat
-from agent.logs import JsonFormatter, TextFormatter
-from agent.record import decode_body, encode_batch
+from agent.core.buffer import StoredBatch
+from agent.core.record import decode_body, encode_batch
+from agent.north.formats import JsonFormat
+from agent.ops.logs import JsonFormatter, TextFormatter
+from agent.south.commands import MAX_COMMAND_BYTES, CommandHandler
 from drivers.base import Batch, DeviceBase, Quality, Reading, TagBase
 
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from agent import http as agent_http
-from agent.cli import _parser
-from agent.config import config_schema, load_config
-from agent.drivers import load_drivers
-from agent.http import StatusServer
-from agent.reference import config_reference, slug
-from agent.runtime import Agent
+from agent.app.cli import _parser
+from agent.app.config import config_schema, load_config
+from agent.app.reference import config_reference, slug
+from agent.app.runtime import Agent
+from agent.ops import http as agent_http
+from agent.ops.http import StatusServer
+from agent.south.registry import load_drivers
 from drivers.opcua import discover as opcua_discover
 from tests.test_ops_rig import http
 
@@ -235,7 +235,7 @@ ROUTE_ROW = re.compile(r"^\| (GET|POST) \| \[`(/[^`]*)`\]", re.M)
 
 
 def routes_in_code() -> set[tuple[str, str]]:
-    """(method, path) for every path ``do_GET``/``do_POST`` of agent/http.py compare against."""
+    """(method, path) for every path ``do_GET``/``do_POST`` of agent/ops/http.py compare against."""
     tree = ast.parse(inspect.getsource(agent_http))
     found: set[tuple[str, str]] = set()
     for fn in ast.walk(tree):

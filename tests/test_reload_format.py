@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.runtime import Agent
+from agent.app.config import load_config
+from agent.app.runtime import Agent
+from agent.south.registry import load_drivers
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import Mosquitto, Subscriber, free_port
 from tests.test_reload import device

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from agent.metrics import Metrics
-from agent.scheduler import DevicePoller, frames
+from agent.ops.metrics import Metrics
+from agent.south.scheduler import DevicePoller, frames
 from drivers.base import DeviceBase, DeviceError, Driver, Quality, Reading, TagBase
 from tests.sinks import Sink, Status
 

@@ -3,7 +3,8 @@
 Features that each passed their own tests failed where they met: alarm events were deleted
 unpublished by four formats, a reload kept a format built for the old config. So every format
 registered in the entry-point group ``edge_agent.formats`` (plus json with topic templates) runs
-here, in one agent run per situation that produces every stream kind of agent/streams.py at once:
+here, in one agent run per situation that produces every stream kind of agent/core/streams.py at
+once:
 
 * **fresh**: a clean start, then the agent's link lost uncleanly (the gateway's will);
 * **reload**: a device added, one changed (its poll interval), one removed, and an option of the
@@ -23,7 +24,7 @@ batch handed out arrived once (QoS 1 redeliveries aside) with no gap; the buffer
 nothing dropped, nothing quarantined.
 
 A registered format without an adapter fails here, and so does a stream kind added to
-agent/streams.py until the adapters decode it and ``CHECKS`` below says what it must show.
+agent/core/streams.py until the adapters decode it and ``CHECKS`` below says what it must show.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.formats.registry import available_formats
-from agent.runtime import Agent
-from agent.streams import EVENT_STREAM, STREAM_KINDS, StreamKind
+from agent.app.config import load_config
+from agent.app.runtime import Agent
+from agent.core.streams import EVENT_STREAM, STREAM_KINDS, StreamKind
+from agent.north.formats.registry import available_formats
+from agent.south.registry import load_drivers
 from simulators.modbus_map import POINTS
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import free_port
@@ -215,7 +216,7 @@ def _replies(obs: list[Any], e: Expect) -> bool:
 
 
 #: What each stream kind must show for a device that is up. A stream kind added to
-#: agent/streams.py without an entry here fails every cell (test_every_stream_kind_is_checked).
+#: agent/core/streams.py without an entry here fails every cell (test_every_stream_kind_is_checked).
 CHECKS: dict[StreamKind, Callable[[list[Any], Expect], bool]] = {
     StreamKind.DATA: _data,
     StreamKind.WINDOW: _window,
@@ -245,7 +246,7 @@ def missing(arrived: Arrived, expect: dict[str, Expect]) -> list[str]:
 
 def test_every_stream_kind_is_checked() -> None:
     assert set(CHECKS) == set(STREAM_KINDS), (
-        "agent/streams.py lists stream kinds the matrix does not judge: add a check to CHECKS "
+        "agent/core/streams.py lists stream kinds the matrix does not judge: add a check to CHECKS "
         "and teach every adapter in tests/platforms/dialects.py to decode them"
     )
 

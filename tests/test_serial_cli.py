@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.app.cli import main
 from simulators.serial_instruments import ScaleSimulator
 
 SAMPLE = str(Path(__file__).resolve().parent.parent / "drivers" / "serial" / "sample.yaml")

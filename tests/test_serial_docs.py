@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import ConfigErrors, load_config
-from agent.drivers import load_drivers
+from agent.app.config import ConfigErrors, load_config
+from agent.south.registry import load_drivers
 from drivers.base import Quality
 from drivers.serial.config import SerialDevice
 from drivers.serial.driver import SerialDriver

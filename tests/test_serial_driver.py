@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from agent.buffer import Buffer
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.metrics import DriverErrors, Metrics
-from agent.pipeline import Pipeline
-from agent.scheduler import DevicePoller
+from agent.app.config import load_config
+from agent.core.buffer import Buffer
+from agent.core.pipeline import Pipeline
+from agent.ops.metrics import DriverErrors, Metrics
+from agent.south.registry import load_drivers
+from agent.south.scheduler import DevicePoller
 from drivers.base import Batch, DeviceError, Quality, Reading
 from drivers.serial.config import SerialDevice
 from drivers.serial.driver import SerialDriver

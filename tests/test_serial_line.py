@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.lines import LinePoller
-from agent.metrics import Metrics
-from agent.runtime import Agent
+from agent.app.config import load_config
+from agent.app.runtime import Agent
+from agent.ops.metrics import Metrics
+from agent.south.lines import LinePoller
+from agent.south.registry import load_drivers
 from drivers.base import Driver, Quality
 from drivers.serial.config import SerialDevice
 from drivers.serial.driver import SerialDriver

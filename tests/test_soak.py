@@ -71,10 +71,10 @@ FULL = Plan(
 async def _child(config_path: str, every: float) -> None:
     import psutil
 
-    from agent.config import load_config
-    from agent.drivers import load_drivers
-    from agent.logs import setup_logging
-    from agent.runtime import Agent
+    from agent.app.config import load_config
+    from agent.app.runtime import Agent
+    from agent.ops.logs import setup_logging
+    from agent.south.registry import load_drivers
 
     setup_logging("warning", "text")
     agent = Agent(load_config(Path(config_path), load_drivers(), resolve_secrets=True))

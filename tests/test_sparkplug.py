@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from agent.buffer import StoredBatch
-from agent.commands import CommandHandler
-from agent.formats.sparkplug.format import SparkplugFormat
+from agent.core.buffer import StoredBatch
+from agent.north.formats.sparkplug.format import SparkplugFormat
+from agent.south.commands import CommandHandler
 from drivers.base import DeviceBase, TagBase
 from tests.brokers import Mosquitto, Received, Subscriber
 from tests.e2e import until
@@ -275,7 +275,8 @@ ALARM = "Events/bearing_outer_race"
 
 
 def _event(kind: str, ts: int, values: list[float], alarm: str = "bearing_outer_race") -> Any:
-    """An alarm event as agent/processing/alarms.py stores it on the ``<device>/event`` stream."""
+    """An alarm event as agent/core/processing/alarms.py stores it on the ``<device>/event``
+    stream."""
     return {
         "ts": ts, "event": kind, "alarm": alarm, "tag": "vibration.bpfo", "severity": "warning",
         "mode": "level", "condition": "> 0.02" if kind == "raise" else "< 0.015",

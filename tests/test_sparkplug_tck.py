@@ -51,15 +51,15 @@ from google.protobuf import text_format
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from agent.buffer import Buffer
-from agent.commands import CommandHandler
-from agent.config import ConfigErrors, load_config
-from agent.drivers import load_drivers
-from agent.formats.sparkplug import sparkplug_b_pb2
-from agent.formats.sparkplug.format import SparkplugFormat
-from agent.metrics import Metrics
-from agent.northbound.config import SparkplugOptions
-from agent.publisher import Publisher
+from agent.app.config import ConfigErrors, load_config
+from agent.core.buffer import Buffer
+from agent.north.config import SparkplugOptions
+from agent.north.formats.sparkplug import sparkplug_b_pb2
+from agent.north.formats.sparkplug.format import SparkplugFormat
+from agent.north.publisher import Publisher
+from agent.ops.metrics import Metrics
+from agent.south.commands import CommandHandler
+from agent.south.registry import load_drivers
 from drivers.base import DeviceBase, TagBase
 from tests.brokers import Mosquitto, Received, Subscriber
 from tests.e2e import until

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from agent.formats.sparkplug import sparkplug_b_pb2
-from agent.formats.sparkplug.values import choose, fits, get_value, set_value
+from agent.north.formats.sparkplug import sparkplug_b_pb2
+from agent.north.formats.sparkplug.values import choose, fits, get_value, set_value
 
 pb: Any = sparkplug_b_pb2
 

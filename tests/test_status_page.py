@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent.status import readiness
-from agent.web.i18n import TEXT, pick_language
-from agent.web.page import render_page
+from agent.ops.status import readiness
+from agent.ops.web.i18n import TEXT, pick_language
+from agent.ops.web.page import render_page
 
 
 @pytest.mark.parametrize(

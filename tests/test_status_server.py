@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.http import StatusServer, _is_loopback
+from agent.ops.http import StatusServer, _is_loopback
 from tests.test_ops_rig import http
 from tests.test_status_page import snapshot
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.drivers import load_drivers
-from agent.runtime import Agent
+from agent.app.config import load_config
+from agent.app.runtime import Agent
+from agent.south.registry import load_drivers
 from tests.brokers import Mosquitto
 from tests.certs import make_pki
 from tests.e2e import until

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.v5props import PublishProperties
+from agent.north.v5props import PublishProperties
 
 # MQTT strings carry no U+0000 (MQTT-1.5.4-2); device names and seqs never do.
 text = st.text(

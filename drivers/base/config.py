@@ -103,7 +103,7 @@ class CommandLimits(StrictModel):
     excess is refused at once with an error reply."""
 
     # Why per device: a runaway cloud script must not starve the polls of a slow device or of a
-    # shared RS-485 line (agent/commands.py keeps the token bucket). Strict types, because
+    # shared RS-485 line (agent/south/commands.py keeps the token bucket). Strict types, because
     # ``burst: true`` or ``per_second: "2"`` are typos, not 1 and 2.
     burst: int = Field(
         default=5, ge=1, strict=True, description="commands taken at once (the bucket's size)"

@@ -14,7 +14,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agent.buffer import Buffer
+from agent.core.buffer import Buffer
 
 TS_MS = 1_700_000_000_000
 

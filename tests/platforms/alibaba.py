@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.formats.alibaba import sign
+from agent.north.formats.alibaba import sign
 from tests.brokers import Mosquitto, Received, Subscriber, platform_broker
 
 GW_PK, GW_DN, SUB_PK = "a1X2bEnP82z", "example1", "a1SubPK0001"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agent.commands import CommandHandler
+from agent.south.commands import CommandHandler
 from drivers.base import DeviceBase, TagBase, WritableTag
 
 DEVICE = "press-1"

@@ -5,7 +5,7 @@ topics it allows) with the platform's own client on it; the config's ``mqtt`` se
 variants (the second changes an option the format really uses, for the reload situation); how the
 platform sends a write (the format's command dialect); and how to read what arrived. ``decode``
 turns the messages the platform received into, per device, the observations of each stream kind
-of agent/streams.py in the shape the format's page documents (docs/platforms/<format>.md, and
+of agent/core/streams.py in the shape the format's page documents (docs/platforms/<format>.md, and
 README "What reaches the broker" for json), plus the problems found in that shape. It is written
 from the documented shape, not from the format's code, so a format that sends something else
 shows up as a missing stream kind or a shape problem.
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.formats.alibaba import sign
-from agent.processing.config import Feature, Stat
-from agent.streams import StreamKind
+from agent.core.processing.config import Feature, Stat
+from agent.core.streams import StreamKind
+from agent.north.formats.alibaba import sign
 from tests.brokers import Mosquitto, Received, Subscriber
 from tests.platforms.alibaba import GW_DN, GW_PK, SUB_PK, AlibabaResponder
 from tests.platforms.cloud import AZURE_DEVICE, IotHubResponder, TlsSubscriber, aws_broker

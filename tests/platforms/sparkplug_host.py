@@ -16,7 +16,12 @@ from typing import Any
 import pytest
 
 PROTO = (
-    Path(__file__).resolve().parents[2] / "agent" / "formats" / "sparkplug" / "sparkplug_b.proto"
+    Path(__file__).resolve().parents[2]
+    / "agent"
+    / "north"
+    / "formats"
+    / "sparkplug"
+    / "sparkplug_b.proto"
 )
 MESSAGE = "org.eclipse.tahu.protobuf.Payload"
 

@@ -1,0 +1,1 @@
+"""The application: the command line, wiring the agent from its config, reloading it."""

@@ -1,0 +1,255 @@
+"""Checks pydantic cannot express, run on the parsed data so they carry positions.
+
+They look across entries (device names, a device's profile, tag names after the profile is merged)
+or decide which model applies at all (the ``driver:`` key). Running them on the plain data rather
+than on validated models means they are reported in the same run as pydantic's errors, even when
+some entries are invalid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.app.config.errors import ConfigIssue
+from agent.app.config.locate import Locator, suggest
+from agent.app.config.yamlpos import DataPath
+from drivers.base import Driver, LineSettings
+
+
+@dataclass(slots=True)
+class Prechecked:
+    """The outcome of ``precheck``: issues, and the entries pydantic's errors are ignored for
+    because their ``driver:`` already failed (every key would be reported otherwise)."""
+
+    issues: list[ConfigIssue] = field(default_factory=list)
+    skip: set[DataPath] = field(default_factory=set)
+
+
+def _installed(drivers: Mapping[str, type[Driver]]) -> str:
+    if not drivers:
+        return "no drivers are installed"
+    return "installed drivers: " + ", ".join(sorted(drivers))
+
+
+def _entries(data: Any, section: str) -> list[tuple[DataPath, dict[str, Any]]]:
+    value = data.get(section) if isinstance(data, dict) else None
+    if isinstance(value, list):
+        return [((section, i), v) for i, v in enumerate(value) if isinstance(v, dict)]
+    if isinstance(value, dict):
+        return [((section, k), v) for k, v in value.items() if isinstance(v, dict)]
+    return []
+
+
+def precheck(data: Any, drivers: Mapping[str, type[Driver]], loc: Locator) -> Prechecked:
+    """Check every ``driver:`` against the installed drivers, and refuse inline passwords.
+
+    Done before pydantic because with one driver installed there is no union to name the choices,
+    and a tagged union's own error does not say which drivers exist. An inline password is removed
+    from ``data`` (so it cannot travel any further) and reported at its key.
+    """
+    result = Prechecked()
+    for section in ("devices", "profiles"):
+        for path, entry in _entries(data, section):
+            name = entry.get("driver")
+            if "driver" not in entry:
+                result.issues.append(
+                    loc.at_value(
+                        (*path, "driver"),
+                        f"missing required key 'driver' ({_installed(drivers)})",
+                    )
+                )
+            elif not isinstance(name, str) or name not in drivers:
+                shown = name if isinstance(name, str) else repr(name)
+                result.issues.append(
+                    loc.at_value(
+                        (*path, "driver"),
+                        f"unknown driver {shown!r} ({_installed(drivers)})"
+                        f"{suggest(str(name), drivers)}",
+                    )
+                )
+            else:
+                continue
+            result.skip.add(path)
+    mqtt = data.get("mqtt") if isinstance(data, dict) else None
+    if isinstance(mqtt, dict) and "password" in mqtt:
+        del mqtt["password"]
+        result.issues.append(
+            loc.at_key(
+                ("mqtt", "password"),
+                "inline passwords are not allowed: use password_env or password_file",
+            )
+        )
+    return result
+
+
+def _tag_names(entry: Mapping[str, Any], base: DataPath) -> list[tuple[str, DataPath]]:
+    tags = entry.get("tags")
+    if not isinstance(tags, list):
+        return []
+    return [
+        (tag["name"], (*base, "tags", i, "name"))
+        for i, tag in enumerate(tags)
+        if isinstance(tag, dict) and isinstance(tag.get("name"), str)
+    ]
+
+
+def cross_check(data: Any, loc: Locator, skip: set[DataPath]) -> list[ConfigIssue]:
+    """Profiles exist and fit their devices; device names and merged tag names are unique;
+    the ThingsBoard type maps name profiles and devices of the file."""
+    issues: list[ConfigIssue] = []
+    raw_profiles: Any = data.get("profiles") if isinstance(data, dict) else None
+    profiles: dict[str, Any] = raw_profiles if isinstance(raw_profiles, dict) else {}
+    pos = loc.document.positions
+
+    for path, profile in _entries(data, "profiles"):
+        issues += _duplicates(_tag_names(profile, path), loc, "tag name", {})
+
+    seen_devices: dict[str, DataPath] = {}
+    for path, device in _entries(data, "devices"):
+        name = device.get("name")
+        if isinstance(name, str):
+            if name in seen_devices:
+                first = pos.value((*seen_devices[name], "name")).line
+                issues.append(
+                    loc.at_value(
+                        (*path, "name"), f"duplicate device name {name!r} (first at line {first})"
+                    )
+                )
+            else:
+                seen_devices[name] = path
+        if path in skip:
+            continue
+        inherited: dict[str, str] = {}
+        profile_name = device.get("profile")
+        if isinstance(profile_name, str):
+            target = profiles.get(profile_name)
+            if target is None:
+                known = ", ".join(sorted(profiles)) or "none are defined"
+                issues.append(
+                    loc.at_value(
+                        (*path, "profile"),
+                        f"unknown profile {profile_name!r} (profiles: {known})"
+                        f"{suggest(profile_name, profiles)}",
+                    )
+                )
+            elif isinstance(target, dict):
+                if ("profiles", profile_name) not in skip and target.get("driver") != device.get(
+                    "driver"
+                ):
+                    issues.append(
+                        loc.at_value(
+                            (*path, "profile"),
+                            f"profile {profile_name!r} is for driver {target.get('driver')!r}, "
+                            f"not {device.get('driver')!r}",
+                        )
+                    )
+                for tag, tag_path in _tag_names(target, ("profiles", profile_name)):
+                    line = pos.value(tag_path).line
+                    inherited.setdefault(tag, f"in profile {profile_name!r}, line {line}")
+        issues += _duplicates(_tag_names(device, path), loc, "tag name", inherited)
+    issues += [loc.at_key(p, message) for p, message in thingsboard_name_issues(data)]
+    return issues
+
+
+def _duplicates(
+    names: list[tuple[str, DataPath]], loc: Locator, what: str, earlier: dict[str, str]
+) -> list[ConfigIssue]:
+    """Every repeat of a name, at the repeat; ``earlier`` names where names already came from."""
+    issues: list[ConfigIssue] = []
+    first = dict(earlier)
+    for name, path in names:
+        if name in first:
+            issues.append(loc.at_value(path, f"duplicate {what} {name!r} ({first[name]})"))
+        else:
+            first[name] = f"first at line {loc.document.positions.value(path).line}"
+    return issues
+
+
+def line_check(
+    data: Any, drivers: Mapping[str, type[Driver]], loc: Locator, skip: set[DataPath]
+) -> list[ConfigIssue]:
+    """Devices that share a line agree on its settings, and can share it at all.
+
+    A line is configured once (a serial port has one baud rate), so a second device saying
+    otherwise is an error at its differing key rather than a device that never answers. Which
+    devices share a line and what must agree is the driver's to say (``Driver.line_settings``):
+    the agent knows no protocol.
+    """
+    issues: list[ConfigIssue] = []
+    lines: dict[str, list[tuple[DataPath, str, LineSettings]]] = {}
+    for path, device in _entries(data, "devices"):
+        cls = drivers.get(str(device.get("driver")))
+        if path in skip or cls is None or device.get("enabled") is False:
+            continue
+        settings = cls.line_settings(device)
+        if settings is not None:
+            lines.setdefault(settings.key, []).append((path, str(device.get("name")), settings))
+    for key, users in lines.items():
+        if len(users) < 2:
+            continue
+        first_path, first_name, first = users[0]
+        for path, _name, settings in users:
+            if settings.alone is not None:
+                other = users[1][1] if path == first_path else first_name
+                issues.append(
+                    loc.at_value(
+                        (*path, *_keys(settings.alone)),
+                        f"cannot share {key} with device {other!r}: this setting needs the line "
+                        "to itself",
+                    )
+                )
+        for path, _name, settings in users[1:]:
+            for dotted_key, value in settings.agree.items():
+                expected = first.agree.get(dotted_key, value)
+                if value != expected:
+                    issues.append(
+                        loc.at_value(
+                            (*path, *_keys(dotted_key)),
+                            f"{value!r} differs from {expected!r} of device {first_name!r} on "
+                            f"the same line {key} (a line has one setting)",
+                        )
+                    )
+    return issues
+
+
+def _keys(dotted_key: str) -> DataPath:
+    return tuple(int(k) if k.isdigit() else k for k in dotted_key.split("."))
+
+
+def thingsboard_name_issues(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """(path, message) for each name under ``mqtt.thingsboard.profile_types``/``device_types``
+    that is not a profile/device of the file.
+
+    Checked on the parsed data so each one is reported at its own key and in the same run as
+    every other problem: a typo there would otherwise leave its device in the default profile
+    without a word.
+    """
+    mqtt = data.get("mqtt") if isinstance(data, dict) else None
+    tb = mqtt.get("thingsboard") if isinstance(mqtt, dict) else None
+    if not isinstance(tb, dict):
+        return []
+    raw_devices = data.get("devices")
+    devices = [
+        d["name"]
+        for d in (raw_devices if isinstance(raw_devices, list) else [])
+        if isinstance(d, dict) and isinstance(d.get("name"), str)
+    ]
+    raw_profiles = data.get("profiles")
+    profiles = [str(p) for p in raw_profiles] if isinstance(raw_profiles, dict) else []
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    for key, what, known in (
+        ("profile_types", "profile", profiles),
+        ("device_types", "device", devices),
+    ):
+        entries = tb.get(key)
+        if not isinstance(entries, dict):
+            continue
+        for name in entries:
+            if not isinstance(name, str) or name in known:
+                continue  # a key that is no name at all is pydantic's to report
+            listed = ", ".join(sorted(known)) or f"no {what}s are defined"
+            message = f"unknown {what} {name!r} ({what}s: {listed}){suggest(name, known)}"
+            issues.append((("mqtt", "thingsboard", key, name), message))
+    return issues

@@ -1,0 +1,535 @@
+"""Builds the agent from a validated config and runs it until SIGTERM/SIGINT.
+
+Everything is constructed here, once, and passed in: no module keeps global state, so tests can
+run several agents in one process and a reload can build a new set beside the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import importlib.metadata
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.app.config import ConfigErrors, load_config
+from agent.app.reload import ReloadPlan, active_devices, plan_reload
+from agent.core.buffer import Buffer, BufferError
+from agent.core.clock import ClockWatch
+from agent.core.pipeline import Pipeline
+from agent.core.processing import Processing
+from agent.north.formats import build_format
+from agent.north.publisher import Publisher
+from agent.ops.http import StatusServer
+from agent.ops.metrics import DriverErrors, Metrics
+from agent.ops.notify import Notifier
+from agent.ops.status import StatusBoard, build_snapshot, reading_json
+from agent.south.commands import CommandHandler
+from agent.south.lines import LinePoller
+from agent.south.registry import load_drivers
+from agent.south.scheduler import DevicePoller, PolledDevice
+from drivers.base import DeviceBase, Driver, Quality
+
+log = logging.getLogger(__name__)
+
+#: The shortest spacing between two groups of staggered polls (see ``Agent._add_pollers``).
+STAGGER_SLOT = 0.1
+
+_T = TypeVar("_T")
+
+
+class Agent:
+    """One running agent: pollers → pipeline → buffer → publisher, plus metrics."""
+
+    def __init__(
+        self,
+        config: Any,
+        drivers: Mapping[str, type[Driver]] | None = None,
+        metrics: Metrics | None = None,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier({})
+        self._drivers = drivers if drivers is not None else load_drivers()
+        self.buffer = Buffer(Path(config.agent.data_dir), config.buffer.max_size, self.metrics)
+        self.format = build_format(config)
+        devices = [d for d in config.devices if getattr(d, "enabled", True)]
+        # Live: a reload updates it in place, so the command handler sees added/removed devices.
+        self.device_configs: dict[str, DeviceBase] = {d.name: d for d in devices}
+        # One for the agent's life, handed to every publisher: each device's rate limit (its
+        # ``commands`` key, read per command) keeps its tokens across a publisher restart.
+        self.commands = CommandHandler(self.device_configs, self._write_target)
+        self.publisher = self._make_publisher(config)
+        self.processing = self._build_processing(devices)
+        self.pipeline = Pipeline(self.buffer, self.processing)
+        # The status board watches every device's batches and state changes (agent/ops/status.py).
+        self.board = StatusBoard()
+        self._sink = self.board.batch_sink(self.pipeline.submit)
+        self._status = self.board.status_sink(lambda: self.publisher)
+        self.pollers: list[DevicePoller] = []
+        self.lines: list[LinePoller] = []
+        self._add_pollers(devices)
+        self._driver_errors = DriverErrors({p.device.name: p.driver for p in self.polled})
+        self.metrics.registry.register(self._driver_errors)
+        self.metrics.registry.register(self.pipeline.stamps)
+        self.clock = ClockWatch(self.metrics.clock_synchronized)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._task_of: dict[int, asyncio.Task[None]] = {}  # id(poller or line) -> its task
+        self._publisher_task: asyncio.Task[None] | None = None
+        self._http: StatusServer | None = None
+        self.version = _version()
+        self.running = False
+        self.buffer_open = False
+        self.started_at: float | None = None
+        self.config_loaded_at = time.time()
+        self.reloads = 0
+        self._reload_lock = asyncio.Lock()
+
+    def _make_publisher(self, config: Any) -> Publisher:
+        mqtt = config.mqtt
+        password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+        return Publisher(
+            mqtt,
+            mqtt.client_id or config.agent.id,
+            password,
+            self.buffer,
+            self.format,
+            self.metrics,
+            self.commands,
+        )
+
+    def _write_target(self, device: str) -> PolledDevice | None:
+        """Commands' way to a device: its poller, looked up per command (a reload replaces
+        pollers), which writes between polls (agent/south/scheduler.py says how)."""
+        return next((p for p in self.polled if p.device.name == device), None)
+
+    def _add_pollers(self, devices: list[DeviceBase]) -> list[DevicePoller | LinePoller]:
+        """Build pollers for ``devices`` (lone devices get one each, devices sharing a line one
+        per line) and list them; ``start`` or a reload starts their tasks."""
+        made: list[DevicePoller | LinePoller] = []
+        shared: dict[str, list[tuple[DeviceBase, Driver]]] = {}
+        lone: list[tuple[DeviceBase, Driver]] = []
+        for d in devices:
+            driver = self._drivers[d.driver](d)
+            key = driver.line_key()
+            if key is None:
+                lone.append((d, driver))
+            else:
+                shared.setdefault(key, []).append((d, driver))
+        for k, (d, driver) in enumerate(lone):
+            # Polls spread over the interval in slots at least STAGGER_SLOT apart: a steady stream
+            # for the buffer and the broker instead of one burst per tick, while the devices of a
+            # slot still share one group commit (one fsync), which the SD card needs.
+            slots = max(1, min(len(lone), int(d.poll_interval / STAGGER_SLOT)))
+            phase = d.poll_interval * (k % slots) / slots
+            poller = DevicePoller(d, driver, self._sink, self._status, self.metrics, phase=phase)
+            self.pollers.append(poller)
+            made.append(poller)
+        for on_line in shared.values():
+            line = on_line[0][1].make_line()
+            line_poller = LinePoller(line, on_line, self._sink, self._status, self.metrics)
+            self.lines.append(line_poller)
+            made.append(line_poller)
+        return made
+
+    def _start_poller(self, poller: DevicePoller | LinePoller) -> None:
+        if isinstance(poller, LinePoller):
+            name = f"line:{poller.line.key}"
+        else:
+            name = f"poll:{poller.device.name}"
+            plan = poller.driver.describe_plan()
+            log.info("device configured", extra={"device": poller.device.name, **plan})
+        task = asyncio.create_task(poller.run(), name=name)
+        self._tasks.append(task)
+        self._task_of[id(poller)] = task
+
+    def _build_processing(self, devices: list[DeviceBase]) -> Processing:
+        """Edge processing (deadbands, windows, features, state, alarms) between the pollers and
+        the buffer; its state lives in ``<data_dir>/processing/``, the machine state is retained
+        on ``<prefix>/<device>/state``."""
+        return Processing(
+            devices,
+            Path(self.config.agent.data_dir),
+            # self.publisher, not a copy of it: a reload may replace the publisher.
+            lambda device, payload: self.publisher.retain(device, "state", payload),
+            registry=self.metrics.registry,
+        )
+
+    async def start(self) -> None:
+        """Open the buffer, serve metrics, start publishing and polling."""
+        logging.getLogger().addHandler(self.board.recent)
+        self.started_at = time.time()
+        self.metrics.info.labels(self.config.agent.id, self.version).set(1)
+        self.metrics.buffer_max_bytes.set(self.buffer.max_size)
+        await self.buffer.open()
+        self.buffer_open = True
+        await self._release_quarantined("agent started")
+        await self.processing.start()
+        listen = self.config.metrics
+        if listen.listen is not None:
+            assert listen.host is not None and listen.port is not None
+            server = StatusServer(
+                listen.host,
+                listen.port,
+                self.metrics.registry,
+                self,
+                asyncio.get_running_loop(),
+            )
+            server.start()
+            self._http = server
+            log.info("metrics served", extra={"listen": f"{listen.host}:{server.port}"})
+        self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        for lone in self.pollers:
+            self._start_poller(lone)
+        for on_line in self.lines:
+            self._start_poller(on_line)
+        self._tasks.append(asyncio.create_task(self.clock.run(), name="clock"))
+        self._tasks.append(asyncio.create_task(self.notifier.watchdog(), name="watchdog"))
+        if self.notifier.enabled:
+            self._tasks.append(asyncio.create_task(self._report_status(), name="status"))
+        self.running = True
+
+    @property
+    def polled(self) -> list[PolledDevice]:
+        """Every device, whether it has a task of its own or shares a line's."""
+        return [*self.pollers, *(d for on_line in self.lines for d in on_line.devices)]
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._http.port if self._http is not None else None
+
+    @property
+    def pipeline_stamps(self) -> Any:
+        return self.pipeline.stamps
+
+    # -- status (asked by the HTTP server's thread, run on the loop) ------------------------------
+
+    async def snapshot(self) -> dict[str, Any]:
+        return build_snapshot(self)
+
+    async def read_device(self, device: str, tags: list[str]) -> dict[str, Any]:
+        """The device's next poll, as ``edge-agent read`` shows it; see ``StatusBoard``."""
+        polled = next((p for p in self.polled if p.device.name == device), None)
+        if polled is None:
+            names = ", ".join(p.device.name for p in self.polled)
+            return {"ok": False, "error": f"no device {device!r} (devices: {names})"}
+        known = [t.name for t in polled.device.tags]
+        unknown = [t for t in tags if t not in known]
+        if unknown:
+            return {"ok": False, "error": f"unknown tag(s) {', '.join(unknown)} on {device}"}
+        timeout = 2 * polled.device.poll_interval + 10.0
+        try:
+            readings = await self.board.next_readings(device, timeout)
+        except TimeoutError:
+            return {"ok": False, "error": f"no poll of {device} within {timeout:.0f} s"}
+        except LookupError as exc:
+            return {"ok": False, "error": str(exc)}
+        wanted = tags or known
+        by_tag = {r.tag: r for r in readings}
+        return {
+            "ok": True,
+            "device": device,
+            "via": "agent",
+            "readings": [{"tag": t, **reading_json(by_tag[t])} for t in wanted if t in by_tag],
+            "good": any(r.quality is Quality.GOOD for r in readings),
+        }
+
+    # -- reload -----------------------------------------------------------------------------------
+
+    async def reload(self, path: Path | None = None) -> bool:
+        """Re-read the config file and apply what changed (agent/app/reload.py says what that
+        means).
+
+        False when the new file is refused (every problem logged); the running config stays."""
+        path = path or self.config_path
+        if path is None:
+            log.error("reload refused: the agent was not started from a config file")
+            return False
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                return await self._reload(path)
+            finally:
+                self.notifier.ready(self.describe())
+
+    async def _reload(self, path: Path) -> bool:
+        try:
+            new = await _off_loop(load_config, path, self._drivers, resolve_secrets=True)
+        except ConfigErrors as exc:
+            for i in exc.issues:
+                log.error(
+                    "reload refused",
+                    extra={"problem": f"{path}:{i.line}:{i.col}: {i.path}: {i.message}"},
+                )
+            self.metrics.config_reloads.labels("refused").inc()
+            return False
+        except Exception as exc:  # unreadable file, a driver's validator failing
+            log.error("reload refused", extra={"problem": f"{path}: {exc}"})
+            self.metrics.config_reloads.labels("refused").inc()
+            return False
+        plan = plan_reload(self.config, new)
+        if plan.needs_restart:
+            log.warning(
+                "reload: these keys need a restart (systemctl restart edge-agent) and keep "
+                "their running values until then",
+                extra={"keys": ",".join(plan.needs_restart)},
+            )
+        # What runs from now on: the new file, less what only a restart can change.
+        self.config = new.model_copy(
+            update={
+                "agent": self.config.agent,
+                "buffer": self.config.buffer,
+                "metrics": self.config.metrics,
+            }
+        )
+        await self._apply_devices(plan)
+        # The format is built from the mqtt section and the devices (sub-device maps, topic
+        # placement, Sparkplug's metric types...): a new one whenever its inputs changed.
+        fmt = build_format(self.config)
+        if fmt.spec != self.format.spec:
+            self.format = fmt
+            plan.restart_publisher = True
+        if plan.restart_publisher:
+            await self._restart_publisher(removed=plan.removed)
+            await self._release_quarantined("format rebuilt by a reload")
+        self.reloads += 1
+        self.config_loaded_at = time.time()
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("config reloaded", extra=plan.summary())
+        return True
+
+    async def _apply_devices(self, plan: ReloadPlan) -> None:
+        gone = set(plan.changed) | set(plan.removed)
+        fresh = active_devices(self.config)
+        restart: list[DeviceBase] = [fresh[n] for n in (*plan.changed, *plan.added)]
+        stopping: list[DevicePoller | LinePoller] = []
+        stopping += [p for p in self.pollers if p.device.name in gone]
+        for on_line in self.lines:
+            names = {d.device.name for d in on_line.devices}
+            # A line restarts whole when any of its devices changed or one joins it.
+            joins = any(self._drivers[d.driver](d).line_key() == on_line.line.key for d in restart)
+            if names & gone or joins:
+                stopping.append(on_line)
+                restart += [fresh[n] for n in names - gone if n in fresh]
+        for old in stopping:
+            task = self._task_of.pop(id(old), None)
+            if task is not None:
+                await _cancel(
+                    task,
+                    f"poller of {old.line.key if isinstance(old, LinePoller) else old.device.name}",
+                )
+                self._tasks.remove(task)
+            if isinstance(old, LinePoller):
+                self.lines.remove(old)
+            else:
+                self.pollers.remove(old)
+        for name in plan.removed:
+            self.board.forget(name)
+            self.metrics.forget_device(name)
+            self.publisher.device_status(name, "down", "removed from config", time.time())
+        self.device_configs.clear()
+        self.device_configs.update(fresh)
+        # Processing keeps the run time, counter totals and alarms of changed devices.
+        self.processing.devices_changed(list(fresh.values()))
+        made = self._add_pollers(restart)
+        self._driver_errors.set_drivers({p.device.name: p.driver for p in self.polled})
+        if self.running:
+            for new_poller in made:
+                self._start_poller(new_poller)
+
+    async def _restart_publisher(self, removed: Collection[str] = ()) -> None:
+        """A new session with the new ``mqtt`` settings; the buffer keeps what was in flight.
+
+        The devices this reload ``removed`` are said down by the new session too: the old one
+        told the broker only if it was connected, and a platform would otherwise keep a removed
+        device online for good (a retained status, an attribute, a sub-device state)."""
+        old, task = self.publisher, self._publisher_task
+        await self._stop_publisher()
+        self.publisher = self._make_publisher(self.config)
+        for device, view in self.board.devices.items():  # retained states, for the new session
+            if view.state is not None and view.since is not None:
+                self.publisher.device_status(device, view.state, view.reason, view.since)
+        for device in removed:
+            self.publisher.device_status(device, "down", "removed from config", time.time())
+        for (device, kind), payload in old.sides.items():
+            if device in self.device_configs:
+                self.publisher.retain(device, kind, payload)
+        if self.running:
+            self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        log.info("publisher restarted with the new mqtt settings")
+        del old, task
+
+    async def _release_quarantined(self, why: str) -> None:
+        """Give batches an earlier format could not pack another try (a fixed agent, a changed
+        format): packed now, or quarantined again and counted."""
+        try:
+            n = await self.buffer.release_quarantined()
+        except BufferError as exc:
+            log.error("cannot release quarantined batches", extra={"error": str(exc)})
+            return
+        if n:
+            log.info(
+                "quarantined batches released for another try", extra={"batches": n, "why": why}
+            )
+
+    async def _report_status(self, every: float = 10.0) -> None:
+        """Keep ``systemctl status``'s one line current (sent only when it changes)."""
+        last = ""
+        while True:
+            await asyncio.sleep(every)
+            line = self.describe()
+            if line != last:
+                self.notifier.status(line)
+                last = line
+
+    def describe(self) -> str:
+        """One line for ``systemctl status``."""
+        up = sum(1 for v in self.board.devices.values() if v.state == "up")
+        broker = "connected" if self.publisher.connected.is_set() else "disconnected"
+        return f"{up}/{len(self.polled)} devices up, broker {broker}"
+
+    async def stop(self) -> None:
+        """Stop polling, settle in-flight publishes (or leave them buffered), close the buffer."""
+        await _cancel_all(self._tasks, "poller")
+        self._tasks.clear()
+        self._task_of.clear()
+        self.running = False
+        await self.processing.stop()
+        await self._stop_publisher()
+        await self.buffer.close()
+        self.buffer_open = False
+        if self._http is not None:
+            await asyncio.to_thread(self._http.stop)
+            self._http = None
+        logging.getLogger().removeHandler(self.board.recent)
+
+    async def _stop_publisher(self) -> None:
+        task = self._publisher_task
+        if task is not None:
+            connected = self.publisher.connected.is_set()
+            with contextlib.suppress(Exception):
+                await self.publisher.stop()
+            if connected:  # it disconnects by itself once the window has settled
+                with contextlib.suppress(TimeoutError, Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 2.0)
+            # Still waiting to reconnect, or slow to finish: nothing left to save.
+            await _cancel(task, "publisher")
+            self._publisher_task = None
+
+
+async def _main(config: Any, config_path: Path | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    notifier = Notifier()
+    agent = Agent(config, config_path=config_path, notifier=notifier)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(agent.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(_reload_done)
+
+    def _reload_done(task: asyncio.Task[bool]) -> None:
+        reloads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a bad file: say so loudly; the agent keeps running what it has.
+            log.error("reload failed", exc_info=task.exception())
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await agent.start()
+    except (OSError, BufferError) as exc:
+        # A port in use, a data_dir that is not writable or already used by another agent: say
+        # which, in one line, and exit 1 so systemd's Restart= policy sees a runtime failure.
+        log.error("cannot start", extra={"error": str(exc)})
+        notifier.status(f"cannot start: {exc}")
+        with contextlib.suppress(Exception):
+            await agent.stop()
+        return 1
+    log.info(
+        "agent running",
+        extra={"agent": config.agent.id, "devices": len(agent.polled)},
+    )
+    notifier.ready(agent.describe())
+    # Everything built at start lives as long as the process: keep it out of the collector's
+    # full passes, which would otherwise pause the loop for longer as the heap grows.
+    gc.freeze()
+    await stop.wait()
+    log.info("stopping")
+    notifier.stopping()
+    loop.remove_signal_handler(signal.SIGHUP)
+    for task in list(reloads):
+        await _cancel(task, "reload", wait_first=10.0)
+    await agent.stop()
+    log.info("stopped")
+    return 0
+
+
+def run_agent(config: Any, config_path: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT (SIGHUP reloads the config); 0 on a clean stop, 1 when the
+    runtime could not start."""
+    return asyncio.run(_main(config, config_path))
+
+
+async def _off_loop(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run CPU-bound Python (parsing a large YAML file) on a thread without starving the loop.
+
+    A thread alone is not enough: the loop thread must win the GIL back after every select(),
+    and by default it waits up to 5 ms each time (``sys.getswitchinterval``); with dozens of
+    devices polling that convoy adds up to overruns. A 0.2 ms switch interval while the thread
+    runs keeps the loop's polls on schedule; the parse takes a little longer, nobody waits on it.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, 0.0002))
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    finally:
+        sys.setswitchinterval(previous)
+
+
+async def _cancel(task: asyncio.Task[Any], what: str, wait_first: float = 0.0) -> None:
+    """Cancel ``task`` (after ``wait_first`` seconds of letting it finish) and wait for it, but
+    not forever: a task stuck in a library's close must not hang a reload or a stop."""
+    if wait_first:
+        await asyncio.wait({task}, timeout=wait_first)
+    await _cancel_all([task], what)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.warning("task failed", extra={"task": what, "error": repr(task.exception())})
+
+
+async def _cancel_all(tasks: Collection[asyncio.Task[Any]], what: str, limit: float = 5.0) -> None:
+    """Cancel the tasks and wait until they are done, cancelling again while any is not.
+
+    Why again: on Python 3.11 ``asyncio.wait_for`` drops a cancellation that arrives in the same
+    loop iteration as the awaited answer (gh-86296, fixed in 3.12), and pymodbus waits for every
+    answer with it; a poller that swallowed its cancellation this way would keep polling and hang
+    the stop. A task still running after ``limit`` seconds is logged and left behind."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = asyncio.get_running_loop().time() + limit
+    while pending:
+        for t in pending:
+            t.cancel()
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.warning("task did not stop, left behind", extra={"task": what, "limit_s": limit})
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, left))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("edge-agent")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

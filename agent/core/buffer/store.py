@@ -1,0 +1,890 @@
+"""The durable, bounded store-and-forward buffer: SQLite in WAL mode on local disk.
+
+Why it is built this way:
+
+* **Durable before it counts** (ARCHITECTURE rule 2). ``put()`` returns only after the batch is
+  committed with ``synchronous=FULL``, so a power cut after that cannot lose it.
+* **Group commit.** Each device task awaits its own ``put()``; batches that arrive while a commit
+  runs go together into the next transaction, so one fsync serves many devices. That is what keeps
+  an SD card alive and lets a slow card keep up with hundreds of devices.
+* **One worker thread owns the connection** (rule 7): the event loop only awaits futures. Every
+  SQLite call, fsync and ``stat()`` runs there, serialised, so no locking is needed around state.
+* **seq is allocated in the transaction that inserts the batch**, from a counter table, so a crash
+  can neither lose nor reuse one. Counters are also *reserved* in blocks of ``SEQ_RESERVATION`` in
+  ``seq.json`` (written atomically, and fsynced *before* the commit that first uses a new block), so
+  if the database is lost or quarantined numbering resumes above every seq ever handed out. The
+  price is one extra fsync per block per device, and a gap of at most one block after a loss,
+  which a consumer reads as "batches were lost" (true). A fixed jump over a periodically written
+  value would be cheaper but is only probably safe; the reservation is certain.
+* **Bounded** (rule 3). SQLite never shrinks its file after ``DELETE`` but reuses freed pages, so
+  the bound is enforced on *used* pages (``page_count - freelist_count``), measured inside the
+  transaction after the insert: if they exceed the budget, the insert is rolled back to a
+  savepoint, the oldest batches (any device) are deleted, and the insert is redone, all in one
+  transaction. Measuring instead of estimating makes the bound exact whatever the body sizes (a
+  2 KB body wastes half a 4 KB page; a 5 KB one spills to an overflow page). The budget is
+  ``max_size`` minus a WAL allowance, and the WAL is kept inside that allowance by checkpointing
+  often, truncating it (``journal_size_limit``) and capping how much one transaction may carry.
+  Drops are counted (metric, ``stats()``, and in the database, so the total survives restarts) and
+  logged once per episode.
+* **Disk full** (``SQLITE_FULL``) rolls back: nothing committed is touched, seq counters do not
+  move, callers get ``BufferError`` and the next ``put()`` tries again. Before giving up, one retry
+  deletes the oldest batches so the insert reuses their pages and neither file has to grow; the
+  WAL file keeps ``journal_size_limit`` bytes allocated after a checkpoint, which gives that retry
+  room to write.
+* **Corruption** found at ``open()`` moves the files aside (``buffer.db.corrupt-<UTC time>``) and
+  starts empty; seq resumes from ``seq.json`` (and whatever counters can still be read from the bad
+  file), never below a seq already handed out.
+* **Acks are not fsynced.** Deleting published rows commits with ``synchronous=NORMAL``: the next
+  put's fsync makes it durable, and losing one to a power cut only means those batches are sent
+  again, which QoS 1 consumers dedupe by (agent, device, seq). That halves the fsyncs at steady
+  state.
+* **One process per data directory**: an exclusive ``flock`` on ``buffer.lock``, because two
+  writers would hand out the same seqs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MIN_SIZE = 1_000_000
+"""Smallest ``max_size`` accepted. Below it the WAL allowance and per-transaction cap would leave
+room for only a handful of batches."""
+
+SEQ_RESERVATION = 10_000
+"""seqs reserved per ``seq.json`` write; also the largest gap a lost database can leave."""
+
+_WAL_MIN = 128 * 1024
+_WAL_MAX = 16 * 1024 * 1024
+_RECORD_OVERHEAD = 30  # record header and the seq, ts_ms, created columns of one row
+_LOG_INTERVAL = 60.0  # seconds between two log lines of one drop (or disk-full) episode
+_STAT_INTERVAL = 1.0  # seconds between two stat() calls for the buffer_bytes gauge
+_DISK_RESERVE = 256 * 1024  # left free on the file system: seq.json, the -shm file, the lock
+_CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    created REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seqs (
+    device TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY (device, kind)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+# Held (quarantined) rows: a batch the format could not pack keeps its row, its id and its seq,
+# marked with the reason, so it is never acknowledged unsent and can be published once a fixed
+# agent (or a changed format) can pack it. The partial index holds only held rows: it costs
+# nothing on the insert path and makes counting and releasing them cheap.
+_HELD_COLUMN = "ALTER TABLE batches ADD COLUMN held TEXT"
+_HELD_INDEX = "CREATE INDEX IF NOT EXISTS batches_held ON batches (id) WHERE held IS NOT NULL"
+_INSERT = "INSERT INTO batches (device, kind, seq, ts_ms, created, body) VALUES (?, ?, ?, ?, ?, ?)"
+_SELECT = "SELECT id, device, kind, seq, ts_ms, body, created FROM batches"
+_LIVE = "held IS NULL"
+
+_Key = tuple[str, str]  # (device, kind)
+Item = tuple[str, str, int, bytes]  # device, kind, ts_ms, body
+
+
+class BufferError(Exception):
+    """A batch was not committed (disk full, I/O error, too large, buffer closed).
+
+    Nothing committed before is lost, and no seq was consumed: the next ``put()`` may succeed.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    id: int  # row id: global insertion order, never reused (AUTOINCREMENT)
+    device: str
+    kind: str  # "data"; "event" for alarm events
+    seq: int
+    ts_ms: int  # when the device answered
+    body: bytes  # opaque encoded record; the buffer never looks inside
+    created: float  # time.time() when committed
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    batches: int
+    bytes: int  # database + WAL on disk, refreshed at most once a second
+    dropped_total: int  # since the database was created, restarts included
+    oldest_created: float | None
+    quarantined: int = 0  # held rows: the format could not pack them (see SqliteStore.hold)
+    quarantine_reason: str | None = None
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class _NoRoom(Exception):
+    pass
+
+
+def _footprint(payload: int, page_size: int) -> int:
+    """Bytes one row of ``payload`` record bytes occupies in an append-only table b-tree.
+
+    It follows SQLite's layout rules (cells never straddle leaf pages; payloads past the local
+    limit spill to whole overflow pages), so a transaction's WAL frames and the room a drop frees
+    can be sized before running it. It only sizes; the bound itself is measured, not estimated.
+    """
+    usable = page_size
+    max_local = usable - 35
+    if payload <= max_local:
+        local, overflow = payload, 0
+    else:
+        min_local = (usable - 12) * 32 // 255 - 23
+        k = min_local + (payload - min_local) % (usable - 4)
+        local = k if k <= max_local else min_local
+        overflow = -(-(payload - local) // (usable - 4))
+    cell = local + 14 + (4 if overflow else 0)  # varints, cell pointer, overflow page number
+    per_page = max(1, (usable - 8) // cell)
+    return overflow * usable + -(-usable // per_page)
+
+
+class SqliteStore:
+    """The synchronous half: everything here runs on the buffer's single worker thread."""
+
+    def __init__(self, data_dir: Path, max_size: int, metrics: Metrics | None) -> None:
+        self.path = data_dir / "buffer.db"
+        self.seq_path = data_dir / "seq.json"
+        self.lock_path = data_dir / "buffer.lock"
+        self.max_size = max_size
+        self.metrics = metrics
+        # WAL allowance: an eighth of the buffer, within bounds; the database gets the rest. The
+        # WAL peaks at the checkpoint threshold (a quarter of it) plus one transaction (its rows
+        # capped at a half), the last quarter is for the other pages a transaction rewrites.
+        # After a checkpoint the file is cut back to a quarter.
+        self.wal_allowance = min(max(max_size // 8, _WAL_MIN), _WAL_MAX)
+        self.txn_cap = self.wal_allowance // 2
+        self.page_size = 4096
+        self.budget_pages = 0  # the bound on used pages in force now (see _fit_to_disk)
+        self.max_budget_pages = 0  # the bound max_size alone sets
+        self.limit = max_size  # max_size, or less while the file system has less room
+        self.wal_limit = self.wal_allowance
+        self._max_body: int | None = None
+        self.conn: sqlite3.Connection | None = None
+        self.lock_fd: int | None = None
+        self.seqs: dict[_Key, int] = {}
+        self.reserved: dict[_Key, int] = {}
+        self.count = 0  # every row, held ones included: they occupy the buffer too
+        self.held = 0  # rows set aside because the format could not pack them
+        self.held_reason: str | None = None  # the latest reason, for the status page
+        self.dropped_total = 0
+        self.oldest: float | None = None
+        self.disk_bytes = 0
+        self.commits = 0
+        self._stat_at = 0.0
+        self._drop_logged_at: float | None = None
+        self._drops_unlogged = 0
+        self._full_logged_at: float | None = None
+
+    # -- open / close -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as exc:
+            raise BufferError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            self._open_locked()
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise BufferError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_locked(self) -> None:
+        reserved = self._load_seq_file()
+        try:
+            conn = self._connect_checked()
+        except _Corrupt as exc:
+            salvaged = self._quarantine(str(exc))
+            for key, last in salvaged.items():
+                reserved[key] = max(reserved.get(key, 0), last)
+            conn = self._connect_checked()
+        self.conn = conn
+        self.max_budget_pages = (self.max_size - self.wal_allowance) // self.page_size
+        self.budget_pages = self.max_budget_pages
+        self._fit_to_disk(self._file_bytes())
+        self._initialise(reserved)
+        self.seqs = {(d, k): last for d, k, last in conn.execute("SELECT * FROM seqs")}
+        for key, last in self.seqs.items():
+            # A commit moves a counter at most one group past the reservation that preceded it,
+            # so a counter far below seq.json belongs to an older copy of the database (restored
+            # from a backup, say): jump, a gap is honest, a reused seq is not.
+            if reserved.get(key, 0) - last > 2 * SEQ_RESERVATION:
+                log.warning(
+                    "buffer database is older than seq.json: seq numbering jumps ahead",
+                    extra={"device": key[0], "kind": key[1], "last": last, "to": reserved[key]},
+                )
+                self.seqs[key] = reserved[key]
+        self.reserved = dict(reserved)
+        for key, last in self.seqs.items():
+            self.reserved[key] = max(self.reserved.get(key, 0), last)
+        self.count = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+        self._count_held()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+        self.dropped_total = int(row[0]) if row else 0
+        self._fit()
+        self._refresh_oldest()
+        self._refresh_bytes(force=True)
+
+    def _lock(self) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise BufferError(
+                f"{self.path.parent} is in use by another process (two writers would reuse seqs)"
+            ) from exc
+        self.lock_fd = fd
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+            log.warning("buffer: WAL mode unavailable, using a rollback journal")
+        conn.execute("PRAGMA synchronous=FULL")
+        # Debian's SQLite zeroes freed pages by default; that doubles the writes of every ack and
+        # drop for no benefit here, the pages are reused by the next inserts anyway.
+        conn.execute("PRAGMA secure_delete=OFF")
+        self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self._max_body = None
+        checkpoint_pages = max(4, self.wal_limit // 4 // self.page_size)
+        conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint_pages}")
+        conn.execute(f"PRAGMA journal_size_limit={self.wal_limit // 4}")
+        return conn
+
+    def _connect_checked(self) -> sqlite3.Connection:
+        """Connect and verify; corruption raises ``_Corrupt``, anything else ``BufferError``."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connect()
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise _Corrupt("quick_check: " + "; ".join(problems[:5]))
+            return conn
+        except sqlite3.Error as exc:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if getattr(exc, "sqlite_errorname", None) in _CORRUPT:
+                raise _Corrupt(str(exc)) from exc
+            raise BufferError(f"cannot open {self.path}: {exc}") from exc
+        except _Corrupt:
+            assert conn is not None
+            conn.close()
+            raise
+
+    def _initialise(self, reserved: dict[_Key, int]) -> None:
+        """Create the schema; in a database new to this directory, seed the seq counters.
+
+        A database without the ``initialised`` mark is new (first start, deleted or quarantined):
+        its counters start above every seq ``seq.json`` has reserved. The seeding is committed
+        with the mark, so a crash during it just repeats it. Counters already in the table are
+        authoritative, they moved in the same transactions as the inserts.
+        """
+        conn = self._require()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(batches)")}
+            if "held" not in columns:  # a database written before held rows existed
+                conn.execute(_HELD_COLUMN)
+            conn.execute(_HELD_INDEX)
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'initialised'").fetchone() is None:
+                existing = {(d, k) for d, k, _ in conn.execute("SELECT * FROM seqs")}
+                conn.executemany(
+                    "INSERT INTO seqs (device, kind, last) VALUES (?, ?, ?)",
+                    [(d, k, v) for (d, k), v in reserved.items() if (d, k) not in existing],
+                )
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('initialised', ?)", (int(time.time()),)
+                )
+                if reserved:
+                    log.warning(
+                        "buffer database is new: seq numbering resumes above the known counters",
+                        extra={"file": str(self.path), "devices": len(reserved)},
+                    )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"cannot initialise {self.path}: {exc}") from exc
+
+    def _quarantine(self, reason: str) -> dict[_Key, int]:
+        """Move the unreadable files aside and return whatever seq counters they still hold."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 0
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(Path(f"{target}{suffix}"))
+        log.error(
+            "buffer database is corrupt: moved aside, starting with an empty buffer "
+            "(unpublished batches in it are lost)",
+            extra={"file": str(self.path), "moved_to": str(target), "reason": reason},
+        )
+        salvaged: dict[_Key, int] = {}
+        with contextlib.suppress(Exception):
+            bad = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+            try:
+                for device, kind, last in bad.execute("SELECT device, kind, last FROM seqs"):
+                    salvaged[(str(device), str(kind))] = int(last)
+            finally:
+                bad.close()
+        return salvaged
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                # Leaves a single file behind, and an empty WAL for the next start to recover.
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = None
+            self._refresh_bytes(force=True)
+        if self._drops_unlogged:
+            self._log_drops(0, force=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # releases the flock
+            self.lock_fd = None
+
+    # -- seq reservations -------------------------------------------------------------------------
+
+    def _load_seq_file(self) -> dict[_Key, int]:
+        try:
+            doc = json.loads(self.seq_path.read_text())
+            return {(d, k): int(v) for d, kinds in doc.items() for k, v in kinds.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            log.warning(
+                "seq.json unreadable; seq numbering relies on the database alone until rewritten",
+                extra={"file": str(self.seq_path), "error": str(exc)},
+            )
+            return {}
+
+    def _reserve(self, new: dict[_Key, int]) -> None:
+        """Make sure ``seq.json`` covers every seq about to be committed (fsync before commit)."""
+        if all(seq <= self.reserved.get(key, 0) for key, seq in new.items()):
+            return
+        reserved = dict(self.reserved)
+        for key, seq in new.items():
+            if seq > reserved.get(key, 0):
+                reserved[key] = seq + SEQ_RESERVATION
+        doc: dict[str, dict[str, int]] = {}
+        for (device, kind), value in sorted(reserved.items()):
+            doc.setdefault(device, {})[kind] = value
+        tmp = self.seq_path.with_name(self.seq_path.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.seq_path)
+            dir_fd = os.open(self.seq_path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self._log_full(exc)
+            raise BufferError(f"cannot write {self.seq_path}: {exc}") from exc
+        self.reserved = reserved
+
+    # -- commit -----------------------------------------------------------------------------------
+
+    def commit_group(self, items: list[Item]) -> list[int | BufferError]:
+        """Commit a group in as few transactions as the WAL allowance permits; per-item results.
+
+        The group is split only when its pages would overflow the WAL allowance; an item that
+        alone exceeds it is refused without affecting the others.
+        """
+        results: list[int | BufferError] = []
+        chunk: list[Item] = []
+        chunk_bytes = 0
+        for item in items:
+            size = self._item_footprint(item)
+            if size > self.txn_cap:
+                if chunk:
+                    results.extend(self._commit_chunk(chunk))
+                    chunk, chunk_bytes = [], 0
+                results.append(
+                    BufferError(
+                        f"batch of {len(item[3])} bytes is larger than the buffer accepts "
+                        f"(about {self.max_body} bytes with max_size={self.max_size})"
+                    )
+                )
+                continue
+            if chunk and chunk_bytes + size > self.txn_cap:
+                results.extend(self._commit_chunk(chunk))
+                chunk, chunk_bytes = [], 0
+            chunk.append(item)
+            chunk_bytes += size
+        if chunk:
+            results.extend(self._commit_chunk(chunk))
+        return results
+
+    @property
+    def max_body(self) -> int:
+        """Largest body ``put()`` always accepts (with device and kind names up to 64 bytes)."""
+        if self._max_body is None:
+
+            def fits(n: int) -> bool:
+                return _footprint(n + 64 + _RECORD_OVERHEAD, self.page_size) <= self.txn_cap
+
+            lo, hi = 0, self.txn_cap
+            while lo < hi:  # the footprint grows with the body, in page-sized steps
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+            while lo > 0 and not fits(lo):
+                lo -= 1
+            self._max_body = lo
+        return self._max_body
+
+    def _item_footprint(self, item: Item) -> int:
+        device, kind, _, body = item
+        return _footprint(len(body) + len(device) + len(kind) + _RECORD_OVERHEAD, self.page_size)
+
+    def _commit_chunk(self, items: list[Item]) -> list[int | BufferError]:
+        new: dict[_Key, int] = {}
+        seqs: list[int] = []
+        for device, kind, _, _ in items:
+            key = (device, kind)
+            seq = new.get(key, self.seqs.get(key, 0)) + 1
+            new[key] = seq
+            seqs.append(seq)
+        try:
+            self._reserve(new)
+        except BufferError as exc:
+            return [exc] * len(items)
+        now = time.time()
+        rows = [
+            (device, kind, seq, ts_ms, now, body)
+            for (device, kind, ts_ms, body), seq in zip(items, seqs, strict=True)
+        ]
+        need = sum(self._item_footprint(item) for item in items)
+        try:
+            try:
+                dropped = self._transaction(rows, new, need, squeeze=False)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorname", None) != "SQLITE_FULL":
+                    raise
+                self._rollback()
+                self._log_full(exc)
+                # A checkpoint may let the WAL restart from its beginning, where its file already
+                # has room; the retry deletes the oldest batches so no file needs to grow.
+                with contextlib.suppress(sqlite3.Error):
+                    self._require().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                dropped = self._transaction(rows, new, need, squeeze=True)
+        except (sqlite3.Error, _NoRoom) as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                self._log_full(exc)
+            err = BufferError(f"batch not committed: {exc}")
+            return [err] * len(items)
+        self.commits += 1
+        self.seqs.update(new)
+        self.count += len(items) - dropped
+        if dropped:
+            self.dropped_total += dropped
+            if self.metrics is not None:
+                self.metrics.buffer_dropped.inc(dropped)
+            self._log_drops(dropped)
+            self._refresh_oldest()
+        elif self.oldest is None:
+            self.oldest = now
+        self._full_logged_at = None
+        self._keep_wal_small()
+        self._refresh_bytes()
+        return list(seqs)
+
+    def _transaction(
+        self,
+        rows: list[tuple[str, str, int, int, float, bytes]],
+        new: dict[_Key, int],
+        need: int,
+        *,
+        squeeze: bool,
+    ) -> int:
+        """Insert ``rows`` within the bound, dropping the oldest batches as needed; return drops.
+
+        ``squeeze`` (after disk full): the database may not grow by a single page, every insert
+        must land in pages freed by deleting the oldest batches.
+        """
+        conn = self._require()
+        ps = self.page_size
+        conn.execute("BEGIN IMMEDIATE")
+        start_pages, start_used = self._pages()
+        allowed = start_pages if squeeze else max(self.budget_pages, start_pages)
+        limit = min(self.budget_pages, allowed)
+        dropped = 0
+        # Drop by estimate first so that, when full, the insert usually fits at the first try.
+        short = start_used + -(-need // ps) - limit
+        if short > 0:
+            dropped += self._drop_oldest(short * ps)
+        while True:
+            conn.execute("SAVEPOINT ins")
+            try:
+                conn.executemany(_INSERT, rows)
+                pages, used = self._pages()
+                over = max(used - self.budget_pages, pages - allowed)
+            except sqlite3.OperationalError as exc:
+                full = getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
+                if not (squeeze and full and conn.in_transaction):
+                    raise
+                over = -(-need // ps)
+            if over <= 0:
+                conn.execute("RELEASE ins")
+                break
+            conn.execute("ROLLBACK TO ins")
+            conn.execute("RELEASE ins")
+            n = self._drop_oldest(over * ps)
+            if n == 0:
+                raise _NoRoom(
+                    "no room even with the buffer emptied"
+                    if not squeeze
+                    else "disk full and no batch left to drop"
+                )
+            dropped += n
+        conn.executemany(
+            "INSERT INTO seqs (device, kind, last) VALUES (?, ?, ?) "
+            "ON CONFLICT (device, kind) DO UPDATE SET last = excluded.last",
+            [(d, k, s) for (d, k), s in new.items()],
+        )
+        if dropped:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (self.dropped_total + dropped,),
+            )
+        conn.execute("COMMIT")
+        return dropped
+
+    def _drop_oldest(self, nbytes: int) -> int:
+        """Delete the oldest batches that together occupy about ``nbytes``; return how many."""
+        conn = self._require()
+        covered = 0
+        cutoff: int | None = None
+        cur = conn.execute(
+            "SELECT id, length(body) + length(device) + length(kind) FROM batches ORDER BY id"
+        )
+        for row_id, payload in cur:
+            covered += _footprint(int(payload) + _RECORD_OVERHEAD, self.page_size)
+            cutoff = int(row_id)
+            if covered >= nbytes:
+                break
+        cur.close()
+        if cutoff is None:
+            return 0
+        n = int(conn.execute("DELETE FROM batches WHERE id <= ?", (cutoff,)).rowcount)
+        if self.held:
+            self._count_held()
+        return n
+
+    def _fit(self) -> None:
+        """Bring a database from an earlier run within a ``max_size`` that may have been lowered."""
+        conn = self._require()
+        pages, used = self._pages()
+        if used > self.budget_pages:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                dropped = 0
+                while used > self.budget_pages:
+                    n = self._drop_oldest((used - self.budget_pages) * self.page_size)
+                    if n == 0:
+                        break
+                    dropped += n
+                    pages, used = self._pages()
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (self.dropped_total + dropped,),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise BufferError(f"cannot shrink {self.path} to max_size: {exc}") from exc
+            self.count -= dropped
+            self.dropped_total += dropped
+            if self.metrics is not None:
+                self.metrics.buffer_dropped.inc(dropped)
+            self._log_drops(dropped)
+        if pages > self.max_budget_pages:
+            # The file keeps its high-water mark after deletes; only VACUUM gives pages back. It
+            # needs temporary space about the size of the database, once, at start.
+            try:
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.error(
+                    "buffer file larger than max_size and could not be shrunk",
+                    extra={"file": str(self.path), "max_size": self.max_size, "error": str(exc)},
+                )
+            else:
+                log.info(
+                    "buffer file shrunk to fit max_size",
+                    extra={"file": str(self.path), "max_size": self.max_size},
+                )
+
+    def _pages(self) -> tuple[int, int]:
+        """(page_count, used pages) as the current transaction sees them."""
+        conn = self._require()
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages, pages - free
+
+    def _keep_wal_small(self) -> None:
+        """Backstop for the autocheckpoint, which gives up silently (for instance on disk full)."""
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size > self.wal_limit * 3 // 4:
+            with contextlib.suppress(sqlite3.Error):
+                # RESTART, not TRUNCATE: the next commit cuts the file to journal_size_limit and
+                # keeps that much allocated, room a commit can still use when the disk is full.
+                self._require().execute("PRAGMA wal_checkpoint(RESTART)")
+
+    # -- fetch / ack ------------------------------------------------------------------------------
+
+    def fetch(self, after_id: int, limit: int, upto_id: int | None) -> list[StoredBatch]:
+        if limit <= 0:
+            return []
+        conn = self._require()
+        try:
+            if upto_id is None:
+                cur = conn.execute(
+                    f"{_SELECT} WHERE id > ? AND {_LIVE} ORDER BY id LIMIT ?", (after_id, limit)
+                )
+            else:
+                cur = conn.execute(
+                    f"{_SELECT} WHERE id > ? AND id <= ? AND {_LIVE} ORDER BY id LIMIT ?",
+                    (after_id, upto_id, limit),
+                )
+            return [StoredBatch(*row) for row in cur]
+        except sqlite3.Error as exc:
+            raise BufferError(f"cannot read the buffer: {exc}") from exc
+
+    def ack(self, ids: list[int]) -> None:
+        conn = self._require()
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in ids])
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.error(
+                "buffer could not delete published batches; they will be sent again",
+                extra={"error": str(exc), "batches": len(ids)},
+            )
+            return
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA synchronous=FULL")
+        self.count -= max(0, cur.rowcount)
+        self._refresh_oldest()
+        self._keep_wal_small()
+        self._refresh_bytes()
+
+    def hold(self, ids: list[int], reason: str) -> int:
+        """Set rows aside with ``reason``: no longer fetched, never deleted as sent; they still
+        count against ``max_size`` and go first when it is full, like any old batch."""
+        conn = self._require()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.executemany(
+                f"UPDATE batches SET held = ? WHERE id = ? AND {_LIVE}", [(reason, i) for i in ids]
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"cannot set batches aside: {exc}") from exc
+        self.held += max(0, cur.rowcount)
+        self.held_reason = reason
+        self._refresh_oldest()
+        return max(0, cur.rowcount)
+
+    def release(self) -> int:
+        """Make every held row publishable again (at start, and when the format was rebuilt:
+        what one agent could not pack, the next may).
+
+        The rows are inserted anew (same device, kind, seq, ts and body; a new row id) so that a
+        publisher already past their old ids finds them like any new batch; the consumer orders
+        by ``seq`` as it does after any replay."""
+        if not self.held:
+            return 0
+        conn = self._require()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO batches (device, kind, seq, ts_ms, created, body) "
+                "SELECT device, kind, seq, ts_ms, created, body FROM batches "
+                "WHERE held IS NOT NULL ORDER BY id"
+            )
+            cur = conn.execute("DELETE FROM batches WHERE held IS NOT NULL")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"cannot release held batches: {exc}") from exc
+        self.held = 0
+        self.held_reason = None
+        self._refresh_oldest()
+        return max(0, cur.rowcount)
+
+    def _count_held(self) -> None:
+        conn = self._require()
+        row = conn.execute("SELECT count(*) FROM batches WHERE held IS NOT NULL").fetchone()
+        self.held = int(row[0])
+        if self.held and self.held_reason is None:
+            row = conn.execute(
+                "SELECT held FROM batches WHERE held IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            self.held_reason = str(row[0]) if row else None
+        elif not self.held:
+            self.held_reason = None
+
+    def max_id(self) -> int:
+        try:
+            row = self._require().execute("SELECT max(id) FROM batches").fetchone()
+        except sqlite3.Error as exc:
+            raise BufferError(f"cannot read the buffer: {exc}") from exc
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _require(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise BufferError("buffer is not open")
+        return self.conn
+
+    def _rollback(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _refresh_oldest(self) -> None:
+        row = (
+            self._require()
+            .execute(f"SELECT created FROM batches WHERE {_LIVE} ORDER BY id LIMIT 1")
+            .fetchone()
+        )
+        self.oldest = float(row[0]) if row else None
+
+    def _refresh_bytes(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._stat_at < _STAT_INTERVAL:
+            return
+        self._stat_at = now
+        self.disk_bytes = self._file_bytes()
+        if self.conn is not None:
+            self._fit_to_disk(self.disk_bytes)
+
+    def _file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def _fit_to_disk(self, files: int) -> None:
+        """Bound the buffer by the room the file system really has, when that is below max_size.
+
+        A disk that fills up (a small partition, a quota, another program's logs) would
+        otherwise meet the buffer with ENOSPC, and in WAL mode that can wedge it: the batches sit
+        in the WAL, a checkpoint needs the database file to grow to take them, and deleting the
+        oldest needs new WAL frames. So once a second the bound in force (and the WAL's share of
+        it) is recomputed from what our files hold plus the free space, less a small reserve:
+        the ordinary drop-oldest path then makes room, counted, before the disk is full, and
+        the bound grows back to max_size when space returns.
+        """
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        room = files + st.f_bavail * st.f_frsize - _DISK_RESERVE
+        limit = min(self.max_size, max(room, 2 * _WAL_MIN))
+        wal = min(max(limit // 8, _WAL_MIN), _WAL_MAX)
+        budget = max(1, (limit - wal) // self.page_size)
+        if budget == self.budget_pages and wal == self.wal_limit:
+            return
+        was_limited = self.limit < self.max_size
+        self.limit, self.wal_limit, self.budget_pages = limit, wal, budget
+        conn = self.conn
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA wal_autocheckpoint={max(4, wal // 4 // self.page_size)}")
+                conn.execute(f"PRAGMA journal_size_limit={wal // 4}")
+        limited = limit < self.max_size
+        if limited and not was_limited:
+            log.warning(
+                "disk has less room than buffer.max_size: the buffer keeps within %d bytes",
+                limit,
+                extra={"file": str(self.path), "limit": limit, "max_size": self.max_size},
+            )
+        elif was_limited and not limited:
+            log.info(
+                "disk has room again: the buffer may grow to max_size",
+                extra={"file": str(self.path), "max_size": self.max_size},
+            )
+
+    def _log_drops(self, n: int, *, force: bool = False) -> None:
+        """One WARNING per episode, then at most one a minute summing up the drops since."""
+        self._drops_unlogged += n
+        now = time.monotonic()
+        if force or self._drop_logged_at is None or now - self._drop_logged_at >= _LOG_INTERVAL:
+            dropped = self._drops_unlogged
+            log.warning(
+                "buffer full: dropped %d oldest batches (bound %d bytes)",
+                dropped,
+                self.limit,
+                extra={
+                    "dropped": dropped,
+                    "dropped_total": self.dropped_total,
+                    "max_size": self.max_size,
+                },
+            )
+            self._drop_logged_at = now
+            self._drops_unlogged = 0
+
+    def _log_full(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._full_logged_at is None or now - self._full_logged_at >= _LOG_INTERVAL:
+            self._full_logged_at = now
+            log.error(
+                "buffer commit failed; batches not stored, the next put retries",
+                extra={"error": str(exc), "file": str(self.path)},
+            )

@@ -1,1 +1,0 @@
-"""Northbound configuration pieces that belong to the formats rather than to the connection."""

@@ -1,0 +1,1 @@
+"""What operators see: metrics, the HTTP listener (health, status page), logs, systemd notify."""

@@ -1,0 +1,252 @@
+"""What the agent is doing, gathered for people: the status page, ``/status.json``, ``edge-agent
+status`` and ``edge-agent read``.
+
+The poll loops do not know about any of this. The board sits on the two paths every device
+already reports through (its batch sink and its status sink) and keeps the last values, state and
+a short error history per device; a logging handler keeps the last warnings. The snapshot is built
+on the event loop (the HTTP server's thread asks for it), so it reads one consistent state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import operator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.south.scheduler import BatchSink, StatusSink, all_good
+from drivers.base import Batch, Reading
+
+_tag_of = operator.attrgetter("tag")
+
+#: Batches per device over which the error rate is computed.
+ERROR_WINDOW = 100
+#: Warnings and errors kept for the page.
+RECENT_ERRORS = 20
+
+
+@dataclass
+class DeviceView:
+    """One device as the board last saw it."""
+
+    state: str | None = None
+    reason: str | None = None
+    since: float | None = None
+    last_batch: float | None = None
+    last_seq: int | None = None
+    values: dict[str, Reading] = field(default_factory=dict)
+    outcomes: collections.deque[bool] = field(
+        default_factory=lambda: collections.deque(maxlen=ERROR_WINDOW)
+    )
+
+    @property
+    def error_rate(self) -> float | None:
+        """Share of recent batches with some tag not good; None before the first batch."""
+        if not self.outcomes:
+            return None
+        return sum(1 for ok in self.outcomes if not ok) / len(self.outcomes)
+
+
+class StatusBoard:
+    """Last values, states and warnings, fed by tees on the devices' sinks."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, DeviceView] = {}
+        self.recent = RecentErrors()
+        self._waiters: dict[str, list[asyncio.Future[list[Reading]]]] = {}
+
+    def view(self, device: str) -> DeviceView:
+        return self.devices.setdefault(device, DeviceView())
+
+    def forget(self, device: str) -> None:
+        self.devices.pop(device, None)
+        for fut in self._waiters.pop(device, []):
+            if not fut.done():
+                fut.set_exception(LookupError(f"device {device!r} was removed"))
+
+    # -- the tees ---------------------------------------------------------------------------------
+
+    def batch_sink(self, inner: BatchSink) -> BatchSink:
+        """``inner`` (the pipeline), observed: the batch is recorded whether or not it commits."""
+
+        async def submit(batch: Batch) -> None:
+            try:
+                await inner(batch)
+            finally:
+                self.observe(batch)
+
+        return submit
+
+    def status_sink(self, target: Callable[[], StatusSink]) -> StatusSink:
+        """The publisher's status sink (asked for each time: a reload may replace the publisher),
+        observed."""
+        return _StatusTee(self, target)
+
+    def observe(self, batch: Batch) -> None:
+        view = self.view(batch.device)
+        view.last_batch = batch.ts
+        view.last_seq = batch.seq
+        view.outcomes.append(all_good(batch.readings))
+        view.values.update(zip(map(_tag_of, batch.readings), batch.readings, strict=True))
+        for fut in self._waiters.pop(batch.device, []):
+            if not fut.done():
+                fut.set_result(list(batch.readings))
+
+    def state_changed(self, device: str, state: str, reason: str | None, ts: float) -> None:
+        view = self.view(device)
+        view.state, view.reason, view.since = state, reason, ts
+
+    async def next_readings(self, device: str, timeout: float) -> list[Reading]:
+        """The readings of the device's next batch: what ``edge-agent read`` shows while the
+        agent runs, taken from the agent's own poll so nothing else touches the port."""
+        fut: asyncio.Future[list[Reading]] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(device, []).append(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            waiting = self._waiters.get(device, [])
+            if fut in waiting:
+                waiting.remove(fut)
+
+
+class _StatusTee:
+    def __init__(self, board: StatusBoard, target: Callable[[], StatusSink]) -> None:
+        self._board = board
+        self._target = target
+
+    def device_status(self, device: str, state: str, reason: str | None, ts: float) -> None:
+        self._board.state_changed(device, state, reason, ts)
+        self._target().device_status(device, state, reason, ts)
+
+
+class RecentErrors(logging.Handler):
+    """The last warnings and errors of any logger, for the page ("recent errors")."""
+
+    def __init__(self, size: int = RECENT_ERRORS) -> None:
+        super().__init__(logging.WARNING)
+        self.entries: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry: dict[str, Any] = {
+                "ts": record.created,
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+            for key in ("device", "reason", "error", "problem"):
+                value = record.__dict__.get(key)
+                if value is not None:
+                    entry[key] = str(value)
+            self.entries.append(entry)
+        except Exception:  # a handler must never raise into the code that logged
+            self.handleError(record)
+
+
+def reading_json(r: Reading) -> dict[str, Any]:
+    doc: dict[str, Any] = {"value": r.value, "quality": r.quality.value, "ts": r.ts}
+    if r.reason is not None:
+        doc["reason"] = r.reason
+    return doc
+
+
+def readiness(snap: dict[str, Any]) -> list[str]:
+    """Why the agent is not ready, empty when it is: config loaded, buffer open, and the broker
+    connected or the buffer still below 90 % of its bound (buffering within limits)."""
+    problems: list[str] = []
+    buf = snap["buffer"]
+    if not snap["agent"]["running"]:
+        problems.append("not started")
+    if not buf["open"]:
+        problems.append("buffer not open")
+    if not snap["broker"]["connected"] and buf["bytes"] >= 0.9 * buf["max_size"]:
+        problems.append("broker disconnected and buffer above 90% of max_size")
+    return problems
+
+
+def now() -> float:
+    return time.time()
+
+
+def build_snapshot(agent: Any) -> dict[str, Any]:
+    """The whole status as JSON-able data; run on the event loop (see the module docstring).
+
+    ``agent`` is the runtime's ``Agent`` (typed loosely to keep this module free of the runtime's
+    imports)."""
+    config = agent.config
+    t = now()
+    stats = agent.buffer.stats()
+    devices = []
+    for polled in agent.polled:
+        d = polled.device
+        view = agent.board.devices.get(d.name) or DeviceView()
+        rate = view.error_rate
+        devices.append(
+            {
+                "name": d.name,
+                "driver": d.driver,
+                "state": view.state or "starting",
+                "reason": view.reason,
+                "since": view.since,
+                "poll_interval": d.poll_interval,
+                "last_poll": polled.last_poll,
+                "cycles": polled.cycles,
+                "last_seq": view.last_seq,
+                "error_rate": rate,
+                "timestamps_clamped": agent.pipeline_stamps.clamped(d.name),
+                "values": {
+                    tag.name: reading_json(view.values[tag.name])
+                    for tag in d.tags
+                    if tag.name in view.values
+                },
+                "units": {tag.name: tag.unit for tag in d.tags if tag.unit},
+            }
+        )
+    mqtt = config.mqtt
+    snap: dict[str, Any] = {
+        "agent": {
+            "id": config.agent.id,
+            "version": agent.version,
+            "running": agent.running,
+            "started": agent.started_at,
+            "uptime_s": round(t - agent.started_at, 1) if agent.started_at else None,
+            "config": str(agent.config_path) if agent.config_path else None,
+            "config_loaded": agent.config_loaded_at,
+            "reloads": agent.reloads,
+        },
+        "now": t,
+        "broker": {
+            "host": mqtt.host,
+            "port": mqtt.port,
+            "tls": mqtt.tls is not None,
+            "connected": agent.publisher.connected.is_set(),
+            "sessions": agent.publisher.sessions,
+        },
+        "buffer": {
+            "open": agent.buffer_open,
+            "batches": stats.batches,
+            "bytes": stats.bytes,
+            "max_size": agent.buffer.max_size,
+            "oldest_age_s": round(t - stats.oldest_created, 1)
+            if stats.oldest_created is not None
+            else 0.0,
+            "dropped_total": stats.dropped_total,
+            "quarantined": stats.quarantined,
+            "quarantine_reason": stats.quarantine_reason,
+        },
+        "clock": {
+            "synchronized": agent.clock.synchronized,
+            "steps": agent.clock.steps,
+            "timestamps_clamped": agent.pipeline_stamps.clamped(),
+        },
+        "devices": devices,
+        "recent_errors": list(agent.board.recent.entries)[::-1],
+    }
+    problems = readiness(snap)
+    snap["ready"] = not problems
+    snap["problems"] = problems
+    return snap
