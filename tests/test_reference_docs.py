@@ -23,6 +23,7 @@ from agent.app.reference import config_reference, slug
 from agent.app.runtime import Agent
 from agent.ops import http as agent_http
 from agent.ops.http import StatusServer
+from agent.ops.status import StatusView
 from agent.south.registry import load_drivers
 from drivers.opcua import discover as opcua_discover
 from tests.test_ops_rig import http
@@ -262,7 +263,7 @@ def served(agent: Agent) -> Iterator[str]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = StatusServer("127.0.0.1", 0, agent.metrics.registry, agent, loop)
+    server = StatusServer("127.0.0.1", 0, agent.metrics.registry, StatusView(agent), loop)
     server.start()
     try:
         yield f"http://127.0.0.1:{server.port}"

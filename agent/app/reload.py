@@ -22,8 +22,25 @@ An invalid file is refused as a whole, one log line per problem, and the running
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from agent.app.config import ConfigErrors, load_config
+from agent.app.config.models import Config
+from agent.north.formats import build_format
+from drivers.base import DeviceBase
+
+if TYPE_CHECKING:  # runtime imports this module; the agent is only read here
+    from agent.app.runtime import Agent
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Sections that cannot change under a running agent.
 RESTART_SECTIONS = ("agent", "buffer", "metrics")
@@ -59,11 +76,11 @@ class ReloadPlan:
         }
 
 
-def active_devices(config: Any) -> dict[str, Any]:
-    return {d.name: d for d in config.devices if getattr(d, "enabled", True)}
+def active_devices(config: Config) -> dict[str, DeviceBase]:
+    return {d.name: d for d in config.active_devices()}
 
 
-def plan_reload(old: Any, new: Any) -> ReloadPlan:
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
     """Compare two validated configs (frozen pydantic models compare by value)."""
     plan = ReloadPlan()
     before, after = active_devices(old), active_devices(new)
@@ -86,7 +103,7 @@ def plan_reload(old: Any, new: Any) -> ReloadPlan:
     return plan
 
 
-def _live_keys(device: Any) -> dict[str, Any]:
+def _live_keys(device: DeviceBase) -> dict[str, Any]:
     return {key: getattr(device, key) for key in LIVE_DEVICE_KEYS if hasattr(device, key)}
 
 
@@ -106,3 +123,68 @@ def _changed_keys(prefix: str, old: Any, new: Any) -> list[str]:
             keys += _changed_keys(f"{prefix}.{key}", old.get(key), new.get(key))
         return keys
     return [] if old == new else [prefix]
+
+
+async def apply_reload(agent: Agent, path: Path) -> bool:
+    """Read ``path`` and apply what changed to the running ``agent``; False (and the running
+    config stays) when the file is refused, one log line per problem."""
+    try:
+        new = await _off_loop(load_config, path, agent.drivers, resolve_secrets=True)
+    except ConfigErrors as exc:
+        for i in exc.issues:
+            log.error(
+                "reload refused",
+                extra={"problem": f"{path}:{i.line}:{i.col}: {i.path}: {i.message}"},
+            )
+        agent.metrics.config_reloads.labels("refused").inc()
+        return False
+    except Exception as exc:  # unreadable file, a driver's validator failing
+        log.error("reload refused", extra={"problem": f"{path}: {exc}"})
+        agent.metrics.config_reloads.labels("refused").inc()
+        return False
+    plan = plan_reload(agent.config, new)
+    if plan.needs_restart:
+        log.warning(
+            "reload: these keys need a restart (systemctl restart edge-agent) and keep "
+            "their running values until then",
+            extra={"keys": ",".join(plan.needs_restart)},
+        )
+    # What runs from now on: the new file, less what only a restart can change.
+    agent.config = new.model_copy(
+        update={
+            "agent": agent.config.agent,
+            "buffer": agent.config.buffer,
+            "metrics": agent.config.metrics,
+        }
+    )
+    await agent.apply_devices(plan)
+    # The format is built from the mqtt section and the devices (sub-device maps, topic
+    # placement, Sparkplug's metric types...): a new one whenever its inputs changed.
+    fmt = build_format(agent.config)
+    if fmt.spec != agent.format.spec:
+        agent.format = fmt
+        plan.restart_publisher = True
+    if plan.restart_publisher:
+        await agent.restart_publisher(removed=plan.removed)
+        await agent.release_quarantined("format rebuilt by a reload")
+    agent.reloads += 1
+    agent.config_loaded_at = time.time()
+    agent.metrics.config_reloads.labels("applied").inc()
+    log.info("config reloaded", extra=plan.summary())
+    return True
+
+
+async def _off_loop(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Run CPU-bound Python (parsing a large YAML file) on a thread without starving the loop.
+
+    A thread alone is not enough: the loop thread must win the GIL back after every select(),
+    and by default it waits up to 5 ms each time (``sys.getswitchinterval``); with dozens of
+    devices polling that convoy adds up to overruns. A 0.2 ms switch interval while the thread
+    runs keeps the loop's polls on schedule; the parse takes a little longer, nobody waits on it.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, 0.0002))
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    finally:
+        sys.setswitchinterval(previous)

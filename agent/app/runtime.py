@@ -12,16 +12,15 @@ import gc
 import importlib.metadata
 import logging
 import signal
-import sys
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.app.config import ConfigErrors, load_config
-from agent.app.reload import ReloadPlan, active_devices, plan_reload
+from agent.app.config import Config
+from agent.app.reload import ReloadPlan, active_devices, apply_reload
 from agent.core.buffer import Buffer, BufferError
-from agent.core.clock import ClockWatch
+from agent.core.clock import ClockWatch, DeviceStamps
 from agent.core.pipeline import Pipeline
 from agent.core.processing import Processing
 from agent.north.formats import build_format
@@ -29,12 +28,12 @@ from agent.north.publisher import Publisher
 from agent.ops.http import StatusServer
 from agent.ops.metrics import DriverErrors, Metrics
 from agent.ops.notify import Notifier
-from agent.ops.status import StatusBoard, build_snapshot, reading_json
+from agent.ops.status import StatusBoard, StatusView, describe, report_status
 from agent.south.commands import CommandHandler
 from agent.south.lines import LinePoller
 from agent.south.registry import load_drivers
 from agent.south.scheduler import DevicePoller, PolledDevice
-from drivers.base import DeviceBase, Driver, Quality
+from drivers.base import DeviceBase, Driver
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class Agent:
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         drivers: Mapping[str, type[Driver]] | None = None,
         metrics: Metrics | None = None,
         *,
@@ -60,10 +59,10 @@ class Agent:
         self.config_path = config_path
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier({})
-        self._drivers = drivers if drivers is not None else load_drivers()
+        self.drivers = drivers if drivers is not None else load_drivers()
         self.buffer = Buffer(Path(config.agent.data_dir), config.buffer.max_size, self.metrics)
         self.format = build_format(config)
-        devices = [d for d in config.devices if getattr(d, "enabled", True)]
+        devices = config.active_devices()
         # Live: a reload updates it in place, so the command handler sees added/removed devices.
         self.device_configs: dict[str, DeviceBase] = {d.name: d for d in devices}
         # One for the agent's life, handed to every publisher: each device's rate limit (its
@@ -95,7 +94,7 @@ class Agent:
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
 
-    def _make_publisher(self, config: Any) -> Publisher:
+    def _make_publisher(self, config: Config) -> Publisher:
         mqtt = config.mqtt
         password = mqtt.password.get_secret_value() if mqtt.password is not None else None
         return Publisher(
@@ -120,7 +119,7 @@ class Agent:
         shared: dict[str, list[tuple[DeviceBase, Driver]]] = {}
         lone: list[tuple[DeviceBase, Driver]] = []
         for d in devices:
-            driver = self._drivers[d.driver](d)
+            driver = self.drivers[d.driver](d)
             key = driver.line_key()
             if key is None:
                 lone.append((d, driver))
@@ -173,7 +172,7 @@ class Agent:
         self.metrics.buffer_max_bytes.set(self.buffer.max_size)
         await self.buffer.open()
         self.buffer_open = True
-        await self._release_quarantined("agent started")
+        await self.release_quarantined("agent started")
         await self.processing.start()
         listen = self.config.metrics
         if listen.listen is not None:
@@ -182,7 +181,7 @@ class Agent:
                 listen.host,
                 listen.port,
                 self.metrics.registry,
-                self,
+                StatusView(self),
                 asyncio.get_running_loop(),
             )
             server.start()
@@ -196,7 +195,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.clock.run(), name="clock"))
         self._tasks.append(asyncio.create_task(self.notifier.watchdog(), name="watchdog"))
         if self.notifier.enabled:
-            self._tasks.append(asyncio.create_task(self._report_status(), name="status"))
+            self._tasks.append(asyncio.create_task(report_status(self), name="status"))
         self.running = True
 
     @property
@@ -209,40 +208,8 @@ class Agent:
         return self._http.port if self._http is not None else None
 
     @property
-    def pipeline_stamps(self) -> Any:
+    def pipeline_stamps(self) -> DeviceStamps:
         return self.pipeline.stamps
-
-    # -- status (asked by the HTTP server's thread, run on the loop) ------------------------------
-
-    async def snapshot(self) -> dict[str, Any]:
-        return build_snapshot(self)
-
-    async def read_device(self, device: str, tags: list[str]) -> dict[str, Any]:
-        """The device's next poll, as ``edge-agent read`` shows it; see ``StatusBoard``."""
-        polled = next((p for p in self.polled if p.device.name == device), None)
-        if polled is None:
-            names = ", ".join(p.device.name for p in self.polled)
-            return {"ok": False, "error": f"no device {device!r} (devices: {names})"}
-        known = [t.name for t in polled.device.tags]
-        unknown = [t for t in tags if t not in known]
-        if unknown:
-            return {"ok": False, "error": f"unknown tag(s) {', '.join(unknown)} on {device}"}
-        timeout = 2 * polled.device.poll_interval + 10.0
-        try:
-            readings = await self.board.next_readings(device, timeout)
-        except TimeoutError:
-            return {"ok": False, "error": f"no poll of {device} within {timeout:.0f} s"}
-        except LookupError as exc:
-            return {"ok": False, "error": str(exc)}
-        wanted = tags or known
-        by_tag = {r.tag: r for r in readings}
-        return {
-            "ok": True,
-            "device": device,
-            "via": "agent",
-            "readings": [{"tag": t, **reading_json(by_tag[t])} for t in wanted if t in by_tag],
-            "good": any(r.quality is Quality.GOOD for r in readings),
-        }
 
     # -- reload -----------------------------------------------------------------------------------
 
@@ -258,57 +225,13 @@ class Agent:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                return await self._reload(path)
+                return await apply_reload(self, path)
             finally:
-                self.notifier.ready(self.describe())
+                self.notifier.ready(describe(self))
 
-    async def _reload(self, path: Path) -> bool:
-        try:
-            new = await _off_loop(load_config, path, self._drivers, resolve_secrets=True)
-        except ConfigErrors as exc:
-            for i in exc.issues:
-                log.error(
-                    "reload refused",
-                    extra={"problem": f"{path}:{i.line}:{i.col}: {i.path}: {i.message}"},
-                )
-            self.metrics.config_reloads.labels("refused").inc()
-            return False
-        except Exception as exc:  # unreadable file, a driver's validator failing
-            log.error("reload refused", extra={"problem": f"{path}: {exc}"})
-            self.metrics.config_reloads.labels("refused").inc()
-            return False
-        plan = plan_reload(self.config, new)
-        if plan.needs_restart:
-            log.warning(
-                "reload: these keys need a restart (systemctl restart edge-agent) and keep "
-                "their running values until then",
-                extra={"keys": ",".join(plan.needs_restart)},
-            )
-        # What runs from now on: the new file, less what only a restart can change.
-        self.config = new.model_copy(
-            update={
-                "agent": self.config.agent,
-                "buffer": self.config.buffer,
-                "metrics": self.config.metrics,
-            }
-        )
-        await self._apply_devices(plan)
-        # The format is built from the mqtt section and the devices (sub-device maps, topic
-        # placement, Sparkplug's metric types...): a new one whenever its inputs changed.
-        fmt = build_format(self.config)
-        if fmt.spec != self.format.spec:
-            self.format = fmt
-            plan.restart_publisher = True
-        if plan.restart_publisher:
-            await self._restart_publisher(removed=plan.removed)
-            await self._release_quarantined("format rebuilt by a reload")
-        self.reloads += 1
-        self.config_loaded_at = time.time()
-        self.metrics.config_reloads.labels("applied").inc()
-        log.info("config reloaded", extra=plan.summary())
-        return True
-
-    async def _apply_devices(self, plan: ReloadPlan) -> None:
+    async def apply_devices(self, plan: ReloadPlan) -> None:
+        """Stop, start and restart pollers as the reload plan says (a shared line restarts
+        whole when one of its devices changed or joins it)."""
         gone = set(plan.changed) | set(plan.removed)
         fresh = active_devices(self.config)
         restart: list[DeviceBase] = [fresh[n] for n in (*plan.changed, *plan.added)]
@@ -317,7 +240,7 @@ class Agent:
         for on_line in self.lines:
             names = {d.device.name for d in on_line.devices}
             # A line restarts whole when any of its devices changed or one joins it.
-            joins = any(self._drivers[d.driver](d).line_key() == on_line.line.key for d in restart)
+            joins = any(self.drivers[d.driver](d).line_key() == on_line.line.key for d in restart)
             if names & gone or joins:
                 stopping.append(on_line)
                 restart += [fresh[n] for n in names - gone if n in fresh]
@@ -347,7 +270,7 @@ class Agent:
             for new_poller in made:
                 self._start_poller(new_poller)
 
-    async def _restart_publisher(self, removed: Collection[str] = ()) -> None:
+    async def restart_publisher(self, removed: Collection[str] = ()) -> None:
         """A new session with the new ``mqtt`` settings; the buffer keeps what was in flight.
 
         The devices this reload ``removed`` are said down by the new session too: the old one
@@ -369,7 +292,7 @@ class Agent:
         log.info("publisher restarted with the new mqtt settings")
         del old, task
 
-    async def _release_quarantined(self, why: str) -> None:
+    async def release_quarantined(self, why: str) -> None:
         """Give batches an earlier format could not pack another try (a fixed agent, a changed
         format): packed now, or quarantined again and counted."""
         try:
@@ -381,22 +304,6 @@ class Agent:
             log.info(
                 "quarantined batches released for another try", extra={"batches": n, "why": why}
             )
-
-    async def _report_status(self, every: float = 10.0) -> None:
-        """Keep ``systemctl status``'s one line current (sent only when it changes)."""
-        last = ""
-        while True:
-            await asyncio.sleep(every)
-            line = self.describe()
-            if line != last:
-                self.notifier.status(line)
-                last = line
-
-    def describe(self) -> str:
-        """One line for ``systemctl status``."""
-        up = sum(1 for v in self.board.devices.values() if v.state == "up")
-        broker = "connected" if self.publisher.connected.is_set() else "disconnected"
-        return f"{up}/{len(self.polled)} devices up, broker {broker}"
 
     async def stop(self) -> None:
         """Stop polling, settle in-flight publishes (or leave them buffered), close the buffer."""
@@ -427,7 +334,7 @@ class Agent:
             self._publisher_task = None
 
 
-async def _main(config: Any, config_path: Path | None = None) -> int:
+async def _main(config: Config, config_path: Path | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -462,7 +369,7 @@ async def _main(config: Any, config_path: Path | None = None) -> int:
         "agent running",
         extra={"agent": config.agent.id, "devices": len(agent.polled)},
     )
-    notifier.ready(agent.describe())
+    notifier.ready(describe(agent))
     # Everything built at start lives as long as the process: keep it out of the collector's
     # full passes, which would otherwise pause the loop for longer as the heap grows.
     gc.freeze()
@@ -477,26 +384,10 @@ async def _main(config: Any, config_path: Path | None = None) -> int:
     return 0
 
 
-def run_agent(config: Any, config_path: Path | None = None) -> int:
+def run_agent(config: Config, config_path: Path | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads the config); 0 on a clean stop, 1 when the
     runtime could not start."""
     return asyncio.run(_main(config, config_path))
-
-
-async def _off_loop(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Run CPU-bound Python (parsing a large YAML file) on a thread without starving the loop.
-
-    A thread alone is not enough: the loop thread must win the GIL back after every select(),
-    and by default it waits up to 5 ms each time (``sys.getswitchinterval``); with dozens of
-    devices polling that convoy adds up to overruns. A 0.2 ms switch interval while the thread
-    runs keeps the loop's polls on schedule; the parse takes a little longer, nobody waits on it.
-    """
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, 0.0002))
-    try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    finally:
-        sys.setswitchinterval(previous)
 
 
 async def _cancel(task: asyncio.Task[Any], what: str, wait_first: float = 0.0) -> None:

@@ -38,7 +38,7 @@ import logging
 import ssl
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -49,6 +49,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from agent.core.buffer import Buffer, BufferError, StoredBatch
 from agent.north.formats import Command, Format, Message, Packed
 from agent.north.v5props import PublishProperties
+
+if TYPE_CHECKING:  # the config is built in app; north reads it, never imports app at run time
+    from agent.app.config.models import MqttSection, TlsSection
 from agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ class ConnectFailed(Exception):
         self.maybe_protocol = maybe_protocol
 
 
-def servers_of(settings: Any) -> list[tuple[str, int]]:
+def servers_of(settings: MqttSection) -> list[tuple[str, int]]:
     """``mqtt.servers`` (host:port each) or the single ``host``/``port``."""
     servers = getattr(settings, "servers", None)
     if servers:
@@ -98,7 +101,7 @@ class Commands(Protocol):
 class Publisher:
     def __init__(
         self,
-        settings: Any,
+        settings: MqttSection,
         client_id: str,
         password: str | None,
         buffer: Buffer,
@@ -610,7 +613,7 @@ class Publisher:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _ssl_context(tls: Any) -> ssl.SSLContext:
+def _ssl_context(tls: TlsSection) -> ssl.SSLContext:
     """Verification on by default; ``verify: false`` is an explicit, logged choice."""
     ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
     if tls.cert_file is not None:

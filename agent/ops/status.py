@@ -16,10 +16,13 @@ import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.south.scheduler import BatchSink, StatusSink, all_good
-from drivers.base import Batch, Reading
+from drivers.base import Batch, Quality, Reading
+
+if TYPE_CHECKING:  # the runtime builds the agent; ops reads it, never imports app at run time
+    from agent.app.runtime import Agent
 
 _tag_of = operator.attrgetter("tag")
 
@@ -172,11 +175,8 @@ def now() -> float:
     return time.time()
 
 
-def build_snapshot(agent: Any) -> dict[str, Any]:
-    """The whole status as JSON-able data; run on the event loop (see the module docstring).
-
-    ``agent`` is the runtime's ``Agent`` (typed loosely to keep this module free of the runtime's
-    imports)."""
+def build_snapshot(agent: Agent) -> dict[str, Any]:
+    """The whole status as JSON-able data; run on the event loop (see the module docstring)."""
     config = agent.config
     t = now()
     stats = agent.buffer.stats()
@@ -250,3 +250,60 @@ def build_snapshot(agent: Any) -> dict[str, Any]:
     snap["ready"] = not problems
     snap["problems"] = problems
     return snap
+
+
+class StatusView:
+    """What the HTTP listener asks of the running agent (``agent.ops.http.StatusSource``): the
+    snapshot and a commissioning read, both run on the event loop."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    async def snapshot(self) -> dict[str, Any]:
+        return build_snapshot(self._agent)
+
+    async def read_device(self, device: str, tags: list[str]) -> dict[str, Any]:
+        """The device's next poll, as ``edge-agent read`` shows it; see ``StatusBoard``."""
+        agent = self._agent
+        polled = next((p for p in agent.polled if p.device.name == device), None)
+        if polled is None:
+            names = ", ".join(p.device.name for p in agent.polled)
+            return {"ok": False, "error": f"no device {device!r} (devices: {names})"}
+        known = [t.name for t in polled.device.tags]
+        unknown = [t for t in tags if t not in known]
+        if unknown:
+            return {"ok": False, "error": f"unknown tag(s) {', '.join(unknown)} on {device}"}
+        timeout = 2 * polled.device.poll_interval + 10.0
+        try:
+            readings = await agent.board.next_readings(device, timeout)
+        except TimeoutError:
+            return {"ok": False, "error": f"no poll of {device} within {timeout:.0f} s"}
+        except LookupError as exc:
+            return {"ok": False, "error": str(exc)}
+        wanted = tags or known
+        by_tag = {r.tag: r for r in readings}
+        return {
+            "ok": True,
+            "device": device,
+            "via": "agent",
+            "readings": [{"tag": t, **reading_json(by_tag[t])} for t in wanted if t in by_tag],
+            "good": any(r.quality is Quality.GOOD for r in readings),
+        }
+
+
+def describe(agent: Agent) -> str:
+    """One line for ``systemctl status``."""
+    up = sum(1 for v in agent.board.devices.values() if v.state == "up")
+    broker = "connected" if agent.publisher.connected.is_set() else "disconnected"
+    return f"{up}/{len(agent.polled)} devices up, broker {broker}"
+
+
+async def report_status(agent: Agent, every: float = 10.0) -> None:
+    """Keep ``systemctl status``'s one line current (sent only when it changes)."""
+    last = ""
+    while True:
+        await asyncio.sleep(every)
+        line = describe(agent)
+        if line != last:
+            agent.notifier.status(line)
+            last = line

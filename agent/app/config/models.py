@@ -394,6 +394,11 @@ class Config(StrictModel):
             raise key_error("mqtt", f"json.{key}: {message}")
         return self
 
+    def active_devices(self) -> list[DeviceBase]:
+        """The devices that run: every one but those with ``enabled: false`` (the one place
+        that says so; pollers, formats and reload all ask here)."""
+        return [d for d in self.devices if d.enabled]
+
     def tag_count(self) -> int:
         """Tags over all devices (profiles merged in by load_config)."""
         return sum(len(d.tags) for d in self.devices)

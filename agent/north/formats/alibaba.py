@@ -26,12 +26,15 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
 from agent.north.formats.base import Command, Format, Message, Packed, Reaction, stream_of
 from agent.north.formats.split import chunks
+
+if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
+    from agent.app.config.models import Config
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,25 @@ def mqtt_credentials(
 class AlibabaFormat(Format):
     name = "alibaba"
     retain_supported = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> AlibabaFormat:
+        agent, mqtt = config.agent, config.mqtt
+        ali = mqtt.alibaba
+        assert ali is not None  # the config requires the section with format: alibaba
+        subs = {}
+        for d in config.active_devices():
+            own = ali.devices.get(d.name)
+            pk = (own.product_key if own else None) or ali.sub_product_key
+            subs[d.name] = (pk, (own.device_name if own else None) or d.name)
+        return cls(
+            ali.product_key,
+            ali.device_name or agent.id,
+            subs,
+            max_payload=ali.max_payload,
+            tls=mqtt.tls is not None,
+            sub_product_key=ali.sub_product_key,
+        )
 
     def __init__(
         self,

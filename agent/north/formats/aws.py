@@ -10,12 +10,16 @@ offline state as the MQTT will.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
-from agent.north.formats.base import Message, Packed, stream_of
+from agent.north.formats.base import Message, Packed, stream_of, topic_prefix
 from agent.north.formats.jsonfmt import JsonFormat, _dumps
 from agent.north.formats.split import split_doc
+
+if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
+    from agent.app.config.models import Config
 
 MAX_PAYLOAD = 128 * 1024
 MAX_RATE = 100.0
@@ -25,6 +29,12 @@ MAX_SLASHES = 7
 class AwsIotFormat(JsonFormat):
     name = "aws"
     retain_supported = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> AwsIotFormat:
+        aws = config.mqtt.aws
+        limit = aws.max_payload if aws else MAX_PAYLOAD
+        return cls(config.agent.id, topic_prefix(config), max_payload=limit)
 
     def __init__(
         self,

@@ -27,12 +27,16 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
 from agent.north.formats.base import Command, Message, Packed, Reaction, stream_of
 from agent.north.formats.jsonfmt import JsonFormat, _dumps
 from agent.north.formats.split import split_doc
+
+if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
+    from agent.app.config.models import Config
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,20 @@ def sas_token(resource_uri: str, key_b64: str, expiry: int, policy: str | None =
 class AzureIotFormat(JsonFormat):
     name = "azure"
     retain_supported = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> AzureIotFormat:
+        agent, mqtt = config.agent, config.mqtt
+        az = mqtt.azure
+        host = (az.hub if az else None) or mqtt.host
+        assert host is not None  # the config requires a host (or azure.hub) with format: azure
+        return cls(
+            agent.id,
+            host,
+            mqtt.client_id or agent.id,
+            token_ttl=az.token_ttl if az else 3600.0,
+            max_payload=az.max_payload if az else MAX_PAYLOAD,
+        )
 
     def __init__(
         self,

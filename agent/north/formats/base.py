@@ -11,9 +11,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core.buffer import StoredBatch
+from drivers.base import DeviceBase
+
+if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
+    from agent.app.config.models import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,12 @@ class Format(abc.ABC):
         """Whether data may flow now (Sparkplug waits for its primary host)."""
         return True
 
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: Config) -> Format:
+        """The format as the config asks for it (``mqtt`` and the format's own section, the
+        devices that run): called at start and by every reload, which compares ``spec``."""
+
     @abc.abstractmethod
     def pack(self, rows: Sequence[StoredBatch]) -> list[Packed]:
         """The messages that carry these buffered batches, each naming the rows it acknowledges."""
@@ -176,3 +186,13 @@ class Format(abc.ABC):
     def reply(self, command: Command, reply: dict[str, object]) -> Message | None:
         """The dialect's answer to a command, or None when it has none."""
         return None
+
+
+def topic_prefix(config: Config) -> str:
+    """``mqtt.topic_prefix``, by default ``edge/<agent.id>``."""
+    return config.mqtt.topic_prefix or f"edge/{config.agent.id}"
+
+
+def tag_types(device: DeviceBase) -> dict[str, str]:
+    """Tag name to the value type the driver declares for it (where it declares one)."""
+    return {t.name: v for t in device.tags if (v := t.value_type()) is not None}

@@ -24,12 +24,15 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
 from agent.north.formats.base import Command, Format, Message, Packed, Reaction, stream_of
 from agent.north.formats.split import chunks
+
+if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
+    from agent.app.config.models import Config
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,22 @@ def mqtt_credentials(device_id: str, secret: str, epoch: float) -> tuple[str, st
 class HuaweiFormat(Format):
     name = "huawei"
     retain_supported = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> HuaweiFormat:
+        hw = config.mqtt.huawei
+        assert hw is not None  # the config requires the section with format: huawei
+        ids = {
+            d.name: hw.devices.get(d.name) or f"{hw.sub_product_id}_{d.name}"
+            for d in config.active_devices()
+        }
+        return cls(
+            hw.device_id,
+            ids,
+            service_id=hw.service_id,
+            max_payload=hw.max_payload,
+            sub_product_id=hw.sub_product_id,
+        )
 
     def __init__(
         self,

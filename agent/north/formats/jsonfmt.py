@@ -9,9 +9,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from agent.core.buffer import StoredBatch
-from agent.north.formats.base import Command, Format, Message, Packed, Reaction, stream_of
+from agent.north.config import PLACEMENT_FIELDS
+from agent.north.formats.base import (
+    Command,
+    Format,
+    Message,
+    Packed,
+    Reaction,
+    stream_of,
+    topic_prefix,
+)
+
+if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
+    from agent.app.config.models import Config
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -20,6 +33,31 @@ class JsonFormat(Format):
     """``<prefix>/<device>/data`` (or the template's topic) with the batch as one JSON object."""
 
     name = "json"
+
+    @classmethod
+    def from_config(cls, config: Config) -> JsonFormat:
+        agent, mqtt = config.agent, config.mqtt
+        prefix = topic_prefix(config)
+        options = mqtt.json_options
+        if options is None:
+            return cls(agent.id, prefix)
+        placement = {}
+        for d in config.active_devices():
+            own = options.placement.get(d.name)
+            fields = {}
+            for key in PLACEMENT_FIELDS:
+                value = getattr(own, key, None) or getattr(agent, key, None)
+                if value is not None:
+                    fields[key] = value
+            placement[d.name] = fields
+        return cls(
+            agent.id,
+            prefix,
+            topic_template=options.topic_template,
+            placement=placement,
+            user_properties=options.user_properties,
+            default_placement={k: v for k in PLACEMENT_FIELDS if (v := getattr(agent, k, None))},
+        )
 
     def __init__(
         self,

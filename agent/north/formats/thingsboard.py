@@ -29,13 +29,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
 from agent.core.streams import STATE_DOCUMENT
 from agent.north.formats.base import Command, Format, Message, Packed, Reaction, stream_of
 from agent.north.formats.split import chunks
+
+if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
+    from agent.app.config.models import Config
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,23 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 class ThingsBoardFormat(Format):
     name = "thingsboard"
     retain_supported = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> ThingsBoardFormat:
+        tb = config.mqtt.thingsboard
+        devices = config.active_devices()
+        types = {}
+        for d in devices:
+            # the device's own type, else its profile's, else thingsboard.device_type
+            own = tb.type_of(d.name, d.profile) if tb else None
+            if own is not None:
+                types[d.name] = own
+        return cls(
+            [d.name for d in devices],
+            device_type=tb.device_type if tb else None,
+            max_payload=tb.max_payload if tb else DEFAULT_MAX_PAYLOAD,
+            device_types=types,
+        )
 
     def __init__(
         self,

@@ -57,14 +57,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
-from agent.north.formats.base import Command, Format, Message, Packed, Reaction, stream_of
+from agent.north.formats.base import (
+    Command,
+    Format,
+    Message,
+    Packed,
+    Reaction,
+    stream_of,
+    tag_types,
+    topic_prefix,
+)
 from agent.north.formats.sparkplug import sparkplug_b_pb2
 from agent.north.formats.sparkplug.bdseq import BdSeq
 from agent.north.formats.sparkplug.values import choose, fits, get_value, set_value
+
+if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
+    from agent.app.config.models import Config
 
 #: The generated module has no type information; its names are checked by the tests.
 pb: Any = sparkplug_b_pb2
@@ -191,6 +203,19 @@ def _quality_property(metric: Any, code: int) -> None:
 class SparkplugFormat(Format):
     name = "sparkplug"
     will_on_clean_stop = True
+
+    @classmethod
+    def from_config(cls, config: Config) -> SparkplugFormat:
+        agent, sp = config.agent, config.mqtt.sparkplug
+        assert sp is not None  # the config requires the section with format: sparkplug
+        return cls(
+            sp.group_id,
+            sp.edge_node_id or agent.id,
+            Path(agent.data_dir),
+            primary_host_id=sp.primary_host_id,
+            tag_types={d.name: tag_types(d) for d in config.active_devices()},
+            topic_prefix=topic_prefix(config),
+        )
 
     def __init__(
         self,
