@@ -45,6 +45,19 @@ def modbus_device(
     }
 
 
+def local_mqtt(port: int, **keys: Any) -> dict[str, Any]:
+    """The mqtt section of a test config: a local broker, quick reconnects, a short keepalive
+    (``keys`` add to it or override it)."""
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "reconnect_min": "50ms",
+        "reconnect_max": "500ms",
+        "keepalive": 5,
+        **keys,
+    }
+
+
 def write_config(
     path: Path,
     *,
@@ -61,15 +74,7 @@ def write_config(
     """
     doc = {
         "agent": {"id": "test-gw", "data_dir": str(path.parent / "data")},
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": broker_port,
-            "reconnect_min": "50ms",
-            "reconnect_max": "500ms",
-            "keepalive": 5,
-            "max_inflight": max_inflight,
-            **(mqtt or {}),
-        },
+        "mqtt": local_mqtt(broker_port, max_inflight=max_inflight, **(mqtt or {})),
         "buffer": {"max_size": "16MB"},
         "metrics": {"listen": metrics},
         "devices": [

@@ -48,7 +48,7 @@ from simulators.opcua_cnc import POINTS as OPCUA_POINTS
 from simulators.opcua_cnc import WAVE_POINTS, CncSimulator
 from simulators.serial_instruments import OvenSimulator, ScaleSimulator
 from tests.brokers import Mosquitto, Received, Subscriber, free_port
-from tests.e2e import until
+from tests.e2e import local_mqtt, until
 from tests.readme import DOCS
 
 DRIVERS = load_drivers()
@@ -400,13 +400,7 @@ def scenario_config(kind: Kind, where: Any, tmp: Path, broker_port: int, metrics
         )
     doc = {
         "agent": {"id": agent_id(kind), "data_dir": str(tmp / "data")},
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": broker_port,
-            "reconnect_min": "50ms",
-            "reconnect_max": "500ms",
-            "keepalive": 5,
-        },
+        "mqtt": local_mqtt(broker_port),
         "buffer": {"max_size": "16MB"},
         "metrics": {"listen": f"127.0.0.1:{metrics}"},
         "profiles": {

@@ -19,19 +19,14 @@ from agent.app.runtime import Agent
 from agent.south.registry import load_drivers
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import Mosquitto, Subscriber, free_port
+from tests.e2e import local_mqtt
 from tests.test_reload import device
 
 
 def _write(path: Path, broker: int, devices: list[dict[str, Any]], **mqtt: Any) -> Path:
     doc = {
         "agent": {"id": "gw", "data_dir": str(path.parent / "data"), "site": "s1"},
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": broker,
-            "reconnect_min": "50ms",
-            "reconnect_max": "500ms",
-            **mqtt,
-        },
+        "mqtt": local_mqtt(broker, **mqtt),
         "buffer": {"max_size": "4MB"},
         "metrics": {"listen": None},
         "devices": devices,

@@ -48,7 +48,7 @@ from agent.south.registry import load_drivers
 from simulators.modbus_map import POINTS
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import free_port
-from tests.e2e import Delivery, until
+from tests.e2e import Delivery, local_mqtt, until
 from tests.faultproxy import FaultProxy
 from tests.platforms.dialects import AGENT_ID, DIALECTS, GATEWAY, VARIANTS, Arrived, Dialect
 
@@ -143,14 +143,7 @@ def write_config(
 ) -> Path:
     doc = {
         "agent": {"id": AGENT_ID, "data_dir": str(path.parent / "data"), **dialect.agent()},
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": broker_port,
-            "reconnect_min": "50ms",
-            "reconnect_max": "500ms",
-            "keepalive": 5,
-            **dialect.mqtt(variant),
-        },
+        "mqtt": local_mqtt(broker_port, **dialect.mqtt(variant)),
         "buffer": {"max_size": "16MB"},
         "metrics": {"listen": None},
         "devices": devices,

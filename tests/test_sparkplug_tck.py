@@ -40,7 +40,7 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,13 @@ from agent.north.publisher import Publisher
 from agent.ops.metrics import Metrics
 from agent.south.commands import CommandHandler
 from agent.south.registry import load_drivers
-from drivers.base import DeviceBase, TagBase
+from drivers.base import DeviceBase
 from tests.brokers import Mosquitto, Received, Subscriber
 from tests.e2e import until
 from tests.mqtt_wire import SESSION_EXPIRY, Connection, Packet, Wire
 from tests.platforms.sparkplug_host import PROTO, decode_text, encode, parse_text, protoc
 from tests.test_failover import _settings
+from tests.test_sparkplug import Recorder
 
 pb: Any = sparkplug_b_pb2
 
@@ -324,21 +325,6 @@ def _bdseq(msg: Any) -> int:
 
 
 # -- the edge node under test --------------------------------------------------------------------
-
-
-class Recorder(CommandHandler):
-    """The real command path, recording what reached it."""
-
-    def __init__(self) -> None:
-        dev = DeviceBase(name="d1", driver="x", tags=[TagBase(name="t")])
-        super().__init__({"d1": dev})
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    async def write(
-        self, device: str, cmd_id: str | None, writes: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        self.seen.append((device, dict(writes)))
-        return await super().write(device, cmd_id, writes)
 
 
 class Edge:
@@ -823,7 +809,8 @@ def _command_topics(run: Run) -> None:
     for _, conn in run.accepted():
         filters = {f for p in conn.up("SUBSCRIBE") for f, _ in p.subscriptions}
         assert filters == {"spBv1.0/plant1/NCMD/gw", "spBv1.0/plant1/DCMD/gw/+"}
-    assert len(run.sent("NBIRTH")) == 3 and run.commands == [("d1", {"t": -3})]
+    assert len(run.sent("NBIRTH")) == 3
+    assert [(device, cmd["write"]) for device, cmd in run.commands] == [("d1", {"t": -3})]
 
 
 # QoS and retain ----------------------------------------------------------------------------------
