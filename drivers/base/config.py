@@ -66,9 +66,9 @@ class StrictModel(BaseModel):
 class TagBase(StrictModel):
     """What every driver's tag has. Drivers subclass it with their addressing keys."""
 
-    name: Name
+    name: Name = Field(description="the tag's name in payloads and topics ([A-Za-z0-9_.-])")
     unit: str | None = Field(default=None, description="engineering unit, for documentation")
-    description: str | None = None
+    description: str | None = Field(default=None, description="free text, for people")
 
     def value_type(self) -> ValueType | None:
         """The type of the values this tag's readings carry, as far as the config tells
@@ -93,8 +93,8 @@ class WritableTag(TagBase):
 class ProfileBase(StrictModel):
     """A device type: the tag list written once and shared by every device that names it."""
 
-    driver: str
-    description: str | None = None
+    driver: str = Field(description="the driver of every device using this profile")
+    description: str | None = Field(default=None, description="free text, for people")
     tags: Sequence[TagBase] = Field(default_factory=list)
 
 
@@ -121,11 +121,13 @@ class DeviceBase(StrictModel):
     """What every driver's device entry has. Drivers subclass it, narrowing ``driver`` to a
     ``Literal`` and adding ``connection`` and their own keys."""
 
-    name: Name
-    driver: str
+    name: Name = Field(description="the device's name in topics and payloads ([A-Za-z0-9_.-])")
+    driver: str = Field(description="which driver polls it (modbus, opcua, serial...)")
     poll_interval: PositiveDuration = 1.0
-    profile: Name | None = None
-    enabled: bool = True
+    profile: Name | None = Field(
+        default=None, description="a profile whose tags come first, before the device's own"
+    )
+    enabled: bool = Field(default=True, description="false: validated but not polled")
     tags: Sequence[TagBase] = Field(default_factory=list)
     commands: CommandLimits = Field(
         default_factory=CommandLimits,

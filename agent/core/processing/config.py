@@ -384,7 +384,9 @@ class AlarmSpec(_Model):
         description="anomaly: how fast the EWMA mean and variance forget (a value this old "
         "weighs half); a drift slower than this is learnt as normal, not flagged",
     )
-    severity: Literal["info", "warning", "critical"] = Field(default="warning")
+    severity: Literal["info", "warning", "critical"] = Field(
+        default="warning", description="carried in the alarm's events"
+    )
     states: list[_Name] | None = Field(
         default=None,
         description="judge only while the device's machine state is one of these (running); "
