@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 
@@ -56,10 +56,15 @@ DRIVERS = load_drivers()
 # -- how to get a live device of each driver ------------------------------------------------------
 
 
-class Live(abc.ABC):
-    """A running simulated device: where it is, and the test's hands on it."""
+SimT = TypeVar("SimT")
 
-    where: Any  # what the device entry needs to reach it (a port, a path, an endpoint)
+
+class Live(abc.ABC, Generic[SimT]):
+    """A running simulated device: its simulator, where it is, and the test's hands on it."""
+
+    def __init__(self, sim: SimT, where: Any) -> None:
+        self.sim = sim
+        self.where = where  # what the device entry needs to reach it (a port, a path, an endpoint)
 
     @abc.abstractmethod
     async def set(self, value: float) -> None:
@@ -96,25 +101,26 @@ class Kind:
     entry: Callable[[Any], dict[str, Any]]
     num: dict[str, Any]
     other: dict[str, Any]
-    start: Callable[[], contextlib.AbstractAsyncContextManager[Live]]
+    start: Callable[[], contextlib.AbstractAsyncContextManager[Live[Any]]]
     fake_where: Any
     writable: dict[str, Any] | None = None
     array: dict[str, Any] | None = None
     by_exception: bool = False
 
 
-# Modbus TCP ---------------------------------------------------------------------------------------
+class Server(Protocol):
+    """A simulator that listens on a port of its own."""
 
-MB_NUM, MB_SP, MB_OTHER, MB_WAVE = 1150, 1151, 1152, 1160  # free registers of the simulator's map
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
-class ModbusLive(Live):
-    def __init__(self, sim: ModbusSimulator) -> None:
-        self.sim = sim
-        self.where = sim.port
+ServerT = TypeVar("ServerT", bound=Server)
 
-    async def set(self, value: float) -> None:
-        self.sim.set_registers(1, "holding", MB_NUM, [int(value)])
+
+class ServerLive(Live[ServerT]):
+    """A device that is a server of its own (Modbus TCP, OPC UA): it fails by stopping, so the
+    agent's connection is refused, and revives by starting again on the same port."""
 
     async def fail(self) -> None:
         await self.sim.stop()
@@ -122,17 +128,27 @@ class ModbusLive(Live):
     async def revive(self) -> None:
         await self.sim.start()
 
+
+# Modbus TCP ---------------------------------------------------------------------------------------
+
+MB_NUM, MB_SP, MB_OTHER, MB_WAVE = 1150, 1151, 1152, 1160  # free registers of the simulator's map
+
+
+class ModbusLive(ServerLive[ModbusSimulator]):
+    async def set(self, value: float) -> None:
+        self.sim.set_registers(1, "holding", MB_NUM, [int(value)])
+
     async def held(self) -> float | None:
         return float(self.sim.registers(1, "holding", MB_SP, 1)[0])
 
 
 @contextlib.asynccontextmanager
-async def modbus_live() -> AsyncIterator[Live]:
+async def modbus_live() -> AsyncIterator[Live[Any]]:
     async with ModbusSimulator(port=free_port(), units=(1,), update_interval=None) as sim:
         sim.set_registers(1, "holding", MB_OTHER, [7])
         # A waveform: int16 samples 0, 100, 0, -100... (two's complement on the wire).
         sim.set_registers(1, "holding", MB_WAVE, [0, 100, 0, 65436] * 2)
-        yield ModbusLive(sim)
+        yield ModbusLive(sim, sim.port)
 
 
 MODBUS_TCP = Kind(
@@ -160,12 +176,8 @@ MODBUS_TCP = Kind(
 # Serial instruments -------------------------------------------------------------------------------
 
 
-class OvenLive(Live):
+class OvenLive(Live[OvenSimulator]):
     """A temperature controller answering ``PV?`` and ``SV?`` (poll mode, on a line task)."""
-
-    def __init__(self, sim: OvenSimulator) -> None:
-        self.sim = sim
-        self.where = sim.path
 
     async def set(self, value: float) -> None:
         self.sim.pv = value
@@ -178,24 +190,38 @@ class OvenLive(Live):
 
 
 @contextlib.asynccontextmanager
-async def oven_live() -> AsyncIterator[Live]:
+async def oven_live() -> AsyncIterator[Live[Any]]:
     async with OvenSimulator(pv=0.0, sv=180.0, tau=None) as sim:
-        yield OvenLive(sim)
+        yield OvenLive(sim, sim.path)
+
+
+def _serial_entry(terminator: str, mode: str, **keys: Any) -> Callable[[Any], dict[str, Any]]:
+    """The device keys of an instrument on the pseudo-terminal at ``path``: polled every
+    100 ms, 300 ms to answer, lines ending in ``terminator``; ``keys`` say what the mode needs."""
+
+    def entry(path: Any) -> dict[str, Any]:
+        return {
+            "poll_interval": "100ms",
+            "connection": {"port": path, "timeout": "300ms"},
+            "framing": {"terminator": terminator},
+            "mode": mode,
+            **keys,
+        }
+
+    return entry
 
 
 SERIAL_POLL = Kind(
     name="serial-poll",
     driver="serial",
-    entry=lambda path: {
-        "poll_interval": "100ms",
-        "connection": {"port": path, "timeout": "300ms"},
-        "framing": {"terminator": "\\r"},
-        "mode": "poll",
-        "requests": [
+    entry=_serial_entry(
+        "\\r",
+        "poll",
+        requests=[
             {"send": "PV?\\r", "match": r"^PV=(?P<pv>-?\d+(\.\d+)?)$"},
             {"send": "SV?\\r", "match": r"^SV=(?P<sv>-?\d+(\.\d+)?)$"},
         ],
-    },
+    ),
     num={"group": "pv", "type": "float64"},
     other={"group": "sv", "type": "float64"},
     start=oven_live,
@@ -203,12 +229,11 @@ SERIAL_POLL = Kind(
 )
 
 
-class ScaleLive(Live):
+class ScaleLive(Live[ScaleSimulator]):
     """A scale streaming its weight every 20 ms, faster than the agent polls (stream mode)."""
 
     def __init__(self, sim: ScaleSimulator) -> None:
-        self.sim = sim
-        self.where = sim.path
+        super().__init__(sim, sim.path)
         self._task: asyncio.Task[None] | None = None
 
     async def _stream(self) -> None:
@@ -232,7 +257,7 @@ class ScaleLive(Live):
 
 
 @contextlib.asynccontextmanager
-async def scale_live() -> AsyncIterator[Live]:
+async def scale_live() -> AsyncIterator[Live[Any]]:
     async with ScaleSimulator(rate=None) as sim:
         live = ScaleLive(sim)
         sim.weight, sim.stable = 0.0, True
@@ -246,13 +271,9 @@ async def scale_live() -> AsyncIterator[Live]:
 SERIAL_STREAM = Kind(
     name="serial-stream",
     driver="serial",
-    entry=lambda path: {
-        "poll_interval": "100ms",
-        "connection": {"port": path, "timeout": "300ms"},
-        "framing": {"terminator": "\\r\\n"},
-        "mode": "stream",
-        "match": r"^(?P<status>ST|US),GS,\s*(?P<weight>[+-]?\d+\.\d+)\s*kg$",
-    },
+    entry=_serial_entry(
+        "\\r\\n", "stream", match=r"^(?P<status>ST|US),GS,\s*(?P<weight>[+-]?\d+\.\d+)\s*kg$"
+    ),
     num={"group": "weight", "type": "float64"},
     other={"group": "status", "type": "bool", "true_value": "ST"},
     start=scale_live,
@@ -262,31 +283,19 @@ SERIAL_STREAM = Kind(
 # OPC UA -------------------------------------------------------------------------------------------
 
 
-class LatheLive(Live):
-    def __init__(self, sim: CncSimulator) -> None:
-        self.sim = sim
-        self.where = sim.endpoint
-        self.value = 0.0
-
+class LatheLive(ServerLive[CncSimulator]):
     async def set(self, value: float) -> None:
-        self.value = float(value)
         await self.sim.set_value("Spindle/Speed", float(value))
-
-    async def fail(self) -> None:
-        await self.sim.stop()
-
-    async def revive(self) -> None:
-        await self.sim.start()
 
 
 @contextlib.asynccontextmanager
-async def lathe_live() -> AsyncIterator[Live]:
+async def lathe_live() -> AsyncIterator[Live[Any]]:
     sim = CncSimulator(port=free_port(), update_interval=None)
     await sim.start()
     try:
         wave = [round(math.sin(2 * math.pi * 4 * i / WAVE_POINTS), 6) for i in range(WAVE_POINTS)]
         await sim.set_value("Spindle/Vibration", wave)
-        yield LatheLive(sim)
+        yield LatheLive(sim, sim.endpoint)
     finally:
         await sim.stop()
 
@@ -630,7 +639,7 @@ def _event(kind: str, prefix: str) -> Callable[[list[Received]], bool]:
     )
 
 
-async def commands(agent: Agent, live: Live, record: Record) -> None:
+async def commands(agent: Agent, live: Live[Any], record: Record) -> None:
     """Commands as the publisher hands them on (``CommandHandler.handle``)."""
 
     async def send(label: str, device: str, write: dict[str, Any]) -> None:
