@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +10,7 @@ import pytest
 from simulators.opcua_cnc import POINTS, CncSimulator
 from tests.brokers import Mosquitto, Received, Subscriber, free_port
 from tests.e2e import AgentRig
-from tests.test_opcua_support import agent_header, device, write_config
-
-EDGE_AGENT = str(Path(sys.executable).with_name("edge-agent"))
+from tests.test_opcua_support import agent_header, device, edge_agent, write_config
 
 
 def _data(messages: list[Received], device_name: str = "lathe-3") -> list[dict[str, Any]]:
@@ -57,21 +53,12 @@ async def test_server_restart_mid_run_resumes_without_agent_restart(
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        EDGE_AGENT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 @pytest.mark.slow
 async def test_discover_output_validates_and_collects(tmp_path: Path, broker: Mosquitto) -> None:
     sim = CncSimulator(port=free_port(), update_interval=None)
     await sim.start()
     try:
-        code, out, err = await _cli(
+        code, out, err = await edge_agent(
             "discover", "opcua", sim.endpoint, "--under", "Machine/Spindle", "--name", "lathe-3"
         )
         assert code == 0, err
@@ -79,7 +66,7 @@ async def test_discover_output_validates_and_collects(tmp_path: Path, broker: Mo
         assert "vibration" in out and "Double[]" in out
         cfg = tmp_path / "agent.yaml"
         cfg.write_text(agent_header(tmp_path, broker.port) + out)
-        code, _, err = await _cli("validate", str(cfg))
+        code, _, err = await edge_agent("validate", str(cfg))
         assert code == 0, err
         sub = Subscriber(broker.port, ["edge/test-gw/#"]).start()
         try:
@@ -95,8 +82,8 @@ async def test_discover_output_validates_and_collects(tmp_path: Path, broker: Mo
 
 
 async def test_discover_says_why_it_cannot_connect() -> None:
-    code, out, err = await _cli("discover", "opcua", f"opc.tcp://127.0.0.1:{free_port()}/x")
+    code, out, err = await edge_agent("discover", "opcua", f"opc.tcp://127.0.0.1:{free_port()}/x")
     assert code == 1 and out == ""
     assert "connection refused" in err and len(err.strip().splitlines()) == 1
-    code, _, err = await _cli("discover", "modbus", "x")
+    code, _, err = await edge_agent("discover", "modbus", "x")
     assert code == 2 and "cannot discover" in err and "opcua" in err

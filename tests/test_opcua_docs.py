@@ -5,10 +5,8 @@ driver is on the page."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
-import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,13 +21,12 @@ from drivers.opcua.driver import OpcuaDriver
 from simulators.opcua_cnc import POINTS, CncSimulator, ServerCert
 from tests.brokers import free_port
 from tests.readme import DOCS, code_words, driver_keys
-from tests.test_opcua_support import Pki, device, make_pki
+from tests.test_opcua_support import Pki, device, edge_agent, make_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DOC = DOCS / "devices" / "opcua.md"
 ZH = DOCS / "zh-CN" / "devices" / "opcua.md"
-EDGE_AGENT = str(Path(sys.executable).with_name("edge-agent"))
 
 
 def _blocks(kind: str, page: Path = DOC) -> list[str]:
@@ -133,14 +130,11 @@ async def test_save_server_cert_as_written_saves_that_endpoints_certificate(
     line = next(x for b in _blocks("sh") for x in b.splitlines() if "--save-server-cert" in x)
     argv = line.replace("opc.tcp://10.0.0.20:4840/cnc", sim.endpoint).split()
     assert argv[:3] == ["edge-agent", "discover", "opcua"]
-    proc = await asyncio.create_subprocess_exec(
-        EDGE_AGENT, *argv[1:], cwd=tmp_path, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err
+    code, _, err = await edge_agent(*argv[1:], cwd=tmp_path)
+    assert code == 0, err
     assert (tmp_path / "lathe-3.der").read_bytes() == pki.server_cert.read_bytes()
-    assert b"the certificate of the Basic256Sha256 SignAndEncrypt endpoint" in err
-    assert re.search(rb"SHA-1 ([0-9A-F]{2}:){19}[0-9A-F]{2}", err)
+    assert "the certificate of the Basic256Sha256 SignAndEncrypt endpoint" in err
+    assert re.search(r"SHA-1 ([0-9A-F]{2}:){19}[0-9A-F]{2}", err)
 
 
 def _shape(line: str, endpoint: str) -> str:
@@ -174,17 +168,13 @@ async def test_the_discover_example_is_what_discover_prints(
         users={"collector": "pw"},
         tokens=["anonymous", "username"],
     ) as sim:
-        proc = await asyncio.create_subprocess_exec(
-            EDGE_AGENT,
+        code, out, err = await edge_agent(
             *re.findall(r"edge-agent (discover opcua \S+ .*?) >", DOC.read_text())[0]
             .replace("opc.tcp://10.0.0.20:4840/cnc", sim.endpoint)
-            .split(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            .split()
         )
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err
-    printed = {_shape(x, sim.endpoint) for x in out.decode().splitlines()}
+    assert code == 0, err
+    printed = {_shape(x, sim.endpoint) for x in out.splitlines()}
     shown = [
         _shape(x, "opc.tcp://10.0.0.20:4840/cnc")
         for x in example.splitlines()
@@ -197,8 +187,7 @@ async def test_discover_over_a_secure_channel_writes_the_security_it_used(
     sim: CncSimulator, pki: Pki, doc_certs: Path, tmp_path: Path
 ) -> None:
     cert, key = doc_certs / "agent-cert.der", doc_certs / "agent-key.pem"
-    proc = await asyncio.create_subprocess_exec(
-        EDGE_AGENT,
+    code, text, err = await edge_agent(
         "discover",
         "opcua",
         sim.endpoint,
@@ -214,12 +203,8 @@ async def test_discover_over_a_secure_channel_writes_the_security_it_used(
         str(pki.server_cert),
         "--depth",
         "1",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err
-    text = out.decode()
+    assert code == 0, err
     assert 'security: {policy: "Basic256Sha256", mode: "SignAndEncrypt"' in text
     assert "{name: speed," in text and "{name: load," in text
     path = tmp_path / "found.yaml"

@@ -10,12 +10,10 @@ with an old and a new certificate looks like.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import re
 import shutil
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +31,10 @@ from drivers.opcua.driver import OpcuaDriver
 from drivers.opcua.endpoints import thumbprint
 from simulators.opcua_cnc import POINTS, CncSimulator, ServerCert
 from tests.brokers import free_port
-from tests.test_opcua_support import Pki, device, make_pki
+from tests.test_opcua_support import Pki, device, edge_agent, first_readings, make_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-EDGE_AGENT = str(Path(sys.executable).with_name("edge-agent"))
 USER, PASSWORD = "collector", "s3cret-lathe"
 OFFERED = [
     "NoSecurity",
@@ -81,6 +78,19 @@ async def discover(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int,
     args: argparse.Namespace = parser().parse_args(list(argv))
     code = await run(args, out)
     return code, out.getvalue(), capsys.readouterr().err
+
+
+def trusted_client(rig: Rig, security: str) -> list[str]:
+    """discover's arguments for a secure channel with ``security`` ("policy,mode") as the client
+    the server trusts."""
+    return [
+        "--security",
+        security,
+        "--cert",
+        str(rig.a.client_cert),
+        "--key",
+        str(rig.a.client_key),
+    ]
 
 
 def secure_device(
@@ -250,12 +260,7 @@ async def test_discover_refuses_a_missing_endpoint_at_once_and_shows_the_list(
 ) -> None:
     code, out, err = await discover(
         rig.sim.endpoint,
-        "--security",
-        "Basic256Sha256,Sign",
-        "--cert",
-        str(rig.a.client_cert),
-        "--key",
-        str(rig.a.client_key),
+        *trusted_client(rig, "Basic256Sha256,Sign"),
         "--server-cert",
         str(rig.a.server_cert),
         capsys=capsys,
@@ -303,14 +308,7 @@ async def test_the_suggested_security_block_works_once_uncommented(
     assert isinstance(dev, OpcuaDevice)
     assert dev.connection.security.policy == "Aes256_Sha256_RsaPss"
     assert dev.connection.security.mode == "SignAndEncrypt"
-    driver = OpcuaDriver(dev)
-    await driver.connect()
-    try:
-        async with asyncio.timeout(5):
-            while not (readings := await driver.poll()):  # noqa: ASYNC110 - polls as the agent
-                await asyncio.sleep(0.1)
-    finally:
-        await driver.close()
+    readings = await first_readings(OpcuaDriver(dev))
     assert {r.tag: r.value for r in readings}["speed"] == 1200.0
 
 
@@ -320,12 +318,7 @@ async def test_discover_with_security_trusts_the_certificate_it_saves(
     saved = tmp_path / "lathe-3.der"
     code, out, err = await discover(
         rig.sim.endpoint,
-        "--security",
-        "Aes256_Sha256_RsaPss,SignAndEncrypt",
-        "--cert",
-        str(rig.a.client_cert),
-        "--key",
-        str(rig.a.client_key),
+        *trusted_client(rig, "Aes256_Sha256_RsaPss,SignAndEncrypt"),
         "--save-server-cert",
         str(saved),
         "--under",
@@ -343,16 +336,8 @@ async def test_discover_with_security_trusts_the_certificate_it_saves(
 
 
 async def test_the_cli_reaches_the_endpoint_list(rig: Rig) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        EDGE_AGENT,
-        "discover",
-        "opcua",
-        rig.sim.endpoint,
-        "--endpoints",
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    code, out, err = await edge_agent(
+        "discover", "opcua", rig.sim.endpoint, "--endpoints", "--json"
     )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err
+    assert code == 0, err
     assert len(json.loads(out)["endpoints"]) == len(OFFERED)

@@ -22,7 +22,7 @@ from drivers.opcua.driver import OpcuaDriver
 from simulators.opcua_cnc import POINTS, CncSimulator, ServerCert
 from tests.brokers import free_port
 from tests.sinks import Sink, Status
-from tests.test_opcua_support import Pki, device, make_pki
+from tests.test_opcua_support import Pki, device, first_readings, make_pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -76,13 +76,7 @@ def secure(
 
 
 async def first_values(driver: OpcuaDriver) -> list[Any]:
-    await driver.connect()
-    try:
-        async with asyncio.timeout(5):
-            while not (readings := await driver.poll()):  # noqa: ASYNC110 - polls as the agent
-                await asyncio.sleep(0.1)
-    finally:
-        await driver.close()
+    readings = await first_readings(driver)
     assert all(r.quality is Quality.GOOD for r in readings)
     return [r.value for r in readings]
 

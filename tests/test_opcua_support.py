@@ -1,4 +1,4 @@
-"""Shared pieces of the OPC UA tests: certificates, device entries, a driver harness.
+"""Shared pieces of the OPC UA tests: certificates, device entries, a driver harness, the CLI.
 
 Named ``test_opcua_*`` to live beside the tests that use it; the one test here checks the
 certificates it makes are what OPC UA needs (the application URI in the SAN).
@@ -6,8 +6,10 @@ certificates it makes are what OPC UA needs (the application URI in the SAN).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,12 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from drivers.base import Reading
+from drivers.opcua.driver import OpcuaDriver
 from simulators.opcua_cnc import APP_URI, POINTS, Point
 
 CLIENT_URI = "urn:edge-agent:gateway"
+EDGE_AGENT = str(Path(sys.executable).with_name("edge-agent"))
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,33 @@ def device(endpoint: str, tags: list[dict[str, Any]], **extra: Any) -> dict[str,
     connection = {"endpoint": endpoint, "timeout": "2s", "keepalive": "500ms"}
     connection.update(extra.pop("connection", {}))
     return {"name": "lathe-3", "driver": "opcua", "connection": connection, "tags": tags, **extra}
+
+
+async def first_readings(driver: OpcuaDriver) -> list[Reading]:
+    """Connect, poll as the agent does until a poll hands readings (a subscription's first
+    values take a publishing interval), close."""
+    await driver.connect()
+    try:
+        async with asyncio.timeout(5):
+            while not (readings := await driver.poll()):  # noqa: ASYNC110 - polls as the agent
+                await asyncio.sleep(0.1)
+    finally:
+        await driver.close()
+    return readings
+
+
+async def edge_agent(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    """``edge-agent ARGS`` as an installed command: its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        EDGE_AGENT,
+        *args,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_certificates_carry_the_application_uri(tmp_path: Path) -> None:
