@@ -5,7 +5,7 @@
 #   sudo systemd/install.sh --uninstall     stop, disable, remove the program (config and data stay)
 #   sudo systemd/install.sh --uninstall --purge   ... and the config, the data and the user
 #
-# What it does (README "Installing on a gateway"):
+# What it does (docs/operations.md, "Installing on a gateway"):
 #   - a system user edge-agent, in the dialout group (serial ports)
 #   - the operator who ran sudo ($SUDO_USER; --operator USER names another, --no-operator none)
 #     joins group edge-agent, so `edge-agent validate` and `edge-agent status` work without sudo
@@ -230,11 +230,19 @@ else
     say "installing from $SRC (downloads dependencies from PyPI)"
     "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC"
 fi
+# The documentation beside the program: both READMEs, the changelog and docs/ (the pages the
+# READMEs link to, same relative paths), the Grafana dashboard and the Prometheus rules.
 DOCS=$VENV/share/edge-agent
 mkdir -p "$DOCS"
-for f in README.md README.zh-CN.md; do
-    [ -f "$SRC/$f" ] && install -m 0644 "$SRC/$f" "$DOCS/$f"
+for f in README.md README.zh-CN.md CHANGELOG.md; do
+    if [ -f "$SRC/$f" ]; then
+        install -m 0644 "$SRC/$f" "$DOCS/$f"
+    fi
 done
+rm -rf "${DOCS:?}/docs"
+if [ -d "$SRC/docs" ]; then
+    cp -R "$SRC/docs" "$DOCS/docs"
+fi
 for d in grafana prometheus; do
     if [ -d "$SRC/config/$d" ]; then
         rm -rf "${DOCS:?}/$d"

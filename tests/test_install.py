@@ -53,6 +53,29 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+#: The documentation files the installer puts beside the program, with docs/ as a whole.
+SHIPPED_DOCS = ("README.md", "README.zh-CN.md", "CHANGELOG.md")
+
+
+def assert_documentation_shipped(share: Path) -> None:
+    """The short READMEs send the reader to docs/ and CHANGELOG.md: on a gateway without the
+    repository, every page they link to must be there too, at the same relative path."""
+    for name in SHIPPED_DOCS:
+        assert (share / name).read_text(encoding="utf-8") == (REPO / name).read_text(
+            encoding="utf-8"
+        ), name
+    pages = sorted(p.relative_to(REPO) for p in (REPO / "docs").rglob("*.md"))
+    assert pages
+    missing = [str(p) for p in pages if not (share / p).is_file()]
+    assert not missing, missing
+    for readme in SHIPPED_DOCS[:2]:
+        text = (share / readme).read_text(encoding="utf-8")
+        targets = re.findall(r"\]\(((?:docs/|CHANGELOG)[^)#\s]*)", text)
+        assert targets, f"{readme} links to no page of docs/"
+        unreachable = [t for t in targets if not (share / t).is_file()]
+        assert not unreachable, f"{readme}: {unreachable}"
+
+
 @pytest.mark.slow
 def test_install_upgrade_uninstall_in_a_throwaway_root(tmp_path: Path, wheelhouse: Path) -> None:
     root = tmp_path / "root"
@@ -78,8 +101,9 @@ def test_install_upgrade_uninstall_in_a_throwaway_root(tmp_path: Path, wheelhous
     assert mode(root / "var/lib/edge-agent") == 0o750
     assert (etc / "config.yaml.example").read_text() == config.read_text()
     assert os.readlink(root / "usr/local/bin/edge-agent") == "/opt/edge-agent/bin/edge-agent"
-    assert (root / "opt/edge-agent/share/edge-agent/README.md").exists()
-    assert (root / "opt/edge-agent/share/edge-agent/grafana").is_dir()
+    share = root / "opt/edge-agent/share/edge-agent"
+    assert_documentation_shipped(share)
+    assert (share / "grafana").is_dir()
     unit = root / "etc/systemd/system/edge-agent.service"
     assert unit.read_text() == UNIT.read_text()
     if shutil.which("systemctl"):
