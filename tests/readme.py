@@ -1,4 +1,5 @@
-"""The README's sections, for the tests that check each one tells the truth."""
+"""Helpers for the doc tests that hold the documentation pages (docs/) to the code: where the
+pages are, the keys a page writes as code, the keys a driver adds."""
 
 from __future__ import annotations
 
@@ -11,30 +12,6 @@ from pydantic import BaseModel
 README = Path(__file__).resolve().parent.parent / "README.md"
 #: The documentation pages (docs/), where the README's sections moved; doc tests read them.
 DOCS = README.parent / "docs"
-
-
-class ReadmeSection:
-    """One or more consecutive ``## `` sections of README.md, read like a file (``read_text``) so
-    a doc test reads the text the integrator reads."""
-
-    suffix = ".md"
-
-    def __init__(self, *titles: str) -> None:
-        self.titles = titles
-        self.name = " + ".join(titles)
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        text = README.read_text(encoding=encoding)
-        return "".join(_section(text, title) for title in self.titles)
-
-    def __repr__(self) -> str:
-        return f"README:{self.name}"
-
-
-def _section(text: str, title: str) -> str:
-    start = text.index(f"\n## {title}\n") + 1
-    end = text.find("\n## ", start)
-    return text[start : end + 1] if end != -1 else text[start:]
 
 
 def code_words(text: str) -> set[str]:
