@@ -100,6 +100,14 @@ def _runtime_imports(module: str, path: Path) -> set[str]:
                 name = name.rpartition(".")[0]
             if name and name != module:
                 found.add(name)
+    # Importing a.b.c runs a/__init__ and a/b/__init__ first: an edge to each parent package the
+    # importer is not itself inside (that one is already being imported).
+    for name in list(found):
+        parent = name.rpartition(".")[0]
+        while parent and parent in MODULES and not module.startswith(parent + "."):
+            if parent != module:
+                found.add(parent)
+            parent = parent.rpartition(".")[0]
     return found
 
 

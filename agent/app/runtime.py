@@ -28,6 +28,7 @@ from agent.north.publisher import Publisher
 from agent.ops.http import StatusServer
 from agent.ops.metrics import DriverErrors, Metrics
 from agent.ops.notify import Notifier
+from agent.ops.processing_metrics import ProcessingCollector
 from agent.ops.status import StatusBoard, StatusView, describe, report_status
 from agent.south.commands import CommandHandler
 from agent.south.lines import LinePoller
@@ -70,6 +71,8 @@ class Agent:
         self.commands = CommandHandler(self.device_configs, self._write_target)
         self.publisher = self._make_publisher(config)
         self.processing = self._build_processing(devices)
+        # Read at scrape time; registered here so that core knows nothing of the exposition.
+        self.metrics.registry.register(ProcessingCollector(lambda: self.processing.processors))
         self.pipeline = Pipeline(self.buffer, self.processing)
         # The status board watches every device's batches and state changes (agent/ops/status.py).
         self.board = StatusBoard()
@@ -161,7 +164,6 @@ class Agent:
             Path(self.config.agent.data_dir),
             # self.publisher, not a copy of it: a reload may replace the publisher.
             lambda device, payload: self.publisher.retain(device, "state", payload),
-            registry=self.metrics.registry,
         )
 
     async def start(self) -> None:

@@ -20,13 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from agent.core.processing.config import ProcessedDevice, WaveformSpec
 from agent.core.processing.device import DeviceProcessor, Output, needs_processing
 from agent.core.processing.persist import StateFiles
 from agent.core.processing.values import FeatureValue
-from agent.ops.processing_metrics import ProcessingCollector
 from drivers.base import Batch, DeviceBase
 
 __all__ = ["DeviceProcessor", "Output", "Processing"]
@@ -47,7 +44,6 @@ class Processing:
         *,
         persist_every: float = 30.0,
         workers: int | None = None,
-        registry: CollectorRegistry | None = None,
     ) -> None:
         self._files = StateFiles(data_dir)
         self._devices = _processed(devices)
@@ -60,8 +56,6 @@ class Processing:
         self._executor: ThreadPoolExecutor | None = None
         self._saver: asyncio.Task[None] | None = None
         self._retired: dict[str, dict[str, Any]] = {}  # removed by a reload, not saved yet
-        if registry is not None:
-            registry.register(ProcessingCollector(lambda: self.processors))
 
     async def start(self) -> None:
         """Restore saved state and start the worker thread and the periodic save."""
