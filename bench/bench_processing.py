@@ -26,9 +26,9 @@ import numpy as np
 from agent.core.buffer import Buffer
 from agent.core.pipeline import Pipeline
 from agent.core.processing import Processing
-from agent.core.processing.config import WaveformSpec
+from agent.core.processing.config import ProcessedDevice, WaveformSpec
 from agent.core.processing.features import compute
-from drivers.base import Batch, DeviceBase, Reading
+from drivers.base import Batch, Reading
 
 SAMPLES = 4096
 FS = 25600.0
@@ -59,9 +59,9 @@ def features_per_second(spec: WaveformSpec, seconds: float) -> tuple[float, floa
     return n / cpu, cpu / n * 1000
 
 
-def _device(tag_keys: dict[str, Any]) -> DeviceBase:
+def _device(tag_keys: dict[str, Any]) -> ProcessedDevice:
     tags = [{"name": f"t{i:02d}", **tag_keys} for i in range(TAGS)]
-    return DeviceBase.model_validate({"name": "meter", "driver": "bench", "tags": tags})
+    return ProcessedDevice.model_validate({"name": "meter", "driver": "bench", "tags": tags})
 
 
 def _batches() -> list[Batch]:

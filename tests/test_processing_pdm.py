@@ -18,7 +18,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from agent.core.processing import Processing
-from drivers.base import Batch, DeviceBase, Reading
+from agent.core.processing.config import ProcessedDevice
+from drivers.base import Batch, Reading
 from simulators.degrading_pump import DAY, G_PER_COUNT, PumpModel
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "pump-pdm.yaml"
@@ -28,7 +29,7 @@ T0 = 1_763_884_800.0
 HOUR = 3600.0
 
 
-def pump_device() -> DeviceBase:
+def pump_device() -> ProcessedDevice:
     doc: Any = YAML(typ="safe").load(CONFIG.read_text())
     entry = dict(doc["devices"][0])
     for key in ("connection", "poll_interval"):
@@ -38,7 +39,7 @@ def pump_device() -> DeviceBase:
     for tag in entry["tags"]:
         if tag["name"] == "power":  # readings here are half an hour apart, not 2 s
             tag["counter"] = {**tag["counter"], "max_gap": "1h"}
-    return DeviceBase.model_validate(entry)
+    return ProcessedDevice.model_validate(entry)
 
 
 def readings(model: PumpModel, ts: float) -> list[Reading]:
