@@ -123,6 +123,24 @@ def _content(*parts: Any) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
+def _agent_body(
+    m: Received, device: str, stream: str, doc: Any, event_keys: list[str], arrived: Arrived
+) -> bool:
+    """A data or event batch in the agent's own JSON body (agent, device, seq, ts, then the
+    values or the event with ``event_keys``), as json and azure send it: keyed by its seq. False
+    when a key is missing (a problem already recorded)."""
+    required = ["agent", "device", "seq", "ts"]
+    required += ["values"] if stream == "data" else event_keys
+    if _missing(doc, required, m.topic, arrived):
+        return False
+    arrived.batch(device, stream, doc["seq"], m.payload)
+    if stream == "data":
+        arrived.values(device, doc["values"], state_in_data=False)
+    else:
+        arrived.add(device, StreamKind.EVENT, doc)
+    return True
+
+
 def acl_broker(workdir: Path, acl: str, extra: str = "") -> Mosquitto:
     """A broker that lets each user do what ``acl`` says and nothing else. Its users sign in
     with passwords the platform computes (a time-stamped HMAC, a SAS token): a broker cannot
@@ -131,6 +149,35 @@ def acl_broker(workdir: Path, acl: str, extra: str = "") -> Mosquitto:
     (workdir / "acl").write_text(acl)
     conf = f"acl_file {workdir / 'acl'}\nlog_type all\n{extra}"
     return Mosquitto(workdir, extra_conf=conf)
+
+
+@dataclass(frozen=True)
+class PlatformNames:
+    """How a platform names our devices, per variant of the mqtt section: ``prefix`` and the
+    device's name, unless ``renamed[variant]`` (the format's ``devices`` option) gives another."""
+
+    renamed: tuple[dict[str, str], dict[str, str]]
+    prefix: str = ""
+
+    def of(self, device: str, variant: int) -> str:
+        return self.renamed[variant].get(device, self.prefix + device)
+
+    def ours(self, variant: int | None) -> Callable[[str], str | None]:
+        """Name on the platform -> our device, as a platform set up for ``variant`` (None:
+        either) sees it; None for a name that is none of ours (a device's default name where
+        ``variant`` renames it)."""
+        mapped = {n: d for v in Dialect.variants(variant) for d, n in self.renamed[v].items()}
+        elsewhere = set(self.renamed[variant]) if variant is not None else set()
+
+        def lookup(name: str) -> str | None:
+            if name in mapped:
+                return mapped[name]
+            if not name.startswith(self.prefix):
+                return None
+            device = name[len(self.prefix) :]
+            return None if device in elsewhere else device
+
+        return lookup
 
 
 @dataclass
@@ -233,7 +280,8 @@ class Dialect(abc.ABC):
         denied = [line for line in self.broker_log().splitlines() if "Denied PUBLISH" in line]
         return [f"the broker refused: {line}" for line in denied[:5]]
 
-    def variants(self, variant: int | None) -> list[int]:
+    @staticmethod
+    def variants(variant: int | None) -> list[int]:
         return [0, 1] if variant is None else [variant]
 
 
@@ -322,17 +370,11 @@ class JsonDialect(Dialect):
         doc = _json(m, arrived)
         if m.retain:
             arrived.problems.append(f"{m.topic}: data and events are not retained")
-        required = ["agent", "device", "seq", "ts"]
-        required += ["values"] if stream == "data" else ["event", "alarm", "tag", "severity"]
-        if _missing(doc, required, m.topic, arrived):
-            return True
-        if doc["agent"] != AGENT_ID or doc["device"] != device:
+        event_keys = ["event", "alarm", "tag", "severity"]
+        if _agent_body(m, device, stream, doc, event_keys, arrived) and (
+            doc["agent"] != AGENT_ID or doc["device"] != device
+        ):
             arrived.problems.append(f"{m.topic}: agent/device {doc['agent']}/{doc['device']}")
-        arrived.batch(device, stream, doc["seq"], m.payload)
-        if stream == "data":
-            arrived.values(device, doc["values"], state_in_data=False)
-        else:
-            arrived.add(device, StreamKind.EVENT, doc)
         return True
 
 
@@ -513,17 +555,11 @@ class AzureDialect(Dialect):
                 if not _missing(doc, ["state"], m.topic, arrived):
                     arrived.add(device, StreamKind.STATE, doc["state"])
             elif kind in ("data", "event"):
-                required = ["agent", "device", "seq", "ts"]
-                required += ["values"] if kind == "data" else ["event", "alarm", "severity"]
-                if _missing(doc, required, m.topic, arrived):
-                    continue
-                if props.get("seq") != str(doc["seq"]) or doc["device"] != device:
+                event_keys = ["event", "alarm", "severity"]
+                if _agent_body(m, device, kind, doc, event_keys, arrived) and (
+                    props.get("seq") != str(doc["seq"]) or doc["device"] != device
+                ):
                     arrived.problems.append(f"{m.topic}: properties and body disagree")
-                arrived.batch(device, kind, doc["seq"], m.payload)
-                if kind == "data":
-                    arrived.values(device, doc["values"], state_in_data=False)
-                else:
-                    arrived.add(device, StreamKind.EVENT, doc)
             else:
                 arrived.problems.append(f"{m.topic}: unknown message type {kind!r}")
         return arrived
@@ -639,7 +675,7 @@ class ThingsBoardDialect(Dialect):
 
 ALI_SECRET = "ga7XA6KdlEeiPXQPpRbAjOZXwG8ydgSe"
 #: per variant: our device -> its DeviceName on the platform, where it is not the device's name
-ALI_NAMES: tuple[dict[str, str], dict[str, str]] = ({}, {"m3": "machine-3"})
+ALI_NAMES = PlatformNames(({}, {"m3": "machine-3"}))
 
 
 class AlibabaDialect(Dialect):
@@ -674,8 +710,8 @@ class AlibabaDialect(Dialect):
             "device_name": GW_DN,
             "sub_product_key": SUB_PK,
         }
-        if ALI_NAMES[variant]:
-            options["devices"] = {d: {"device_name": n} for d, n in ALI_NAMES[variant].items()}
+        if renamed := ALI_NAMES.renamed[variant]:
+            options["devices"] = {d: {"device_name": n} for d, n in renamed.items()}
         return {
             "format": "alibaba",
             "password_env": "ALI_SECRET",
@@ -683,23 +719,13 @@ class AlibabaDialect(Dialect):
             "alibaba": options,
         }
 
-    def name_of(self, device: str, variant: int) -> str:
-        return ALI_NAMES[variant].get(device, device)
-
-    def ours(self, variant: int | None) -> Callable[[str], str | None]:
-        """DeviceName on the platform -> our device, as a platform set up for ``variant`` (None:
-        either) sees it."""
-        renamed = {n: d for v in self.variants(variant) for d, n in ALI_NAMES[v].items()}
-        elsewhere = set(ALI_NAMES[variant]) if variant is not None else set()
-        return lambda name: renamed.get(name, None if name in elsewhere else name)
-
     def _send(self, cmd_id: str, device: str, tag: str, value: Any) -> None:
         assert isinstance(self.platform, AlibabaResponder)
-        self.platform.property_set(self.name_of(device, self.variant), cmd_id, {tag: value})
+        self.platform.property_set(ALI_NAMES.of(device, self.variant), cmd_id, {tag: value})
 
     def decode(self, messages: Sequence[Received], variant: int | None = None) -> Arrived:
         arrived = Arrived()
-        ours = self.ours(variant)
+        ours = ALI_NAMES.ours(variant)
         sys = f"/sys/{GW_PK}/{GW_DN}/"
         session = f"/ext/session/{GW_PK}/{GW_DN}/"
         for m in messages:
@@ -771,7 +797,7 @@ class AlibabaDialect(Dialect):
             arrived.batch(device, "event", _content(event["time"], doc), m.payload)
 
     def options_applied(self, messages: Sequence[Received], added: str) -> list[str]:
-        name = ALI_NAMES[1][added]
+        name = ALI_NAMES.of(added, 1)
         logins = [
             json.loads(m.payload)["params"].get("deviceName")
             for m in messages
@@ -800,7 +826,7 @@ class AlibabaDialect(Dialect):
 
 HW_PRODUCT = "prod01"
 #: per variant: our device -> its IoTDA device id, where it is not <product>_<name>
-HW_IDS: tuple[dict[str, str], dict[str, str]] = ({}, {"m3": "mixer-0003"})
+HW_IDS = PlatformNames(({}, {"m3": "mixer-0003"}), prefix=f"{HW_PRODUCT}_")
 
 
 class HuaweiDialect(Dialect):
@@ -834,8 +860,8 @@ class HuaweiDialect(Dialect):
 
     def mqtt(self, variant: int) -> dict[str, Any]:
         options: dict[str, Any] = {"device_id": HW_GATEWAY, "sub_product_id": HW_PRODUCT}
-        if HW_IDS[variant]:
-            options["devices"] = dict(HW_IDS[variant])
+        if renamed := HW_IDS.renamed[variant]:
+            options["devices"] = dict(renamed)
         return {
             "format": "huawei",
             "password_env": "HW_SECRET",
@@ -843,32 +869,13 @@ class HuaweiDialect(Dialect):
             "huawei": options,
         }
 
-    def id_of(self, device: str, variant: int) -> str:
-        return HW_IDS[variant].get(device, f"{HW_PRODUCT}_{device}")
-
-    def ours(self, variant: int | None) -> Callable[[str], str | None]:
-        """IoTDA device id -> our device, as a platform set up for ``variant`` (None: either)."""
-        mapped = {n: d for v in self.variants(variant) for d, n in HW_IDS[v].items()}
-        elsewhere = set(HW_IDS[variant]) if variant is not None else set()
-        prefix = f"{HW_PRODUCT}_"
-
-        def lookup(device_id: str) -> str | None:
-            if device_id in mapped:
-                return mapped[device_id]
-            name = device_id.removeprefix(prefix)
-            if name == device_id or name in elsewhere:
-                return None
-            return name
-
-        return lookup
-
     def _send(self, cmd_id: str, device: str, tag: str, value: Any) -> None:
         assert isinstance(self.platform, IotdaResponder)
-        self.platform.command(cmd_id, self.id_of(device, self.variant), "write", {tag: value})
+        self.platform.command(cmd_id, HW_IDS.of(device, self.variant), "write", {tag: value})
 
     def decode(self, messages: Sequence[Received], variant: int | None = None) -> Arrived:
         arrived = Arrived()
-        ours = self.ours(variant)
+        ours = HW_IDS.ours(variant)
         for m in messages:
             if m.topic == f"{self.BASE}events/up":
                 doc = _json(m, arrived)
@@ -933,7 +940,7 @@ class HuaweiDialect(Dialect):
         arrived = self.decode(messages, 1)
         if arrived.of(added, StreamKind.DATA):
             return []
-        return [f"no report of {added} under its id {HW_IDS[1][added]}"]
+        return [f"no report of {added} under its id {HW_IDS.of(added, 1)}"]
 
 
 # -- Sparkplug B -----------------------------------------------------------------------------------
