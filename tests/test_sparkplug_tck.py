@@ -40,7 +40,7 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -650,29 +650,21 @@ async def _outage(tmp: Path) -> Run:
         return run
 
 
-def _scenario(factory: Callable[[Path], Any], tmp: Path) -> Run:
-    result: Run = asyncio.run(factory(tmp))
-    return result
+def _scenario(name: str, factory: Callable[[Path], Coroutine[Any, Any, Run]]) -> Any:
+    """The module fixture ``name``: the scenario ``factory`` run once, in a folder of its own,
+    for every check judged on its traffic (``tck(name, ...)``)."""
+
+    @pytest.fixture(scope="module", name=name)
+    def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+        return asyncio.run(factory(tmp_path_factory.mktemp(f"tck-{name}")))
+
+    return run
 
 
-@pytest.fixture(scope="module")
-def main(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return _scenario(_main, tmp_path_factory.mktemp("tck-main"))
-
-
-@pytest.fixture(scope="module")
-def v311(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return _scenario(_v311, tmp_path_factory.mktemp("tck-v311"))
-
-
-@pytest.fixture(scope="module")
-def primary(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return _scenario(_primary, tmp_path_factory.mktemp("tck-primary"))
-
-
-@pytest.fixture(scope="module")
-def outage(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return _scenario(_outage, tmp_path_factory.mktemp("tck-outage"))
+main = _scenario("main", _main)
+v311 = _scenario("v311", _v311)
+primary = _scenario("primary", _primary)
+outage = _scenario("outage", _outage)
 
 
 # -- the checks, one per tck-id ------------------------------------------------------------------
