@@ -173,15 +173,18 @@ def measure(
     simulator, the broker), their CPU over the same window too, as ``<name>_cpu``: on a
     small machine the device side can be what limits the rate, and the table should say so."""
     others = others or {}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # stderr to a file, not a pipe nobody reads during the run (a full pipe would stall the
+    # process), so that a process that dies early can say why.
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
     ps = psutil.Process(proc.pid)
     spy: subprocess.Popen[bytes] | None = None
     try:
         time.sleep(warmup)
         if proc.poll() is not None:
-            raise SystemExit(
-                f"{cmd[0]} exited: {proc.stderr.read().decode() if proc.stderr else ''}"
-            )
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace")[-2000:]
+            raise SystemExit(f"{' '.join(cmd)} exited ({proc.returncode}): {tail}")
         cpu0, m0 = cpu_seconds(ps), counter.snapshot() if counter else (0, 0)
         others0 = {name: cpu_seconds(p) for name, p in others.items()}
         if counter:
@@ -203,6 +206,7 @@ def measure(
             spy.wait(30)
         proc.terminate()
         proc.wait(20)
+        errors.close()
     return {
         **{f"{name}_cpu": others1[name] - others0[name] for name in others},
         "cpu": cpu1 - cpu0,
