@@ -96,10 +96,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 # agent (or a changed format) can pack it. The partial index holds only held rows: it costs
 # nothing on the insert path and makes counting and releasing them cheap.
 _HELD_COLUMN = "ALTER TABLE batches ADD COLUMN held TEXT"
-_HELD_INDEX = "CREATE INDEX IF NOT EXISTS batches_held ON batches (id) WHERE held IS NOT NULL"
 _INSERT = "INSERT INTO batches (device, kind, seq, ts_ms, created, body) VALUES (?, ?, ?, ?, ?, ?)"
 _SELECT = "SELECT id, device, kind, seq, ts_ms, body, created FROM batches"
 _LIVE = "held IS NULL"
+_HELD = "held IS NOT NULL"
+_HELD_INDEX = f"CREATE INDEX IF NOT EXISTS batches_held ON batches (id) WHERE {_HELD}"
 
 _Key = tuple[str, str]  # (device, kind)
 Item = tuple[str, str, int, bytes]  # device, kind, ts_ms, body
@@ -752,9 +753,9 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO batches (device, kind, seq, ts_ms, created, body) "
                 "SELECT device, kind, seq, ts_ms, created, body FROM batches "
-                "WHERE held IS NOT NULL ORDER BY id"
+                f"WHERE {_HELD} ORDER BY id"
             )
-            cur = conn.execute("DELETE FROM batches WHERE held IS NOT NULL")
+            cur = conn.execute(f"DELETE FROM batches WHERE {_HELD}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -766,11 +767,11 @@ class SqliteStore:
 
     def _count_held(self) -> None:
         conn = self._require()
-        row = conn.execute("SELECT count(*) FROM batches WHERE held IS NOT NULL").fetchone()
+        row = conn.execute(f"SELECT count(*) FROM batches WHERE {_HELD}").fetchone()
         self.held = int(row[0])
         if self.held and self.held_reason is None:
             row = conn.execute(
-                "SELECT held FROM batches WHERE held IS NOT NULL ORDER BY id DESC LIMIT 1"
+                f"SELECT held FROM batches WHERE {_HELD} ORDER BY id DESC LIMIT 1"
             ).fetchone()
             self.held_reason = str(row[0]) if row else None
         elif not self.held:
@@ -795,6 +796,8 @@ class SqliteStore:
         if conn is not None and conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+                if self.held:  # a drop inside the rolled-back transaction recounted them
+                    self._count_held()
 
     def _refresh_oldest(self) -> None:
         row = (
