@@ -1,0 +1,280 @@
+"""The MC driver: connect, poll the planned requests, decode, report quality per tag; writes.
+
+Each request's answer either carries its tags' words (decoded into good readings) or an end code
+(the PLC or its Ethernet module refused: every tag of that request is bad with the end code and
+its meaning; the other requests of the cycle still go). A timeout, a broken frame or a lost
+connection loses the device as a whole (``DeviceError``): the 3E frame cannot tell a late answer
+from the next one, so the connection is closed and the agent reconnects with backoff.
+
+Writes use batch write (1401) in word or bit units, then read the tag back to confirm.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from drivers.base import DeviceBase, DeviceError, Driver, Reading, WriteError
+from drivers.mc.client import McClient
+from drivers.mc.codec import Decoder, encode, make_decoder
+from drivers.mc.config import McDevice, McProfile, McTag
+from drivers.mc.devices import DEVICES, Address
+from drivers.mc.frame import Answer, FrameError, batch_read, batch_write_bits, batch_write_words
+from drivers.mc.frame import random_read as random_read_frame
+from drivers.mc.planner import Request, plan
+
+#: End codes as the MC protocol manuals name them, for the quality reason.
+END_CODES = {
+    0x0055: "write during RUN not enabled",
+    0xC050: "ASCII data not convertible (binary/ASCII mismatch)",
+    0xC051: "too many points",
+    0xC052: "too many points",
+    0xC053: "too many points",
+    0xC054: "too many points",
+    0xC056: "address out of range",
+    0xC058: "request length mismatch",
+    0xC059: "command not supported",
+    0xC05B: "device cannot be read or written",
+    0xC05C: "request contents wrong",
+    0xC05F: "request not executable by the CPU",
+    0xC060: "request contents wrong",
+    0xC061: "request length mismatch",
+    0xC06F: "binary/ASCII mismatch",
+    0xC0B5: "data the CPU cannot handle",
+    0x4031: "address out of range",
+}
+
+
+def end_code_reason(code: int) -> str:
+    """``end code 0xC056 (address out of range)``: stable to alert on, readable in a dashboard."""
+    return f"end code 0x{code:04X} ({END_CODES.get(code, 'unknown')})"
+
+
+#: Answer words per request kind: batch words/bits and random reads.
+Words = Sequence[int] | Sequence[bool]
+
+
+class McDriver(Driver):
+    """One Mitsubishi PLC over MC protocol 3E (binary or ASCII, TCP or UDP)."""
+
+    name = "mc"
+    device_model = McDevice
+    profile_model = McProfile
+
+    def __init__(self, device: DeviceBase) -> None:
+        super().__init__(device)
+        if not isinstance(device, McDevice):
+            device = McDevice.model_validate(device.model_dump())
+        self.config: McDevice = device
+        self.requests = plan(
+            device.tags,
+            max_gap=device.max_gap,
+            max_words=device.max_words,
+            max_bits=device.max_bits,
+            random_reads=device.random_reads,
+            max_random_points=device.max_random_points,
+        )
+        conn = device.connection
+        self._frames = [self._read_frame(r) for r in self.requests]
+        self._decoders: dict[str, Decoder] = {t.name: make_decoder(t.type) for t in device.tags}
+        self._client: McClient | None = None
+        self._answers: dict[int, Words] = {}
+        self._errors: Counter[str] = Counter()
+        self._timer = conn.timer
+
+    def _read_frame(self, req: Request) -> bytes:
+        enc = self.config.connection.encoding
+        timer = self.config.connection.timer
+        if req.kind == "random":
+            return random_read_frame(enc, req.words, req.dwords, timer=timer)
+        kind = DEVICES[req.device]
+        return batch_read(enc, kind, req.number, req.count, bits=req.kind == "bits", timer=timer)
+
+    def _find_tag(self, name: str) -> McTag | None:
+        return next((t for t in self.config.tags if t.name == name), None)
+
+    def describe_plan(self) -> dict[str, Any]:
+        return {
+            "requests": len(self.requests),
+            "random": sum(1 for r in self.requests if r.kind == "random"),
+            "words": sum(r.size for r in self.requests if r.kind != "bits"),
+            "bits": sum(r.size for r in self.requests if r.kind == "bits"),
+        }
+
+    def error_counts(self) -> Mapping[str, int]:
+        """Timeouts, broken answers, end codes by code."""
+        return dict(self._errors)
+
+    def raw_values(self) -> Mapping[str, Any]:
+        """The words (or bits) each tag was cut from in the last poll's answers."""
+        out: dict[str, Any] = {}
+        for i, words in list(self._answers.items()):
+            for s in self.requests[i].slices:
+                out[s.tag] = list(words[s.start : s.start + s.count])
+        return out
+
+    @property
+    def client(self) -> McClient | None:
+        """The connection (tests and the benchmark count its frames)."""
+        return self._client
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self.close()
+        conn = self.config.connection
+        client = McClient(
+            conn.host,
+            conn.port,
+            encoding=conn.encoding,
+            transport=conn.transport,
+            timeout=conn.timeout,
+        )
+        await client.open()
+        self._client = client
+        self._answers.clear()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def _exchange(self, frame: bytes) -> Answer:
+        client = self._client
+        if client is None or not client.connected:
+            raise DeviceError("connection lost", "not connected")
+        try:
+            return await client.exchange(frame)
+        except DeviceError as exc:
+            self._errors[exc.reason] += 1
+            raise
+
+    # -- polling ------------------------------------------------------------------------------
+
+    async def poll(self) -> list[Reading]:
+        readings: list[Reading] = []
+        for i, (req, frame) in enumerate(zip(self.requests, self._frames, strict=True)):
+            ans = await self._exchange(frame)
+            now = time.time()
+            if ans.end_code:
+                reason = end_code_reason(ans.end_code)
+                self._errors[f"end code 0x{ans.end_code:04X}"] += 1
+                self._answers.pop(i, None)
+                readings.extend(Reading.bad(name, now, reason) for name in req.tags)
+                continue
+            words = await self._words(req, ans)
+            self._answers[i] = words
+            for s in req.slices:
+                value = self._decoders[s.tag](words[s.start : s.start + s.count])
+                readings.append(Reading(s.tag, value, now))
+        return readings
+
+    async def _words(self, req: Request, ans: Answer) -> Words:
+        """The answer's data as the request's flat list of words (bits for a bit read); a data
+        part of the wrong size is a broken answer (``DeviceError``, connection closed)."""
+        try:
+            words: Words
+            if req.kind == "bits":
+                words = ans.data.bits(req.count)
+            elif req.kind == "words":
+                words = ans.data.words(req.count)
+            else:
+                flat = ans.data.words(len(req.words))
+                for d in ans.data.dwords(len(req.dwords)):
+                    flat += [d & 0xFFFF, d >> 16]
+                words = flat
+            ans.data.end()
+            return words
+        except FrameError as exc:
+            self._errors["invalid answer"] += 1
+            await self.close()
+            raise DeviceError("invalid answer", str(exc)) from None
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def check_write(self, tag: str, value: Any) -> None:
+        self._encode(tag, value)
+
+    def _encode(self, tag: str, value: Any) -> list[int]:
+        """The words (or the one bit) the value becomes; ``WriteError`` when it cannot be
+        written."""
+        t = self._find_tag(tag)
+        if t is None or not t.writable:
+            raise WriteError(f"tag '{tag}' is not writable")
+        what = f"'{tag}'"
+        if t.type == "bool":
+            if not isinstance(value, bool):
+                raise WriteError(f"tag {what} takes true or false, not {_json_type(value)}")
+            return [int(value)]
+        if t.type == "string":
+            if not isinstance(value, str):
+                raise WriteError(f"tag {what} takes a string, not {_json_type(value)}")
+            if not value.isascii():
+                raise WriteError(f"tag {what} takes ASCII text only")
+            if len(value) > 2 * t.width:
+                raise WriteError(f"tag {what} takes at most {2 * t.width} characters")
+            return encode("string", value, t.length)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise WriteError(f"tag {what} takes a number, not {_json_type(value)}")
+        if not math.isfinite(value):
+            raise WriteError(f"tag {what} takes a finite number")
+        if t.min is not None and value < t.min:
+            raise WriteError(f"{value} is below min {t.min} of tag {what}")
+        if t.max is not None and value > t.max:
+            raise WriteError(f"{value} is above max {t.max} of tag {what}")
+        try:
+            return encode(t.type, value)
+        except ValueError as exc:
+            raise WriteError(f"tag {what}: {exc}") from None
+        except Exception:  # struct.error: out of the type's range
+            raise WriteError(f"{value} does not fit tag {what} ({t.type})") from None
+
+    async def write(self, tag: str, value: Any) -> None:
+        words = self._encode(tag, value)
+        t = self._find_tag(tag)
+        assert t is not None
+        where: Address = t.where
+        kind = where.kind
+        enc, timer = self.config.connection.encoding, self._timer
+        if kind.bits:
+            bits = [bool(w) for w in words]
+            ans = await self._exchange(batch_write_bits(enc, kind, where.number, bits, timer=timer))
+        else:
+            ans = await self._exchange(
+                batch_write_words(enc, kind, where.number, words, timer=timer)
+            )
+        if ans.end_code:
+            self._errors[f"end code 0x{ans.end_code:04X}"] += 1
+            raise WriteError(f"PLC answered {end_code_reason(ans.end_code)}")
+        back_req = Request(
+            "bits" if kind.bits else "words",
+            (),
+            device=where.device,
+            number=where.number,
+            count=len(words),
+        )
+        back = await self._exchange(
+            batch_read(enc, kind, where.number, len(words), bits=kind.bits, timer=timer)
+        )
+        if back.end_code:
+            raise WriteError(f"not confirmed: read back {end_code_reason(back.end_code)}")
+        got = [int(w) for w in await self._words(back_req, back)]
+        if got != words:
+            raise WriteError(f"not confirmed: read back {self._decoders[tag](got)!r}")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
