@@ -1,0 +1,305 @@
+"""The DL/T 645 driver: energy meters of either edition on an RS-485 line.
+
+Meters on one port share it as Modbus RTU units do: every meter's ``line_key`` is the port, so the
+agent polls them from one task, one request at a time, fairly, and a meter that stops answering is
+backed off while the others keep their cadence (``agent.south.lines``). The line itself is the
+serial driver's :class:`SerialLine` (one open port, bytes delivered to the meter whose turn it
+is), so a DL/T 645 meter can even share a port with ASCII instruments in poll mode.
+
+One poll reads each distinct identifier once (ten tags on ``voltage_a`` cost one request), in
+tag order. An answer is taken only from the meter asked (its address in the frame, any address
+for ``AAAAAAAAAAAA``), with the answer bit set, so an adapter that echoes the request, or a late
+answer of a neighbour, is not mistaken for it. An answer flagged "follow-up frames" is completed
+with the edition's read-follow-up requests. A meter's error answer, a garbled answer or bytes
+that are not the format become that tag's bad-quality reason; only a poll in which the meter
+answered nothing at all is the meter lost (``DeviceError("timeout")``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.base import DeviceBase, DeviceError, Driver, Line, LineSettings, Reading
+from drivers.dlt645.bcd import BadValue, Format
+from drivers.dlt645.catalogue import Protocol, di_bytes
+from drivers.dlt645.config import Dlt645Device, Dlt645Profile, line_settings_of
+from drivers.dlt645.frame import ANY_ADDRESS, Frame, FrameReader, Trouble, address_bytes, encode
+from drivers.serial.config import SerialConnection
+from drivers.serial.port import SerialLine, SerialPort
+
+log = logging.getLogger(__name__)
+
+#: Function codes of a master's requests, per edition: read data, read follow-up data.
+READ: Mapping[Protocol, int] = {"2007": 0x11, "1997": 0x01}
+READ_MORE: Mapping[Protocol, int] = {"2007": 0x12, "1997": 0x02}
+#: Follow-up frames taken for one item at most: a meter that keeps saying "more" is broken.
+MAX_FOLLOW_UPS = 16
+#: Line settings every meter on one port must share: the port is configured once.
+LINE_SETTINGS = ("baudrate", "parity", "stopbits")
+
+#: The meaning of each bit of an error answer's byte (ERR, -2007 and SERR, -1997).
+ERROR_BITS: Mapping[Protocol, tuple[str, ...]] = {
+    "2007": (
+        "other error",
+        "no such data",
+        "unauthorised",
+        "baud rate unchangeable",
+        "too many year zones",
+        "too many day periods",
+        "too many tariffs",
+        "reserved",
+    ),
+    "1997": (
+        "illegal data",
+        "wrong identifier",
+        "password error",
+        "reserved",
+        "too many year zones",
+        "too many day periods",
+        "too many tariffs",
+        "reserved",
+    ),
+}
+
+
+def error_reason(protocol: Protocol, data: bytes) -> str:
+    """A meter's error answer as a quality reason: ``error 02 (no such data)``."""
+    if not data:
+        return "error (no code)"
+    code = data[0]
+    names = [n for bit, n in enumerate(ERROR_BITS[protocol]) if code & (1 << bit)]
+    return f"error {code:02X} ({', '.join(names) or 'no bit set'})"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One identifier read per poll, and how its value is written."""
+
+    di: str
+    format: Format
+
+
+class Dlt645Driver(Driver):
+    """One meter: its turn on the line of its port."""
+
+    name = "dlt645"
+    device_model = Dlt645Device
+    profile_model = Dlt645Profile
+
+    def __init__(self, device: DeviceBase) -> None:
+        super().__init__(device)
+        if not isinstance(device, Dlt645Device):
+            device = Dlt645Device.model_validate(device.model_dump())
+        self.config: Dlt645Device = device
+        self._address = address_bytes(device.address)
+        self._items: dict[str, Item] = {}
+        # Per tag: the identifier it reads, or why it cannot be read (a profile's tag merged in
+        # after validation may name what this edition lacks).
+        self._tags: list[tuple[str, str | None, str | None]] = []
+        for tag in device.tags:
+            try:
+                di, fmt, _ = tag.resolve(device.protocol)
+            except ValueError:
+                self._tags.append((tag.name, None, f"not a -{device.protocol} identifier"))
+                continue
+            self._items.setdefault(di, Item(di, fmt))
+            self._tags.append((tag.name, di, None))
+        self.errors: collections.Counter[str] = collections.Counter()
+        self._logged: set[str] = set()
+        self._reader = FrameReader()
+        self._line: SerialLine | None = None
+        self._answer: asyncio.Future[Frame | str] | None = None
+        self._raw: dict[str, str] = {}
+
+    # -- the line ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _serial(conn: Any) -> SerialConnection:
+        return SerialConnection(
+            port=conn.port,
+            baudrate=conn.baudrate,
+            parity=conn.parity,
+            bytesize=8,
+            stopbits=conn.stopbits,
+            timeout=conn.timeout,
+        )
+
+    @classmethod
+    def line_settings(cls, entry: Mapping[str, Any]) -> LineSettings | None:
+        conn = line_settings_of(entry.get("connection"))
+        if conn is None:
+            return None
+        agree: dict[str, object] = {f"connection.{k}": getattr(conn, k) for k in LINE_SETTINGS}
+        agree["connection.bytesize"] = 8
+        return LineSettings(key=conn.port, agree=agree)
+
+    def line_key(self) -> str | None:
+        return self.config.connection.port
+
+    def make_line(self) -> Line:
+        return SerialLine(self._serial(self.config.connection))
+
+    def use_line(self, line: Line) -> None:
+        if not isinstance(line, SerialLine):
+            raise TypeError(f"a DL/T 645 meter cannot share {line.key} with another protocol")
+        self._line = line
+
+    def describe_plan(self) -> dict[str, Any]:
+        return {
+            "protocol": self.config.protocol,
+            "address": self.config.address,
+            "requests": len(self._items),
+        }
+
+    def error_counts(self) -> Mapping[str, int]:
+        return dict(self.errors)  # one C-level copy: safe from the scrape thread
+
+    def raw_values(self) -> Mapping[str, Any]:
+        return dict(self._raw)
+
+    # -- connection -------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._line is None:
+            raise DeviceError("no line", "use_line() was not called")
+        await self._line.open()
+
+    async def close(self) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()
+
+    def _port(self) -> SerialPort:
+        port = self._line.port if self._line is not None else None
+        if port is None:
+            raise DeviceError("port lost", "not connected")
+        if port.lost is not None:
+            raise DeviceError("port lost", f"{self.config.connection.port}: {port.lost}")
+        return port
+
+    def _on_lost(self, why: str) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(
+                DeviceError("port lost", f"{self.config.connection.port}: {why}")
+            )
+
+    def _on_data(self, data: bytes) -> None:
+        for event in self._reader.feed(data):
+            waiting = self._answer is not None and not self._answer.done()
+            if isinstance(event, Trouble):
+                self._report(event.kind, event.sample)
+                if event.kind == "checksum" and waiting:
+                    assert self._answer is not None
+                    self._answer.set_result("checksum")
+            elif waiting and self._mine(event):
+                assert self._answer is not None
+                self._answer.set_result(event)
+
+    def _mine(self, frame: Frame) -> bool:
+        """An answer (not an echoed request) from the meter asked."""
+        if not frame.from_meter:
+            return False
+        return self.config.address == ANY_ADDRESS or frame.address == self._address
+
+    def _report(self, kind: str, sample: bytes) -> None:
+        self.errors[kind] += 1
+        if kind in self._logged:
+            return
+        self._logged.add(kind)
+        shown = sample.hex(" ")
+        log.warning(
+            "dlt645 %s: %s (first of its kind; further ones are counted, not logged)",
+            kind,
+            shown,
+            extra={"device": self.config.name, "kind": kind, "sample": shown},
+        )
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def _exchange(self, port: SerialPort, control: int, data: bytes) -> Frame | str:
+        """Send one request; the meter's answer, or why there is none (``timeout``,
+        ``checksum``)."""
+        port.drain_input()
+        self._reader.discard()
+        self._answer = asyncio.get_running_loop().create_future()
+        request = encode(self._address, control, data, preamble=self.config.connection.preamble)
+        try:
+            await port.write(request)
+            return await asyncio.wait_for(self._answer, self.config.connection.timeout)
+        except TimeoutError:
+            self._report("timeout", request)
+            return "timeout"
+        finally:
+            self._answer = None
+
+    async def _read(self, port: SerialPort, item: Item) -> bytes | str:
+        """The item's data bytes (follow-up frames joined), or the reason it has none."""
+        protocol = self.config.protocol
+        di = di_bytes(item.di)
+        function = READ[protocol]
+        request = di
+        payload = b""
+        for seq in range(MAX_FOLLOW_UPS + 1):
+            answer = await self._exchange(port, function, request)
+            if isinstance(answer, str):
+                return answer
+            if answer.function != function:
+                self._report("wrong answer", bytes([answer.control]) + answer.data[:16])
+                return "wrong answer"
+            if answer.error:
+                return error_reason(protocol, answer.data)
+            data = answer.data
+            if not data.startswith(di):
+                self._report("wrong identifier", data[:16])
+                return "wrong identifier"
+            data = data[len(di) :]
+            if seq > 0 and protocol == "2007":
+                data = data[:-1]  # the frame's sequence number (SEQ) closes a follow-up answer
+            payload += data
+            if not answer.more:
+                return payload
+            function = READ_MORE[protocol]
+            request = di + bytes([seq + 1]) if protocol == "2007" else di
+        self._report("endless follow-ups", di)
+        return "endless follow-ups"
+
+    async def poll(self) -> list[Reading]:
+        if self._line is not None:
+            self._line.listen(self._on_data, self._on_lost)  # our turn: the answers are ours
+        port = self._port()
+        values: dict[str, Reading | str] = {}
+        raw: dict[str, str] = {}
+        answered = False
+        for di, item in self._items.items():
+            result = await self._read(port, item)
+            if result != "timeout":
+                answered = True
+            if isinstance(result, str):
+                values[di] = result
+                continue
+            raw[di] = result.hex(" ")
+            try:
+                if len(result) < item.format.length:
+                    raise BadValue(f"{len(result)} bytes, {item.format.length} expected")
+                values[di] = Reading(di, float(item.format.decode(result)), time.time())
+            except BadValue as exc:
+                self._report("bad value", result[:16])
+                values[di] = "bad value"
+                log.debug("dlt645 %s: %s", di, exc)
+        if self._items and not answered:
+            raise DeviceError("timeout", f"meter {self.config.address} answered no request")
+        now = time.time()
+        self._raw = {name: raw[of] for name, of, _ in self._tags if of is not None and of in raw}
+        readings = []
+        for name, of, problem in self._tags:
+            got: Reading | str = values.get(of, "not read") if of is not None else str(problem)
+            if isinstance(got, Reading):
+                readings.append(Reading(tag=name, value=got.value, ts=got.ts))
+            else:
+                readings.append(Reading.bad(name, now, got))
+        return readings
