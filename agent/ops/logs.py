@@ -81,5 +81,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     for noisy in ("pymodbus", "asyncua", "paho"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    # pymodbus logs every failed request at ERROR; the agent reports those itself, once per state.
+    # pymodbus logs every failed request at ERROR, python-snap7 every connect and failed
+    # exchange; the agent reports those itself, once per state.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    logging.getLogger("snap7").setLevel(logging.CRITICAL)
