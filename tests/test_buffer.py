@@ -28,6 +28,7 @@ from agent.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"ts":0,"values":{"v":1}}'
+DEFAULT = {"output": "default"}  # the labels of the mqtt section's per-destination series
 
 
 async def _open(path: Path, size: int = 8 * MIN_SIZE, metrics: Metrics | None = None) -> Buffer:
@@ -356,7 +357,10 @@ async def test_bound_holds_on_disk_and_drops_oldest_counted(
     # Every gap in seq is a counted drop, and every counted drop a gap.
     gaps = sum(last[d] - len(per_device.get(d, [])) for d in last)
     assert stats.dropped_total == gaps == puts - len(rows) > 0
-    assert metrics.registry.get_sample_value("edge_agent_buffer_dropped_batches_total") == gaps
+    assert (
+        metrics.registry.get_sample_value("edge_agent_buffer_dropped_batches_total", DEFAULT)
+        == gaps
+    )
     assert len(_buffer_warnings(caplog, "buffer full: dropped")) == 1  # one per episode
     await buf.close()
     buf = await _open(tmp_path, max_size)
@@ -379,9 +383,9 @@ async def test_lowering_max_size_shrinks_the_file_at_open(tmp_path: Path) -> Non
     rows = await buf.fetch(0, 10_000)
     assert [r.id for r in rows] == list(range(1001 - len(rows), 1001))  # the newest kept
     assert buf.stats().dropped_total == 1000 - len(rows) > 0
-    assert metrics.registry.get_sample_value("edge_agent_buffer_dropped_batches_total") == (
-        1000 - len(rows)
-    )
+    assert metrics.registry.get_sample_value(
+        "edge_agent_buffer_dropped_batches_total", DEFAULT
+    ) == (1000 - len(rows))
     assert await buf.put("d0", 0, BODY) == 101
     await buf.close()
 
@@ -405,7 +409,10 @@ async def test_full_disk_drops_oldest_to_make_room(
     a_seqs = [r.seq for r in rows if r.device == "a"]
     assert a_seqs == list(range(21 - len(a_seqs), 21))  # the oldest went
     assert len(a_seqs) + dropped == 20
-    assert metrics.registry.get_sample_value("edge_agent_buffer_dropped_batches_total") == dropped
+    assert (
+        metrics.registry.get_sample_value("edge_agent_buffer_dropped_batches_total", DEFAULT)
+        == dropped
+    )
     assert _buffer_warnings(caplog, "buffer full: dropped")
     await _set_max_pages(buf, None)
     await buf.close()
@@ -808,7 +815,7 @@ async def test_agent_on_a_full_disk_keeps_polling_drops_oldest_counted_and_recov
                 # The backlog is sent: nothing older than two seconds waits any more.
                 await until(lambda: (buf.stats().oldest_created or 1e18) > time.time() - 2, 90)
                 dropped = buf.stats().dropped_total
-                metric = reads("edge_agent_buffer_dropped_batches_total")
+                metric = reads("edge_agent_buffer_dropped_batches_total", DEFAULT)
             last, waiting = buffer_state(data)
             assert sub is not None
             await sub.wait_for(

@@ -55,7 +55,7 @@ EVENT = {"event": "raise", "alarm": "overtemp", "severity": "warning", "values":
 
 def _event(i: int, device: str) -> StoredBatch:
     body = json.dumps({"ts": 1524448722000, **EVENT}).encode()
-    return StoredBatch(i, f"{device}/event", "data", i, 1524448722000, body, 0.0)
+    return StoredBatch(i, device, "event", i, 1524448722000, body, 0.0)
 
 
 def test_pack_post_has_the_documented_shape() -> None:

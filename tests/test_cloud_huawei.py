@@ -112,7 +112,7 @@ def test_alarm_events_and_removed_devices_pack() -> None:
     fmt = HuaweiFormat(GATEWAY, {}, clock=lambda: WHEN, sub_product_id="prod")
     event = {"ts": 1532454120000, "event": "raise", "alarm": "hot", "values": [1.0, 2.0]}
     body = json.dumps(event).encode()
-    [packed] = fmt.pack([StoredBatch(1, "gone/event", "data", 1, 1532454120000, body, 0.0)])
+    [packed] = fmt.pack([StoredBatch(1, "gone", "event", 1, 1532454120000, body, 0.0)])
     assert packed.message is not None and packed.rows
     [device] = json.loads(packed.message.payload)["devices"]
     assert device["device_id"] == "prod_gone"

@@ -52,7 +52,7 @@ def _alarm_events() -> list[dict[str, Any]]:
 
 
 def _event_row(i: int, doc: dict[str, Any]) -> StoredBatch:
-    return StoredBatch(i, "press-1/event", "data", i, doc["ts"], json.dumps(doc).encode(), 0.0)
+    return StoredBatch(i, "press-1", "event", i, doc["ts"], json.dumps(doc).encode(), 0.0)
 
 
 def _machine_state() -> bytes:
@@ -224,7 +224,7 @@ def test_alarm_events_pack_as_one_json_key_per_alarm() -> None:
     ]
     assert raised["values"] == [85.0, 86.5]  # the evidence list that broke the old packer
     # an event of another shape still arrives, under the stream's name
-    other = StoredBatch(4, "press-1/event", "data", 4, 5, b'{"ts": 5, "event": "note"}', 0.0)
+    other = StoredBatch(4, "press-1", "event", 4, 5, b'{"ts": 5, "event": "note"}', 0.0)
     [note] = fmt.pack([other])
     assert note.message is not None
     assert json.loads(note.message.payload)["press-1"][0]["values"] == {
@@ -361,8 +361,8 @@ async def test_status_machine_state_and_alarm_events_all_reach_thingsboard(tmp_p
         ) as rig:
             rig.publisher.device_status("press-1", "down", "timeout", 1.0)
             rig.publisher.retain("press-1", "state", _machine_state())
-            await rig.put_doc("press-1/event", raised)
-            await rig.put_doc("press-1/event", cleared)
+            await rig.put_doc("press-1", raised, "event")
+            await rig.put_doc("press-1", cleared, "event")
             await platform.wait_for(
                 lambda m: (
                     len(platform.telemetry("press-1")) >= 2

@@ -76,8 +76,8 @@ class Rig:
         for i in range(start, start + n):
             await self.buffer.put(device, 1000 + i, b'{"ts":%d,"values":{"i":%d}}' % (1000 + i, i))
 
-    async def put_doc(self, device: str, doc: dict[str, Any]) -> None:
-        await self.buffer.put(device, int(doc["ts"]), json.dumps(doc).encode())
+    async def put_doc(self, device: str, doc: dict[str, Any], kind: str = "data") -> None:
+        await self.buffer.put(device, int(doc["ts"]), json.dumps(doc).encode(), kind)
 
 
 @pytest.mark.slow

@@ -59,7 +59,12 @@ def config(tmp_path: Path, broker_port: int, sim: ModbusSimulator, **mqtt: Any) 
 
 
 def published(agent: Agent) -> float:
-    return agent.metrics.registry.get_sample_value("edge_agent_published_batches_total") or 0.0
+    return (
+        agent.metrics.registry.get_sample_value(
+            "edge_agent_published_batches_total", {"output": "default"}
+        )
+        or 0.0
+    )
 
 
 def check_delivery(

@@ -63,7 +63,12 @@ async def test_processed_batches_events_and_untouched_devices(tmp_path: Path) ->
         assert [b.seq for b in batches] == [1, None, 3, 1]
         rows = await buffer.fetch(0, 100)
         fmt = JsonFormat("gw", "edge/gw")
-        by_topic = [(fmt.data_topic(r.device), r.seq, json.loads(fmt.encode(r))) for r in rows]
+        stream = {"data": ""}  # the kind column says what a row is: data, or an event
+        by_topic = [
+            (fmt.data_topic(r.device + stream.get(r.kind, f"/{r.kind}")), r.seq, fmt.encode(r))
+            for r in rows
+        ]
+        by_topic = [(t, seq, json.loads(body)) for t, seq, body in by_topic]
         topics = [(topic, seq) for topic, seq, _ in by_topic]
         assert topics == [
             ("edge/gw/pump-1/data", 1),

@@ -40,8 +40,8 @@ class Rig(failover.Rig):
         dev = DeviceBase(name="d1", driver="x", tags=[TagBase(name="t")])
         super().__init__(tmp, _settings(port), commands=CommandHandler({"d1": dev}))
 
-    def metric(self, name: str) -> float:
-        return self.metrics.registry.get_sample_value(name) or 0.0
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_batches_arrive_in_order_and_leave_buffer_after_puback(
@@ -56,8 +56,8 @@ async def test_batches_arrive_in_order_and_leave_buffer_after_puback(
         first = next(m for m in sub.messages if m.topic == "edge/gw/d1/data").json()
         assert first == {"agent": "gw", "device": "d1", "seq": 1, "ts": 1000, "values": {"i": 0}}
         await until(lambda: rig.buffer.stats().batches == 0, timeout=5)
-        assert rig.metric("edge_agent_published_batches_total") == 55
-        assert rig.metric("edge_agent_mqtt_connected") == 1
+        assert rig.metric("edge_agent_published_batches_total", {"output": "default"}) == 55
+        assert rig.metric("edge_agent_mqtt_connected", {"output": "default"}) == 1
     online = [m for m in sub.messages if m.topic == "edge/gw/status"]
     assert online[0].json()["online"] is True
     assert online[-1].json() == {"online": False}  # said on a clean stop

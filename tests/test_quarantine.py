@@ -129,7 +129,7 @@ async def test_publisher_quarantines_what_the_format_cannot_pack_and_logs_once(
     async with Rig(tmp_path, _settings(broker.port), fmt=fmt) as rig:
         await rig.put("d1", 5)
         for i in range(3):
-            await rig.put_doc("d1/event", {"ts": 2000 + i, "event": "raise", "values": [1, 2]})
+            await rig.put_doc("d1", {"ts": 2000 + i, "event": "raise", "values": [1, 2]}, "event")
         await rig.put("d1", 5, start=5)
         await sub.wait_for(lambda m: sum(x.topic == "edge/gw/d1/data" for x in m) == 10)
         await until(lambda: rig.buffer.stats().quarantined == 3, timeout=5)
@@ -165,7 +165,7 @@ async def test_status_cli_and_page_show_quarantined_batches(tmp_path: Path) -> N
     }
     cfg.write_text(json.dumps(doc))
     async with AgentRig(cfg) as agent:
-        await agent.buffer.put("d1/event", 1, b'{"ts":1,"event":"raise","values":[1]}')
+        await agent.buffer.put("d1", 1, b'{"ts":1,"event":"raise","values":[1]}', "event")
         [row] = await agent.buffer.fetch(0, 1)
         await agent.buffer.quarantine([row.id], "sparkplug: TypeError: broken")
         snap = build_snapshot(agent)

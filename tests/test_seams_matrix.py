@@ -569,7 +569,9 @@ async def _outage(cell: Cell) -> None:
 
 
 def _has_event_and_window(rows: list[Any], device: str) -> bool:
-    event = any(r.device == f"{device}/{EVENT_STREAM}" and b'"clear"' in r.body for r in rows)
+    event = any(
+        r.device == device and r.kind == EVENT_STREAM and b'"clear"' in r.body for r in rows
+    )
     window = any(r.device == device and b"temp.mean" in r.body for r in rows)
     return event and window
 

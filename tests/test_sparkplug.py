@@ -293,11 +293,11 @@ async def test_alarm_events_are_metrics_of_their_device(tmp_path: Path, broker: 
         await rig.put_doc("d1", _row(0))
         await host.wait_for(_count("DDATA"))
         evidence = [0.03113, 0.029749, 0.02783]
-        await rig.put_doc("d1/event", _event("raise", 1_700_000_000_100, evidence))
+        await rig.put_doc("d1", _event("raise", 1_700_000_000_100, evidence), "event")
         await host.wait_for(_count("DDATA", 2))
-        await rig.put_doc("d1/event", _event("clear", 1_700_000_000_200, []))
+        await rig.put_doc("d1", _event("clear", 1_700_000_000_200, []), "event")
         await host.wait_for(_count("DDATA", 3))
-        await rig.put_doc("d1/event", _event("raise", 1_700_000_000_300, [7.5], alarm="seal"))
+        await rig.put_doc("d1", _event("raise", 1_700_000_000_300, [7.5], alarm="seal"), "event")
         msgs = await host.wait_for(_count("DDATA", 4))
         await until(lambda: rig.buffer.stats().batches == 0, timeout=5)  # every event sent
     host.stop()

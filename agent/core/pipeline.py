@@ -3,7 +3,8 @@
 Edge processing (``agent.core.processing``: deadbands, windows, features, machine state, alarms) is
 the one stage today: a device's batch may become several (closed windows first), none (a steady
 value under report by exception costs nothing), plus alarm events committed on the device's
-``<device>/event`` stream. Every format and the buffer see the same processed batches.
+``event`` stream (rows of kind ``event``). Every format and the buffer see the same processed
+batches.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import logging
 from agent.core.buffer import Buffer
 from agent.core.clock import DeviceStamps
 from agent.core.processing import Output, Processing
+from agent.core.processing.alarms import Event
 from agent.core.record import encode_batch, ts_ms
+from agent.core.streams import EVENT_STREAM
 from drivers.base import Batch
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,9 @@ class Pipeline:
         or stays None when report by exception left nothing to publish.
         """
         batch.ts = self.stamps.clamp(batch.device, batch.ts)
-        out = await self._process(batch)
+        # The device's own alarms (OPC UA A&C) come in a batch of their own, and are buffered
+        # as the agent's alarm events are.
+        out = await self._process(batch) if not batch.events else _device_events(batch)
         if out is None:
             batch.seq = await self._buffer.put(batch.device, ts_ms(batch.ts), encode_batch(batch))
             return
@@ -46,7 +51,7 @@ class Pipeline:
         for event in out.events:
             # An event is buffered like data (QoS 1, durable, its own seq per device).
             await self._buffer.put(
-                f"{batch.device}/event", round(event.ts * 1000), _dumps(event.doc).encode()
+                batch.device, round(event.ts * 1000), _dumps(event.doc).encode(), EVENT_STREAM
             )
 
     async def _process(self, batch: Batch) -> Output | None:
@@ -68,3 +73,8 @@ class Pipeline:
             self._failing.discard(batch.device)
             log.info("processing back to normal", extra={"device": batch.device})
         return out
+
+
+def _device_events(batch: Batch) -> Output:
+    """The events a device reported itself, as processing's output (no data batch)."""
+    return Output(events=[Event(float(doc["ts"]) / 1000, doc) for doc in batch.events])

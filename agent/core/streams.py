@@ -6,10 +6,11 @@ matrix (tests/test_seams_matrix.py) therefore runs every registered format (entr
 ``edge_agent.formats``) over every kind listed here, through a real broker; a kind added here
 fails the matrix until every format's dialect adapter (tests/platforms/dialects.py) decodes it.
 
-Three of the kinds are buffered (the ``stream`` a ``StoredBatch`` belongs to, see
-``agent.north.formats.base.stream_of``): raw data, window aggregates and waveform features share the
-device's data stream ``<device>``, alarm events have their own ``<device>/event``. The others are
-session messages a format builds from state the publisher keeps.
+Three of the kinds are buffered (the buffer's ``kind`` column says which stream a row belongs to,
+see ``agent.north.formats.base.stream_of``): raw data, window aggregates and waveform features
+share the device's ``data`` stream, alarm events have their own ``event`` stream (seq counted per
+device and stream). The others are session messages a format builds from state the publisher
+keeps.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class StreamKind(enum.StrEnum):
     #: Waveform features ``<tag>.<feature>`` of an array tag: processing/features.py, on the
     #: device's data stream.
     FEATURES = "features"
-    #: Alarm raise/clear documents: processing/alarms.py, buffered on stream ``<device>/event``.
+    #: Alarm raise/clear documents: processing/alarms.py, buffered as rows of kind ``event``.
     EVENT = "event"
     #: Machine state: processing/state.py; the retained side document
     #: ``Publisher.retain(device, "state", ...)`` (and ``state`` values in the data).
@@ -45,7 +46,7 @@ class StreamKind(enum.StrEnum):
 #: Every stream kind, in the order above.
 STREAM_KINDS: tuple[StreamKind, ...] = tuple(StreamKind)
 
-#: The buffered stream name of a device's alarm events: ``<device>/event``.
+#: The buffer's ``kind`` of a device's alarm events (its data rows are ``data``).
 EVENT_STREAM = "event"
 #: The side-document kind of a device's machine state (``Publisher.retain(device, STATE, ...)``).
 STATE_DOCUMENT = "state"

@@ -46,7 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from agent.core.buffer import Buffer, BufferError, StoredBatch
+from agent.core.buffer import DEFAULT_OUTPUT, Buffer, BufferError, Route, StoredBatch
 from agent.north.formats import Command, Format, Message, Packed
 from agent.north.v5props import PublishProperties
 
@@ -97,6 +97,8 @@ class Commands(Protocol):
 
     async def handle(self, device: str, payload: bytes) -> dict[str, Any]: ...
 
+    async def call(self, device: str, cmd_id: str | None, calls: Any) -> dict[str, Any]: ...
+
 
 class Publisher:
     def __init__(
@@ -108,7 +110,12 @@ class Publisher:
         fmt: Format,
         metrics: Metrics,
         commands: Commands | None = None,
+        route: Route | None = None,
     ) -> None:
+        #: Which destination this session is (``default``: the ``mqtt`` section) and what it
+        #: takes: its share of the buffer, its metrics' ``output`` label.
+        self.route = route or Route(DEFAULT_OUTPUT)
+        self.output = self.route.output
         self._cfg = settings
         self._client_id = client_id
         self._password = password
@@ -155,12 +162,19 @@ class Publisher:
         self._renewing = False
         self.connected = asyncio.Event()  # tests and readiness wait on it
         self.sessions = 0
+        self._new_data = buffer.wakeup(self.output)
+        self._m_connected = metrics.mqtt_connected.labels(self.output)
+        self._m_published = metrics.published.labels(self.output)
+        self._m_latency = metrics.publish_latency.labels(self.output)
+        self._m_connected.set(0)
 
     # -- device status (StatusSink) ---------------------------------------------------------------
 
     def device_status(self, device: str, state: str, reason: str | None, ts: float) -> None:
         """Tell the format; it answers with messages for now (Sparkplug's DDEATH) and/or a
         retained status that is republished after every reconnect (json)."""
+        if not self.route.takes(device, "status"):
+            return
         ts_ms = int(ts * 1000)
         now = self._fmt.status_changed(device, state, reason, ts_ms)
         client = self._client
@@ -175,6 +189,8 @@ class Publisher:
         """Publish a device's retained side document (its machine ``state``) now if connected,
         and again after every reconnect, so a consumer always finds the latest one; the format
         says where (``device_topic``) and how (``side_message``)."""
+        if not self.route.takes(device, kind):
+            return
         self.sides[(device, kind)] = payload
         topic = self._fmt.device_topic(device, kind)
         msg = self._fmt.side_message(topic, payload)
@@ -333,7 +349,11 @@ class Publisher:
             self._down_logged = True
             log.warning(
                 "broker unreachable, buffering",
-                extra={"broker": ", ".join(map(_addr, self._servers)), "reason": str(exc)},
+                extra={
+                    "broker": ", ".join(map(_addr, self._servers)),
+                    "reason": str(exc),
+                    "output": self.output,
+                },
             )
 
     # -- the session ------------------------------------------------------------------------------
@@ -345,10 +365,10 @@ class Publisher:
         self._down_logged = False
         self.sessions += 1
         self.connected.set()
-        self._metrics.mqtt_connected.set(1)
+        self._m_connected.set(1)
         log.info(
             "connected to broker",
-            extra={"broker": _addr(self.server), "protocol": self.protocol},
+            extra={"broker": _addr(self.server), "protocol": self.protocol, "output": self.output},
         )
         # Subscriptions first: Sparkplug must see its host's STATE before it may birth.
         for topic in self._fmt.subscriptions():
@@ -360,13 +380,13 @@ class Publisher:
 
         # A backlog that fits in one window drains in strict id order; only a real backlog is
         # split off so that it cannot hold fresh data back.
-        backlog = self._buffer.stats().batches > self._window
+        backlog = self._buffer.output_stats(self.output).batches > self._window
         watermark = await self._buffer.max_id() if backlog else 0
         live_cursor = watermark
         backlog_cursor = 0
         while not self._lost.is_set():
             self._wake.clear()
-            self._buffer.new_data.clear()
+            self._new_data.clear()
             await self._flush_acks()
             await self._flush_unpackable()
             deadline = self._fmt.session_deadline()
@@ -384,13 +404,15 @@ class Publisher:
             free = self._window - self._inflight_rows
             sent = 0
             if free > 0:
-                rows = await self._buffer.fetch(live_cursor, free)
+                rows = await self._buffer.fetch(live_cursor, free, output=self.output)
                 if rows:
                     live_cursor = rows[-1].id
                     sent += self._send(client, rows)
             free = self._window - self._inflight_rows
             if free > 0 and backlog_cursor < watermark:
-                rows = await self._buffer.fetch(backlog_cursor, free, upto_id=watermark)
+                rows = await self._buffer.fetch(
+                    backlog_cursor, free, upto_id=watermark, output=self.output
+                )
                 backlog_cursor = rows[-1].id if rows else watermark
                 sent += self._send(client, rows)
             if sent == 0:
@@ -468,7 +490,7 @@ class Publisher:
             by_reason.setdefault(reason, []).append(row_id)
         for reason, ids in by_reason.items():
             try:
-                await self._buffer.quarantine(ids, reason)
+                await self._buffer.quarantine(ids, reason, self.output)
             except BufferError as exc:
                 log.error("cannot quarantine batches", extra={"error": str(exc)})
 
@@ -487,7 +509,7 @@ class Publisher:
         """Sleep until new data is committed, an ack frees the window, or the link is lost."""
         waiters = [
             asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(self._buffer.new_data.wait()),
+            asyncio.ensure_future(self._new_data.wait()),
         ]
         try:
             await asyncio.wait(
@@ -502,12 +524,12 @@ class Publisher:
     async def _flush_acks(self) -> None:
         if self._acked:
             ids, self._acked = self._acked, []
-            await self._buffer.ack(ids)
+            await self._buffer.ack(ids, self.output)
 
     async def _teardown(self, client: mqtt.Client) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        self._metrics.mqtt_connected.set(0)
+        self._m_connected.set(0)
         self._client = None
         await self._flush_acks()
         await self._flush_unpackable()
@@ -519,7 +541,8 @@ class Publisher:
         elif was_connected and not self._stopping:
             self._metrics.publish_errors.inc()
             log.warning(
-                "connection to broker lost, buffering", extra={"broker": _addr(self.server)}
+                "connection to broker lost, buffering",
+                extra={"broker": _addr(self.server), "output": self.output},
             )
             # Start the next round with the next cluster node: the lost one is likely down.
             self._server_index = (self._server_index + 1) % len(self._servers)
@@ -562,8 +585,8 @@ class Publisher:
         now = time.time()
         for row in rows:
             self._acked.append(row.id)
-            self._metrics.published.inc()
-            self._metrics.publish_latency.observe(max(0.0, now - row.ts_ms / 1000))
+            self._m_published.inc()
+            self._m_latency.observe(max(0.0, now - row.ts_ms / 1000))
         self._wake.set()
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -595,7 +618,9 @@ class Publisher:
 
     async def _answer(self, cmd: Command) -> None:
         assert self._commands is not None
-        if cmd.writes is not None:
+        if cmd.call is not None:
+            reply = await self._commands.call(cmd.device, cmd.cmd_id, cmd.call)
+        elif cmd.writes is not None:
             reply = await self._commands.write(cmd.device, cmd.cmd_id, cmd.writes)
         else:
             reply = await self._commands.handle(cmd.device, cmd.payload)

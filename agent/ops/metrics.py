@@ -6,6 +6,7 @@ The names are the public contract (INTERFACES.md); extensions are additive.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -56,22 +57,29 @@ class Metrics:
         )
         self.buffer_dropped = Counter(
             "edge_agent_buffer_dropped_batches_total",
-            "Oldest batches dropped because the buffer reached buffer.max_size",
+            "Oldest batches dropped because the buffer reached buffer.max_size, per destination "
+            "that had not sent them",
+            ["output"],
             registry=r,
         )
         self.published = Counter(
             "edge_agent_published_batches_total",
-            "Batches acknowledged by the broker (PUBACK)",
+            "Batches acknowledged by the destination's broker (PUBACK)",
+            ["output"],
             registry=r,
         )
         self.publish_latency = Histogram(
             "edge_agent_publish_latency_seconds",
-            "Time from the device's answer to the broker's PUBACK",
+            "Time from the device's answer to the destination broker's PUBACK",
+            ["output"],
             buckets=_PUBLISH_BUCKETS,
             registry=r,
         )
         self.mqtt_connected = Gauge(
-            "edge_agent_mqtt_connected", "1 while connected to the broker", registry=r
+            "edge_agent_mqtt_connected",
+            "1 while the destination is connected to its broker",
+            ["output"],
+            registry=r,
         )
         # Extensions beyond the contract's minimum.
         self.buffer_max_bytes = Gauge(
@@ -82,6 +90,18 @@ class Metrics:
         self.buffer_oldest_age = Gauge(
             "edge_agent_buffer_oldest_age_seconds",
             "Age of the oldest batch still in the buffer (0 when empty)",
+            registry=r,
+        )
+        self.output_backlog = Gauge(
+            "edge_agent_output_backlog_batches",
+            "Batches in the buffer the destination has not sent yet (set-aside ones included)",
+            ["output"],
+            registry=r,
+        )
+        self.output_oldest_age = Gauge(
+            "edge_agent_output_oldest_age_seconds",
+            "Age of the oldest batch the destination has still to send (0 when none)",
+            ["output"],
             registry=r,
         )
         self.buffer_quarantined = Gauge(
@@ -119,6 +139,19 @@ class Metrics:
             ["agent", "version"],
             registry=r,
         )
+
+    def forget_output(self, output: str) -> None:
+        """Drop a removed destination's series."""
+        for family in (
+            self.buffer_dropped,
+            self.published,
+            self.publish_latency,
+            self.mqtt_connected,
+            self.output_backlog,
+            self.output_oldest_age,
+        ):
+            with contextlib.suppress(KeyError):
+                family.remove(output)
 
     def forget_device(self, device: str) -> None:
         """Drop a removed device's series, so dashboards stop showing a machine that is gone."""

@@ -11,21 +11,59 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from agent.core.buffer.store import (
+    DEFAULT_OUTPUT,
     MIN_SIZE,
     SEQ_RESERVATION,
     BufferError,
     BufferStats,
     Item,
+    OutputBacklog,
     SqliteStore,
     StoredBatch,
 )
 from agent.ops.metrics import Metrics
 
-__all__ = ["MIN_SIZE", "SEQ_RESERVATION", "Buffer", "BufferError", "BufferStats", "StoredBatch"]
+__all__ = [
+    "DEFAULT_OUTPUT",
+    "MIN_SIZE",
+    "SEQ_RESERVATION",
+    "STREAM_OF_KIND",
+    "Buffer",
+    "BufferError",
+    "BufferStats",
+    "OutputBacklog",
+    "Route",
+    "StoredBatch",
+]
+
+
+#: The config's stream names (``outputs[].streams``) of the buffer's row kinds.
+STREAM_OF_KIND = {"data": "data", "event": "events"}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What one destination wants: its devices and streams (``data``, ``events``, ``state``,
+    ``status``; None: all of them)."""
+
+    output: str
+    devices: frozenset[str] | None = None
+    streams: frozenset[str] | None = None
+
+    def wants(self, device: str, kind: str) -> bool:
+        """A buffered row of ``device`` of this ``kind`` (``data``, ``event``)."""
+        return self.takes(device, STREAM_OF_KIND.get(kind, kind))
+
+    def takes(self, device: str, stream: str) -> bool:
+        return (self.devices is None or device in self.devices) and (
+            self.streams is None or stream in self.streams
+        )
+
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -39,7 +77,8 @@ class Buffer:
     at most 8 MB): one transaction must fit in the share of ``max_size`` set aside for the WAL.
 
     ``new_data`` is set after every commit that stored something; a consumer clears it and waits
-    on it instead of polling.
+    on it instead of polling. With several destinations (``set_routes``) each has its own
+    (``wakeup(output)``): one clearing it must not hide a commit from another.
     """
 
     def __init__(self, data_dir: Path, max_size: int, metrics: Metrics | None = None) -> None:
@@ -51,7 +90,19 @@ class Buffer:
         self._pending: list[tuple[Item, asyncio.Future[int]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._state = "new"  # new -> open -> closing -> closed
-        self.new_data = asyncio.Event()
+        self._routes: tuple[Route, ...] = (Route(DEFAULT_OUTPUT),)
+        self._masks: dict[str, int] = {DEFAULT_OUTPUT: 1}
+        self._want_cache: dict[tuple[str, str], int] = {}
+        self._wakeups: dict[str, asyncio.Event] = {DEFAULT_OUTPUT: asyncio.Event()}
+
+    @property
+    def new_data(self) -> asyncio.Event:
+        """The ``default`` destination's wake-up (see ``wakeup``)."""
+        return self._wakeups[DEFAULT_OUTPUT]
+
+    def wakeup(self, output: str) -> asyncio.Event:
+        """Set after every commit that stored a batch ``output`` wants."""
+        return self._wakeups.setdefault(output, asyncio.Event())
 
     @property
     def path(self) -> Path:
@@ -80,7 +131,47 @@ class Buffer:
         self._state = "open"
         if self._metrics is not None:
             self._metrics.buffer_oldest_age.set_function(self._oldest_age)
+        await self.set_routes(self._routes)
+
+    async def set_routes(self, routes: Sequence[Route]) -> None:
+        """The destinations of the config and what each wants (at start and on a reload).
+
+        The ``default`` destination (the ``mqtt`` section) is always one of them. A batch is
+        stored once, marked with every destination that wants it; a destination no longer
+        listed lets go of its share (``SqliteStore.set_outputs``). Raises ``BufferError``."""
+        routes = tuple(routes)
+        if not any(r.output == DEFAULT_OUTPUT for r in routes):
+            routes = (Route(DEFAULT_OUTPUT), *routes)
+        old = set(self._masks)
+        if self._state == "open":
+            self._masks = await self._run(self._store.set_outputs, [r.output for r in routes])
+        self._routes = routes
+        self._want_cache = {}
+        for route in routes:
+            self.wakeup(route.output).set()
+        m = self._metrics
+        if m is not None:
+            for name in old - set(self._masks):
+                self._wakeups.pop(name, None)
+                m.forget_output(name)
+            for name in self._masks:
+                m.buffer_dropped.labels(name)
+                m.output_oldest_age.labels(name).set_function(
+                    lambda name=name: self._output_age(name)  # type: ignore[misc]
+                )
         self._publish_stats()
+
+    def want_of(self, device: str, kind: str) -> int:
+        """The destinations (bit mask) that want a batch of ``device`` of this ``kind``."""
+        key = (device, kind)
+        want = self._want_cache.get(key)
+        if want is None:
+            want = 0
+            for route in self._routes:
+                if route.wants(device, kind):
+                    want |= self._masks.get(route.output, 0)
+            self._want_cache[key] = want
+        return want
 
     async def close(self) -> None:
         """Commit what is pending (those callers get their seq), then close. Idempotent."""
@@ -107,31 +198,41 @@ class Buffer:
         """
         if self._state != "open":
             raise BufferError(f"buffer is {self._state}")
+        want = self.want_of(device, kind)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(((device, kind, ts_ms, bytes(body)), fut))
+        self._pending.append(((device, kind, ts_ms, bytes(body), want), fut))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_loop(), name="buffer-commit")
         return await fut
 
     async def fetch(
-        self, after_id: int, limit: int, upto_id: int | None = None
+        self,
+        after_id: int,
+        limit: int,
+        upto_id: int | None = None,
+        output: str = DEFAULT_OUTPUT,
     ) -> list[StoredBatch]:
-        """At most ``limit`` batches with ``after_id < id <= upto_id``, ascending id."""
-        return await self._run(self._store.fetch, after_id, limit, upto_id)
+        """At most ``limit`` batches ``output`` has still to send with ``after_id < id <=
+        upto_id``, ascending id."""
+        return await self._run(self._store.fetch, after_id, limit, upto_id, output)
 
-    async def ack(self, ids: Sequence[int]) -> None:
-        """Delete published batches. Idempotent; a failure is logged, the batches are resent."""
+    async def ack(self, ids: Sequence[int], output: str = DEFAULT_OUTPUT) -> None:
+        """``output`` sent these batches; each is deleted once every destination that wants it
+        has. Idempotent; a failure is logged, the batches are resent."""
         if ids:
-            await self._run(self._store.ack, list(ids))
+            await self._run(self._store.ack, list(ids), output)
             self._publish_stats()
 
     async def max_id(self) -> int:
         return await self._run(self._store.max_id)
 
-    async def quarantine(self, ids: Sequence[int], reason: str) -> int:
-        """Set batches aside that the format could not pack: kept, counted, never sent as done.
-        Raises ``BufferError``; the caller then keeps them where they were (unacknowledged)."""
-        n = await self._run(self._store.hold, list(ids), reason)
+    async def quarantine(
+        self, ids: Sequence[int], reason: str, output: str = DEFAULT_OUTPUT
+    ) -> int:
+        """Set batches aside that ``output``'s format could not pack: kept, counted, never sent
+        as done. Raises ``BufferError``; the caller then keeps them where they were
+        (unacknowledged)."""
+        n = await self._run(self._store.hold, list(ids), reason, output)
         self._publish_stats()
         return n
 
@@ -139,13 +240,26 @@ class Buffer:
         """Make quarantined batches publishable again (a new agent or format may pack them)."""
         n = await self._run(self._store.release)
         if n:
-            self.new_data.set()
+            for event in self._wakeups.values():
+                event.set()
         self._publish_stats()
         return n
 
     def stats(self) -> BufferStats:
         s = self._store
-        return BufferStats(s.count, s.disk_bytes, s.dropped_total, s.oldest, s.held, s.held_reason)
+        return BufferStats(
+            s.count,
+            s.disk_bytes,
+            s.dropped_total,
+            s.oldest,
+            s.held,
+            s.held_reason,
+            s.output_stats(),
+        )
+
+    def output_stats(self, output: str) -> OutputBacklog:
+        """``output``'s share of the buffer (an empty one for a destination not known)."""
+        return self._store.output_stats().get(output, OutputBacklog(0, None, 0))
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -161,17 +275,18 @@ class Buffer:
                     results = await self._run(self._store.commit_group, [i for i, _ in group])
                 except Exception as exc:  # the worker itself failed: nothing was committed
                     results = [BufferError(f"buffer worker failed: {exc}")] * len(group)
-                stored = False
-                for (_, fut), result in zip(group, results, strict=True):
+                stored = 0
+                for (item, fut), result in zip(group, results, strict=True):
                     if fut.done():
                         continue
                     if isinstance(result, BufferError):
                         fut.set_exception(result)
                     else:
                         fut.set_result(result)
-                        stored = True
-                if stored:
-                    self.new_data.set()
+                        stored |= item[4]
+                for name, mask in self._masks.items():
+                    if stored & mask:
+                        self.wakeup(name).set()
                 self._publish_stats()
         finally:
             self._committer = None
@@ -192,6 +307,10 @@ class Buffer:
         oldest = self._store.oldest
         return max(0.0, time.time() - oldest) if oldest is not None else 0.0
 
+    def _output_age(self, output: str) -> float:
+        oldest = self._store.oldest_by.get(self._masks.get(output, 0))
+        return max(0.0, time.time() - oldest[1]) if oldest is not None else 0.0
+
     def _publish_stats(self) -> None:
         m = self._metrics
         if m is None:
@@ -199,3 +318,5 @@ class Buffer:
         m.buffer_batches.set(self._store.count)
         m.buffer_bytes.set(self._store.disk_bytes)
         m.buffer_quarantined.set(self._store.held)
+        for name, mask in self._masks.items():
+            m.output_backlog.labels(name).set(self._store.backlog.get(mask, 0))

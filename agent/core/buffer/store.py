@@ -38,6 +38,15 @@ Why it is built this way:
   put's fsync makes it durable, and losing one to a power cut only means those batches are sent
   again, which QoS 1 consumers dedupe by (agent, device, seq). That halves the fsyncs at steady
   state.
+* **Several destinations, one copy** (``outputs:``). Each row carries ``want``, a bit mask of
+  the destinations that want it (each destination has a stable bit, kept in the ``outputs``
+  table). A destination's acknowledgement of a row others still want is one small row in
+  ``marks`` (``acked``/``held`` masks, keyed by the batch's id): the body is never rewritten. The
+  row is deleted when every destination it wants has acknowledged it; with one destination an
+  ack is the plain delete it always was. Each destination fetches the rows it wants and has
+  neither acknowledged nor set aside, so a dead destination's backlog costs the live one
+  nothing but an index lookup per row. Drops (the size bound) take the oldest rows across all
+  and are counted per destination that had not acknowledged them.
 * **One process per data directory**: an exclusive ``flock`` on ``buffer.lock``, because two
   writers would hand out the same seqs.
 """
@@ -81,8 +90,16 @@ CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER NOT NULL,
     ts_ms INTEGER NOT NULL,
     created REAL NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    want INTEGER NOT NULL DEFAULT 1
 );
+CREATE TABLE IF NOT EXISTS marks (
+    id INTEGER PRIMARY KEY,
+    acked INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS outputs (name TEXT PRIMARY KEY, bit INTEGER NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS seqs (
     device TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -91,19 +108,28 @@ CREATE TABLE IF NOT EXISTS seqs (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-# Held (quarantined) rows: a batch the format could not pack keeps its row, its id and its seq,
-# marked with the reason, so it is never acknowledged unsent and can be published once a fixed
-# agent (or a changed format) can pack it. The partial index holds only held rows: it costs
-# nothing on the insert path and makes counting and releasing them cheap.
-_HELD_COLUMN = "ALTER TABLE batches ADD COLUMN held TEXT"
-_INSERT = "INSERT INTO batches (device, kind, seq, ts_ms, created, body) VALUES (?, ?, ?, ?, ?, ?)"
-_SELECT = "SELECT id, device, kind, seq, ts_ms, body, created FROM batches"
-_LIVE = "held IS NULL"
-_HELD = "held IS NOT NULL"
-_HELD_INDEX = f"CREATE INDEX IF NOT EXISTS batches_held ON batches (id) WHERE {_HELD}"
+# Held (quarantined) rows: a batch a destination's format could not pack keeps its row, its id
+# and its seq, marked (in ``marks.held``, per destination) with the reason, so it is never
+# acknowledged unsent and can be published once a fixed agent (or a changed format) can pack
+# it. The partial index holds only marks with a held bit: counting and releasing them is cheap.
+_HELD_INDEX = "CREATE INDEX IF NOT EXISTS marks_held ON marks (id) WHERE held != 0"
+_INSERT = (
+    "INSERT INTO batches (device, kind, seq, ts_ms, created, body, want) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT = "SELECT b.id, b.device, b.kind, b.seq, b.ts_ms, b.body, b.created, b.want FROM batches b"
+# The rows destination ``:bit`` still has to send: wanted, neither acknowledged nor held by it.
+_MINE = (
+    "LEFT JOIN marks m ON m.id = b.id WHERE b.want & :bit "
+    "AND (m.id IS NULL OR (m.acked | m.held) & :bit = 0)"
+)
+_MARKS_OF = "SELECT b.id, b.want, coalesce(m.acked, 0), coalesce(m.held, 0) FROM batches b "
+DEFAULT_OUTPUT = "default"
+"""The ``mqtt`` section's destination: bit 0, the only one a buffer without ``outputs`` has."""
+MAX_OUTPUTS = 62  # bits of a SQLite integer mask we use (sign bit left alone)
 
 _Key = tuple[str, str]  # (device, kind)
-Item = tuple[str, str, int, bytes]  # device, kind, ts_ms, body
+Item = tuple[str, str, int, bytes, int]  # device, kind, ts_ms, body, want (destination mask)
 
 
 class BufferError(Exception):
@@ -117,11 +143,23 @@ class BufferError(Exception):
 class StoredBatch:
     id: int  # row id: global insertion order, never reused (AUTOINCREMENT)
     device: str
-    kind: str  # "data"; "event" for alarm events
-    seq: int
+    kind: str  # what the row is: "data" (values, windows, features) or "event" (alarms)
+    seq: int  # per (device, kind); the same for every destination
     ts_ms: int  # when the device answered
     body: bytes  # opaque encoded record; the buffer never looks inside
     created: float  # time.time() when committed
+    want: int = 1  # the destinations that want it (bit mask, see SqliteStore.set_outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputBacklog:
+    """One destination's share of the buffer."""
+
+    batches: int  # rows it wants and has not acknowledged (held ones included)
+    oldest_created: float | None  # the oldest of those it can still send
+    dropped_total: int  # rows the size bound dropped before it acknowledged them
+    quarantined: int = 0  # rows its format could not pack (set aside for it)
+    quarantine_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +168,9 @@ class BufferStats:
     bytes: int  # database + WAL on disk, refreshed at most once a second
     dropped_total: int  # since the database was created, restarts included
     oldest_created: float | None
-    quarantined: int = 0  # held rows: the format could not pack them (see SqliteStore.hold)
+    quarantined: int = 0  # rows some destination set aside: its format could not pack them
     quarantine_reason: str | None = None
+    outputs: dict[str, OutputBacklog] | None = None
 
 
 class _Corrupt(Exception):
@@ -189,12 +228,21 @@ class SqliteStore:
         self.seqs: dict[_Key, int] = {}
         self.reserved: dict[_Key, int] = {}
         self.count = 0  # every row, held ones included: they occupy the buffer too
-        self.held = 0  # rows set aside because the format could not pack them
+        self.held = 0  # rows some destination set aside because its format could not pack them
         self.held_reason: str | None = None  # the latest reason, for the status page
         self.dropped_total = 0
         self.oldest: float | None = None
         self.disk_bytes = 0
         self.commits = 0
+        # Destinations: name -> bit mask (bit 0 is the ``mqtt`` section's, always there).
+        self.outputs: dict[str, int] = {DEFAULT_OUTPUT: 1}
+        self.backlog: dict[int, int] = {1: 0}  # per destination mask: rows it has to send
+        self.held_by: dict[int, int] = {1: 0}
+        self.held_reasons: dict[int, str | None] = {}
+        self.dropped_by: dict[int, int] = {1: 0}
+        self.oldest_by: dict[int, tuple[int, float] | None] = {1: None}  # (id, created)
+        self.scan_from: dict[int, int] = {}  # per mask: no row it has to send lies below
+        self._drops: dict[int, int] = {}  # per mask, in the transaction running now
         self._stat_at = 0.0
         self._drop_logged_at: float | None = None
         self._drops_unlogged = 0
@@ -245,10 +293,14 @@ class SqliteStore:
         self.reserved = dict(reserved)
         for key, last in self.seqs.items():
             self.reserved[key] = max(self.reserved.get(key, 0), last)
+        self.outputs = {str(n): 1 << int(b) for n, b in conn.execute("SELECT * FROM outputs")}
         self.count = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
-        self._count_held()
-        row = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
-        self.dropped_total = int(row[0]) if row else 0
+        for name, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE 'dropped%'"):
+            if name == "dropped":
+                self.dropped_total = int(value)
+            elif name.removeprefix("dropped:") in self.outputs:
+                self.dropped_by[self.outputs[name.removeprefix("dropped:")]] = int(value)
+        self._count_outputs()
         self._fit()
         self._refresh_oldest()
         self._refresh_bytes(force=True)
@@ -301,7 +353,8 @@ class SqliteStore:
             raise
 
     def _initialise(self, reserved: dict[_Key, int]) -> None:
-        """Create the schema; in a database new to this directory, seed the seq counters.
+        """Create the schema, migrate an older one; in a database new to this directory, seed
+        the seq counters.
 
         A database without the ``initialised`` mark is new (first start, deleted or quarantined):
         its counters start above every seq ``seq.json`` has reserved. The seeding is committed
@@ -314,10 +367,11 @@ class SqliteStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(batches)")}
-            if "held" not in columns:  # a database written before held rows existed
-                conn.execute(_HELD_COLUMN)
+            self._migrate()
             conn.execute(_HELD_INDEX)
+            conn.execute(
+                "INSERT OR IGNORE INTO outputs (name, bit) VALUES (?, 0)", (DEFAULT_OUTPUT,)
+            )
             if conn.execute("SELECT 1 FROM meta WHERE key = 'initialised'").fetchone() is None:
                 existing = {(d, k) for d, k, _ in conn.execute("SELECT * FROM seqs")}
                 conn.executemany(
@@ -336,6 +390,142 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._rollback()
             raise BufferError(f"cannot initialise {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Bring a buffer written by an earlier version to this schema, in the open transaction.
+
+        * Rows of one destination only (no ``want`` column): they are the ``mqtt`` section's.
+        * Held rows (a ``held`` reason column): held for that destination, in ``marks``.
+        * Alarm events stored as device ``<device>/event``, kind ``data``: device ``<device>``,
+          kind ``event`` (the kind column says what a row is), their seq counters likewise.
+        """
+        conn = self._require()
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(batches)")}
+        if "want" not in columns:
+            conn.execute("ALTER TABLE batches ADD COLUMN want INTEGER NOT NULL DEFAULT 1")
+        if "held" in columns:
+            conn.execute(
+                "INSERT OR REPLACE INTO marks (id, acked, held, reason) "
+                "SELECT id, 0, want, held FROM batches WHERE held IS NOT NULL"
+            )
+            conn.execute("DROP INDEX IF EXISTS batches_held")
+            conn.execute("ALTER TABLE batches DROP COLUMN held")
+        suffixed = "instr(device, '/') > 0 AND kind = 'data'"
+        head = "substr(device, 1, instr(device, '/') - 1)"
+        tail = "substr(device, instr(device, '/') + 1)"
+        if conn.execute(f"SELECT 1 FROM seqs WHERE {suffixed} LIMIT 1").fetchone():
+            conn.execute(f"UPDATE batches SET device = {head}, kind = {tail} WHERE {suffixed}")
+            conn.execute(
+                f"UPDATE OR IGNORE seqs SET device = {head}, kind = {tail} WHERE {suffixed}"
+            )
+            conn.execute(f"DELETE FROM seqs WHERE {suffixed}")
+
+    def set_outputs(self, names: list[str]) -> dict[str, int]:
+        """The destinations in the config now; returns each one's bit mask.
+
+        A destination keeps its bit across restarts (the ``outputs`` table); a new one takes a
+        free bit and wants only the batches committed from now on. A destination no longer in
+        the config lets go of its rows: its bit is cleared from every row and mark, and rows no
+        other destination wants are deleted (not counted as drops: nobody is missing them)."""
+        conn = self._require()
+        names = [DEFAULT_OUTPUT, *(n for n in names if n != DEFAULT_OUTPUT)]
+        if len(names) > MAX_OUTPUTS:
+            raise BufferError(f"at most {MAX_OUTPUTS} destinations, not {len(names)}")
+        current = dict(self.outputs)
+        gone = {n: m for n, m in current.items() if n not in names}
+        removed = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            used = {m for n, m in current.items() if n not in gone}
+            for name in names:
+                if name in current:
+                    continue
+                bit = next(b for b in range(MAX_OUTPUTS) if 1 << b not in used)
+                used.add(1 << bit)
+                current[name] = 1 << bit
+                conn.execute("INSERT INTO outputs (name, bit) VALUES (?, ?)", (name, bit))
+            for name, mask in gone.items():
+                conn.execute("DELETE FROM outputs WHERE name = ?", (name,))
+                conn.execute("DELETE FROM meta WHERE key = ?", (f"dropped:{name}",))
+                conn.execute("UPDATE batches SET want = want & ~? WHERE want & ?", (mask, mask))
+                conn.execute(
+                    "UPDATE marks SET acked = acked & ~?1, held = held & ~?1 "
+                    "WHERE (acked | held) & ?1",
+                    (mask,),
+                )
+                removed += int(conn.execute("DELETE FROM batches WHERE want = 0").rowcount)
+            if gone:
+                conn.execute(
+                    "DELETE FROM marks WHERE NOT EXISTS "
+                    "(SELECT 1 FROM batches b WHERE b.id = marks.id)"
+                )
+                # A row every remaining destination has sent is done.
+                removed += int(
+                    conn.execute(
+                        "DELETE FROM batches WHERE id IN (SELECT b.id FROM batches b JOIN marks m "
+                        "ON m.id = b.id WHERE b.want & ~m.acked = 0)"
+                    ).rowcount
+                )
+                conn.execute(
+                    "DELETE FROM marks WHERE NOT EXISTS "
+                    "(SELECT 1 FROM batches b WHERE b.id = marks.id)"
+                )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"cannot change the destinations: {exc}") from exc
+        if gone:
+            log.info(
+                "destinations removed: their unsent batches no other destination wants deleted",
+                extra={"outputs": sorted(gone), "batches": removed},
+            )
+        self.outputs = current
+        self.count -= removed
+        self._count_outputs()
+        self._refresh_oldest()
+        return dict(self.outputs)
+
+    def _count_outputs(self) -> None:
+        """Per destination: the rows it has to send (start, and after the set changed)."""
+        conn = self._require()
+        masks = list(self.outputs.values())
+        self.backlog = dict.fromkeys(masks, 0)
+        self.dropped_by = {m: self.dropped_by.get(m, 0) for m in masks}
+        self.oldest_by = {m: None for m in masks}
+        self.scan_from = {}
+        for m in masks:
+            row = conn.execute(f"SELECT count(*) FROM batches b {_MINE}", {"bit": m}).fetchone()
+            held = conn.execute(
+                "SELECT count(*) FROM batches b JOIN marks m ON m.id = b.id "
+                "WHERE m.held & :bit AND NOT m.acked & :bit",
+                {"bit": m},
+            ).fetchone()
+            self.backlog[m] = int(row[0]) + int(held[0])
+        self._count_held()
+
+    def _name_of(self, mask: int) -> str:
+        return next(
+            (n for n, m in self.outputs.items() if m == mask), f"bit{mask.bit_length() - 1}"
+        )
+
+    def _mask(self, output: str) -> int:
+        try:
+            return self.outputs[output]
+        except KeyError:
+            raise BufferError(f"no destination named {output!r}") from None
+
+    def output_stats(self) -> dict[str, OutputBacklog]:
+        out = {}
+        for name, m in self.outputs.items():
+            oldest = self.oldest_by.get(m)
+            out[name] = OutputBacklog(
+                self.backlog.get(m, 0),
+                oldest[1] if oldest is not None else None,
+                self.dropped_by.get(m, 0),
+                self.held_by.get(m, 0),
+                self.held_reasons.get(m),
+            )
+        return out
 
     def _quarantine(self, reason: str) -> dict[_Key, int]:
         """Move the unreadable files aside and return whatever seq counters they still hold."""
@@ -359,7 +549,7 @@ class SqliteStore:
             bad = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
             try:
                 for device, kind, last in bad.execute("SELECT device, kind, last FROM seqs"):
-                    salvaged[(str(device), str(kind))] = int(last)
+                    salvaged[_key(str(device), str(kind))] = int(last)
             finally:
                 bad.close()
         return salvaged
@@ -384,7 +574,7 @@ class SqliteStore:
     def _load_seq_file(self) -> dict[_Key, int]:
         try:
             doc = json.loads(self.seq_path.read_text())
-            return {(d, k): int(v) for d, kinds in doc.items() for k, v in kinds.items()}
+            return {_key(d, k): int(v) for d, kinds in doc.items() for k, v in kinds.items()}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, AttributeError, TypeError) as exc:
@@ -475,13 +665,13 @@ class SqliteStore:
         return self._max_body
 
     def _item_footprint(self, item: Item) -> int:
-        device, kind, _, body = item
+        device, kind, _, body, _ = item
         return _footprint(len(body) + len(device) + len(kind) + _RECORD_OVERHEAD, self.page_size)
 
     def _commit_chunk(self, items: list[Item]) -> list[int | BufferError]:
         new: dict[_Key, int] = {}
         seqs: list[int] = []
-        for device, kind, _, _ in items:
+        for device, kind, _, _, _ in items:
             key = (device, kind)
             seq = new.get(key, self.seqs.get(key, 0)) + 1
             new[key] = seq
@@ -492,10 +682,11 @@ class SqliteStore:
             return [exc] * len(items)
         now = time.time()
         rows = [
-            (device, kind, seq, ts_ms, now, body)
-            for (device, kind, ts_ms, body), seq in zip(items, seqs, strict=True)
+            (device, kind, seq, ts_ms, now, body, want)
+            for (device, kind, ts_ms, body, want), seq in zip(items, seqs, strict=True)
         ]
         need = sum(self._item_footprint(item) for item in items)
+        self._drops = {}
         try:
             try:
                 dropped = self._transaction(rows, new, need, squeeze=False)
@@ -518,22 +709,38 @@ class SqliteStore:
         self.commits += 1
         self.seqs.update(new)
         self.count += len(items) - dropped
+        for *_, want in items:
+            for mask in self.backlog:
+                if want & mask:
+                    self.backlog[mask] += 1
         if dropped:
-            self.dropped_total += dropped
-            if self.metrics is not None:
-                self.metrics.buffer_dropped.inc(dropped)
-            self._log_drops(dropped)
-            self._refresh_oldest()
-        elif self.oldest is None:
-            self.oldest = now
+            self._count_dropped(dropped)
+        else:
+            for mask, oldest in self.oldest_by.items():
+                if oldest is None and any(want & mask for *_, want in items):
+                    self._refresh_oldest(mask)
         self._full_logged_at = None
         self._keep_wal_small()
         self._refresh_bytes()
         return list(seqs)
 
+    def _count_dropped(self, dropped: int) -> None:
+        """Account for the rows the transaction just committed dropped: per destination that
+        had not acknowledged them (``self._drops``), in total, in the metric and the log."""
+        self.dropped_total += dropped
+        for mask, n in self._drops.items():
+            self.backlog[mask] = max(0, self.backlog.get(mask, 0) - n)
+            self.dropped_by[mask] = self.dropped_by.get(mask, 0) + n
+            if self.metrics is not None:
+                self.metrics.buffer_dropped.labels(self._name_of(mask)).inc(n)
+        self._drops = {}
+        self._log_drops(dropped)
+        self._count_held()
+        self._refresh_oldest()
+
     def _transaction(
         self,
-        rows: list[tuple[str, str, int, int, float, bytes]],
+        rows: list[tuple[str, str, int, int, float, bytes, int]],
         new: dict[_Key, int],
         need: int,
         *,
@@ -546,6 +753,7 @@ class SqliteStore:
         """
         conn = self._require()
         ps = self.page_size
+        self._drops = {}
         conn.execute("BEGIN IMMEDIATE")
         start_pages, start_used = self._pages()
         allowed = start_pages if squeeze else max(self.budget_pages, start_pages)
@@ -585,16 +793,29 @@ class SqliteStore:
             [(d, k, s) for (d, k), s in new.items()],
         )
         if dropped:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (self.dropped_total + dropped,),
-            )
+            self._store_drop_totals(dropped)
         conn.execute("COMMIT")
         return dropped
 
+    def _store_drop_totals(self, dropped: int) -> None:
+        """Write the drop counters (total and per destination) in the open transaction, so
+        they survive restarts; the in-memory ones move only once it committed."""
+        totals = [("dropped", self.dropped_total + dropped)]
+        totals += [
+            (f"dropped:{self._name_of(mask)}", self.dropped_by.get(mask, 0) + n)
+            for mask, n in self._drops.items()
+        ]
+        self._require().executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            totals,
+        )
+
     def _drop_oldest(self, nbytes: int) -> int:
-        """Delete the oldest batches that together occupy about ``nbytes``; return how many."""
+        """Delete the oldest batches that together occupy about ``nbytes``; return how many.
+
+        Each dropped row counts, in ``self._drops``, for every destination that wanted it and
+        had not acknowledged it."""
         conn = self._require()
         covered = 0
         cutoff: int | None = None
@@ -609,9 +830,15 @@ class SqliteStore:
         cur.close()
         if cutoff is None:
             return 0
+        for _, want, acked, _ in conn.execute(
+            f"{_MARKS_OF} LEFT JOIN marks m ON m.id = b.id WHERE b.id <= ?", (cutoff,)
+        ):
+            pending = int(want) & ~int(acked)
+            for mask in self.backlog:
+                if pending & mask:
+                    self._drops[mask] = self._drops.get(mask, 0) + 1
         n = int(conn.execute("DELETE FROM batches WHERE id <= ?", (cutoff,)).rowcount)
-        if self.held:
-            self._count_held()
+        conn.execute("DELETE FROM marks WHERE id <= ?", (cutoff,))
         return n
 
     def _fit(self) -> None:
@@ -619,6 +846,7 @@ class SqliteStore:
         conn = self._require()
         pages, used = self._pages()
         if used > self.budget_pages:
+            self._drops = {}
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 dropped = 0
@@ -628,20 +856,13 @@ class SqliteStore:
                         break
                     dropped += n
                     pages, used = self._pages()
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (self.dropped_total + dropped,),
-                )
+                self._store_drop_totals(dropped)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise BufferError(f"cannot shrink {self.path} to max_size: {exc}") from exc
             self.count -= dropped
-            self.dropped_total += dropped
-            if self.metrics is not None:
-                self.metrics.buffer_dropped.inc(dropped)
-            self._log_drops(dropped)
+            self._count_dropped(dropped)
         if pages > self.max_budget_pages:
             # The file keeps its high-water mark after deletes; only VACUUM gives pages back. It
             # needs temporary space about the size of the database, once, at start.
@@ -680,102 +901,166 @@ class SqliteStore:
 
     # -- fetch / ack ------------------------------------------------------------------------------
 
-    def fetch(self, after_id: int, limit: int, upto_id: int | None) -> list[StoredBatch]:
+    def fetch(
+        self, after_id: int, limit: int, upto_id: int | None, output: str = DEFAULT_OUTPUT
+    ) -> list[StoredBatch]:
+        """The rows ``output`` still has to send, in id order."""
         if limit <= 0:
             return []
         conn = self._require()
+        bit = self._mask(output)
         try:
-            if upto_id is None:
-                cur = conn.execute(
-                    f"{_SELECT} WHERE id > ? AND {_LIVE} ORDER BY id LIMIT ?", (after_id, limit)
-                )
-            else:
-                cur = conn.execute(
-                    f"{_SELECT} WHERE id > ? AND id <= ? AND {_LIVE} ORDER BY id LIMIT ?",
-                    (after_id, upto_id, limit),
-                )
+            upto = "" if upto_id is None else "AND b.id <= :upto "
+            cur = conn.execute(
+                f"{_SELECT} {_MINE} AND b.id > :after {upto}ORDER BY b.id LIMIT :limit",
+                {"bit": bit, "after": after_id, "upto": upto_id, "limit": limit},
+            )
             return [StoredBatch(*row) for row in cur]
         except sqlite3.Error as exc:
             raise BufferError(f"cannot read the buffer: {exc}") from exc
 
-    def ack(self, ids: list[int]) -> None:
+    def ack(self, ids: list[int], output: str = DEFAULT_OUTPUT) -> None:
+        """``output`` has sent these rows: delete those no other destination still needs, mark
+        the rest as sent by it (a small ``marks`` row: the body is not rewritten)."""
         conn = self._require()
+        bit = self._mask(output)
+        done: list[tuple[int]] = []
+        later: list[tuple[int, int]] = []
+        counted: int | None = None
         try:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
-            cur = conn.executemany("DELETE FROM batches WHERE id = ?", [(i,) for i in ids])
+            if len(self.outputs) == 1 and not self.held:
+                # One destination: an ack is the plain delete it always was.
+                done = [(i,) for i in ids]
+            else:
+                counted = 0
+                for chunk in _chunks(ids, 500):
+                    marks = ", ".join("?" * len(chunk))
+                    for row_id, want, acked, _ in conn.execute(
+                        f"{_MARKS_OF} LEFT JOIN marks m ON m.id = b.id WHERE b.id IN ({marks})",
+                        chunk,
+                    ):
+                        if not want & bit or acked & bit:
+                            continue  # not ours, or acknowledged before
+                        counted += 1
+                        if want & ~(acked | bit):
+                            later.append((row_id, bit))
+                        else:
+                            done.append((row_id,))
+            cur = conn.executemany("DELETE FROM batches WHERE id = ?", done)
+            deleted = max(0, cur.rowcount)
+            if counted is not None:
+                conn.executemany("DELETE FROM marks WHERE id = ?", done)
+                conn.executemany(
+                    "INSERT INTO marks (id, acked) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET acked = acked | excluded.acked",
+                    later,
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             log.error(
                 "buffer could not delete published batches; they will be sent again",
-                extra={"error": str(exc), "batches": len(ids)},
+                extra={"error": str(exc), "batches": len(ids), "output": output},
             )
             return
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA synchronous=FULL")
-        self.count -= max(0, cur.rowcount)
-        self._refresh_oldest()
+        self.count -= deleted
+        self.backlog[bit] = max(0, self.backlog[bit] - (deleted if counted is None else counted))
+        self._refresh_oldest(bit)
         self._keep_wal_small()
         self._refresh_bytes()
 
-    def hold(self, ids: list[int], reason: str) -> int:
-        """Set rows aside with ``reason``: no longer fetched, never deleted as sent; they still
-        count against ``max_size`` and go first when it is full, like any old batch."""
+    def hold(self, ids: list[int], reason: str, output: str = DEFAULT_OUTPUT) -> int:
+        """Set rows aside for ``output`` with ``reason``: it no longer fetches them and never
+        acknowledges them as sent; they still count against ``max_size`` and go first when it is
+        full, like any old batch."""
         conn = self._require()
+        bit = self._mask(output)
+        fresh: list[int] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            cur = conn.executemany(
-                f"UPDATE batches SET held = ? WHERE id = ? AND {_LIVE}", [(reason, i) for i in ids]
+            for chunk in _chunks(ids, 500):
+                fresh += [
+                    int(i)
+                    for i, want, acked, held in conn.execute(
+                        f"{_MARKS_OF} LEFT JOIN marks m ON m.id = b.id WHERE b.id IN "
+                        f"({', '.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                    if want & bit and not (acked | held) & bit
+                ]
+            conn.executemany(
+                "INSERT INTO marks (id, held, reason) VALUES (?, ?, ?) ON CONFLICT (id) "
+                "DO UPDATE SET held = held | excluded.held, reason = excluded.reason",
+                [(i, bit, reason) for i in fresh],
             )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise BufferError(f"cannot set batches aside: {exc}") from exc
-        self.held += max(0, cur.rowcount)
         self.held_reason = reason
-        self._refresh_oldest()
-        return max(0, cur.rowcount)
+        self.held_reasons[bit] = reason
+        self._count_held()
+        self._refresh_oldest(bit)
+        return len(fresh)
 
     def release(self) -> int:
-        """Make every held row publishable again (at start, and when the format was rebuilt:
+        """Make every held row publishable again (at start, and when a format was rebuilt:
         what one agent could not pack, the next may).
 
-        The rows are inserted anew (same device, kind, seq, ts and body; a new row id) so that a
-        publisher already past their old ids finds them like any new batch; the consumer orders
-        by ``seq`` as it does after any replay."""
+        The rows are inserted anew (same device, kind, seq, ts and body; a new row id; wanted by
+        the destinations that had not sent them yet) so that a publisher already past their old
+        ids finds them like any new batch; the consumer orders by ``seq`` as it does after any
+        replay."""
         if not self.held:
             return 0
         conn = self._require()
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
-                "INSERT INTO batches (device, kind, seq, ts_ms, created, body) "
-                "SELECT device, kind, seq, ts_ms, created, body FROM batches "
-                f"WHERE {_HELD} ORDER BY id"
+                "INSERT INTO batches (device, kind, seq, ts_ms, created, body, want) "
+                "SELECT b.device, b.kind, b.seq, b.ts_ms, b.created, b.body, b.want & ~m.acked "
+                "FROM batches b JOIN marks m ON m.id = b.id WHERE m.held != 0 ORDER BY b.id"
             )
-            cur = conn.execute(f"DELETE FROM batches WHERE {_HELD}")
+            cur = conn.execute(
+                "DELETE FROM batches WHERE id IN (SELECT id FROM marks WHERE held != 0)"
+            )
+            conn.execute("DELETE FROM marks WHERE held != 0")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise BufferError(f"cannot release held batches: {exc}") from exc
-        self.held = 0
-        self.held_reason = None
+        self.held_reasons.clear()
+        self._count_held()
         self._refresh_oldest()
         return max(0, cur.rowcount)
 
     def _count_held(self) -> None:
         conn = self._require()
-        row = conn.execute(f"SELECT count(*) FROM batches WHERE {_HELD}").fetchone()
-        self.held = int(row[0])
-        if self.held and self.held_reason is None:
-            row = conn.execute(
-                f"SELECT held FROM batches WHERE {_HELD} ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-            self.held_reason = str(row[0]) if row else None
-        elif not self.held:
+        self.held = 0
+        held_by = dict.fromkeys(self.backlog, 0)
+        for (held,) in conn.execute("SELECT held FROM marks WHERE held != 0"):
+            self.held += 1
+            for mask in held_by:
+                if held & mask:
+                    held_by[mask] += 1
+        self.held_by = held_by
+        for mask, n in held_by.items():
+            if n and self.held_reasons.get(mask) is None:
+                row = conn.execute(
+                    "SELECT reason FROM marks WHERE held & ? ORDER BY id DESC LIMIT 1", (mask,)
+                ).fetchone()
+                self.held_reasons[mask] = str(row[0]) if row and row[0] is not None else None
+            elif not n:
+                self.held_reasons.pop(mask, None)
+        if not self.held:
             self.held_reason = None
+        elif self.held_reason is None:
+            self.held_reason = next((r for r in self.held_reasons.values() if r), None)
 
     def max_id(self) -> int:
         try:
@@ -796,16 +1081,32 @@ class SqliteStore:
         if conn is not None and conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-                if self.held:  # a drop inside the rolled-back transaction recounted them
-                    self._count_held()
+        self._drops = {}
 
-    def _refresh_oldest(self) -> None:
-        row = (
-            self._require()
-            .execute(f"SELECT created FROM batches WHERE {_LIVE} ORDER BY id LIMIT 1")
-            .fetchone()
-        )
-        self.oldest = float(row[0]) if row else None
+    def _refresh_oldest(self, mask: int | None = None) -> None:
+        """The oldest row each destination can still send (``mask``: only that one's).
+
+        Cheap at any backlog: no change ever adds a row a destination has to send below the
+        oldest it had (inserts and releases take new, higher ids), so each search starts where
+        the last one ended (``scan_from``) instead of stepping again over rows sent by this
+        destination that another one still holds."""
+        conn = self._require()
+        for m in self.backlog if mask is None else (mask,):
+            start = self.scan_from.get(m, 0)
+            row = conn.execute(
+                f"SELECT b.id, b.created FROM batches b {_MINE} AND b.id >= :start "
+                "ORDER BY b.id LIMIT 1",
+                {"bit": m, "start": start},
+            ).fetchone()
+            if row is not None:
+                self.oldest_by[m] = (int(row[0]), float(row[1]))
+                self.scan_from[m] = int(row[0])
+            else:
+                self.oldest_by[m] = None
+                top = conn.execute("SELECT max(id) FROM batches").fetchone()[0]
+                self.scan_from[m] = max(start, int(top or 0) + 1)
+        found = [o[1] for o in self.oldest_by.values() if o is not None]
+        self.oldest = min(found) if found else None
 
     def _refresh_bytes(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -891,3 +1192,15 @@ class SqliteStore:
                 "buffer commit failed; batches not stored, the next put retries",
                 extra={"error": str(exc), "file": str(self.path)},
             )
+
+
+def _key(device: str, kind: str) -> _Key:
+    """A seq counter's key; an earlier version's ``<device>/event`` (kind ``data``) is
+    ``(<device>, event)`` now."""
+    head, _, tail = device.partition("/")
+    return (head, tail) if tail and kind == "data" else (device, kind)
+
+
+def _chunks(ids: list[int], size: int) -> list[list[int]]:
+    """SQLite limits the parameters of one statement; lookups by id go in chunks."""
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
