@@ -39,10 +39,8 @@ def test_230_1_volts_is_written_as_the_standard_writes_it() -> None:
 @st.composite
 def formats_and_counts(draw: st.DrawFn) -> tuple[Format, int]:
     digits = draw(st.integers(1, 16))
-    decimals = draw(st.integers(0, digits))
+    decimals = draw(st.integers(0, digits - 1))  # a digit before the point, as the standard
     text = "X" * (digits - decimals) + ("." + "X" * decimals if decimals else "")
-    if digits == decimals:
-        text = "X." + "X" * decimals
     fmt = Format.parse(text, signed=draw(st.booleans()))
     low = -(fmt.limit - 1) if fmt.signed else 0
     return fmt, draw(st.integers(low, fmt.limit - 1))
