@@ -11,8 +11,11 @@ The rule is "touch only what changed":
   command, so the new limit applies to the next one;
 * devices sharing a line (an RS-485 port) are polled by one task, so a line whose set of device
   entries changed restarts as a whole, and an untouched line keeps running;
-* ``mqtt`` changes restart the publisher only (unacknowledged batches stay in the buffer and are
-  sent again by the new session; the devices keep polling);
+* destinations (the ``mqtt`` section, ``default``, and each of ``outputs:``) are compared one by
+  one: a destination whose section or format inputs changed gets a new session (unacknowledged
+  batches stay in the buffer and are sent again by it; the devices keep polling), an added one
+  starts with the batches committed from then on, a removed one stops and lets go of its share
+  of the buffer, and an unchanged one keeps its session and its in-flight window;
 * ``agent``, ``buffer`` and ``metrics`` changes are not applied: the log says which keys need
   ``systemctl restart``, and the running values stay in force;
 * the buffer is never touched.
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.app.config import ConfigErrors, load_config
 from agent.app.config.models import Config
+from agent.app.outputs import destination_config, destination_sections, dump_section, route_of
 from agent.north.formats import build_format
 from drivers.base import DeviceBase
 
@@ -57,8 +61,16 @@ class ReloadPlan:
     removed: list[str] = field(default_factory=list)
     #: Devices among ``unchanged`` whose ``LIVE_DEVICE_KEYS`` changed (applied without a restart).
     retuned: list[str] = field(default_factory=list)
-    restart_publisher: bool = False
+    #: Destinations whose section changed (their format's inputs are compared when applied).
+    restart_outputs: list[str] = field(default_factory=list)
+    added_outputs: list[str] = field(default_factory=list)
+    removed_outputs: list[str] = field(default_factory=list)
     needs_restart: list[str] = field(default_factory=list)  # dotted keys
+
+    @property
+    def restart_publisher(self) -> bool:
+        """Whether the ``default`` destination (the ``mqtt`` section) gets a new session."""
+        return "default" in self.restart_outputs
 
     @property
     def devices_touched(self) -> bool:
@@ -73,6 +85,9 @@ class ReloadPlan:
             "removed": ",".join(self.removed) or "-",
             "retuned": ",".join(self.retuned) or "-",
             "publisher_restarted": self.restart_publisher,
+            "outputs_restarted": ",".join(self.restart_outputs) or "-",
+            "outputs_added": ",".join(self.added_outputs) or "-",
+            "outputs_removed": ",".join(self.removed_outputs) or "-",
         }
 
 
@@ -95,7 +110,14 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         else:
             plan.changed.append(name)
     plan.removed = [name for name in before if name not in after]
-    plan.restart_publisher = _dump(old.mqtt) != _dump(new.mqtt)
+    before_out, after_out = destination_sections(old), destination_sections(new)
+    plan.added_outputs = [n for n in after_out if n not in before_out]
+    plan.removed_outputs = [n for n in before_out if n not in after_out]
+    plan.restart_outputs = [
+        n
+        for n, section in after_out.items()
+        if n in before_out and dump_section(before_out[n]) != dump_section(section)
+    ]
     for section in RESTART_SECTIONS:
         plan.needs_restart += _changed_keys(
             section, _dump(getattr(old, section)), _dump(getattr(new, section))
@@ -108,12 +130,7 @@ def _live_keys(device: DeviceBase) -> dict[str, Any]:
 
 
 def _dump(model: Any) -> Any:
-    # The password is excluded from dumps: compare it explicitly, never log it.
-    data = model.model_dump(mode="json")
-    secret = getattr(model, "password", None)
-    if secret is not None:
-        data["__password"] = secret.get_secret_value()
-    return data
+    return dump_section(model)  # the password compared too, never logged
 
 
 def _changed_keys(prefix: str, old: Any, new: Any) -> list[str]:
@@ -158,20 +175,38 @@ async def apply_reload(agent: Agent, path: Path) -> bool:
         }
     )
     await agent.apply_devices(plan)
-    # The format is built from the mqtt section and the devices (sub-device maps, topic
-    # placement, Sparkplug's metric types...): a new one whenever its inputs changed.
-    fmt = build_format(agent.config)
-    if fmt.spec != agent.format.spec:
-        agent.format = fmt
-        plan.restart_publisher = True
-    if plan.restart_publisher:
-        await agent.restart_publisher(removed=plan.removed)
-        await agent.release_quarantined("format rebuilt by a reload")
+    await apply_destinations(agent, plan)
     agent.reloads += 1
     agent.config_loaded_at = time.time()
     agent.metrics.config_reloads.labels("applied").inc()
     log.info("config reloaded", extra=plan.summary())
     return True
+
+
+async def apply_destinations(agent: Agent, plan: ReloadPlan) -> None:
+    """Per destination: stop the removed ones, tell the buffer who wants what now, start the
+    added ones, and give a new session to each whose section changed or whose format the new
+    config builds differently (sub-device maps, topic placement, Sparkplug's metric types...);
+    the others keep theirs."""
+    for name in plan.removed_outputs:
+        await agent.remove_destination(name)
+    sections = destination_sections(agent.config)
+    await agent.buffer.set_routes([route_of(n, s) for n, s in sections.items()])
+    for name in plan.added_outputs:
+        await agent.add_destination(name)
+    for name, dest in list(agent.destinations.items()):
+        if name in plan.added_outputs:
+            continue
+        fmt = build_format(destination_config(agent.config, name))
+        route = route_of(name, sections[name])
+        if name not in plan.restart_outputs and (
+            fmt.spec != dest.format.spec or route != dest.route
+        ):
+            plan.restart_outputs.append(name)
+        if name in plan.restart_outputs:
+            await agent.restart_publisher(removed=plan.removed, name=name)
+    if plan.restart_outputs:
+        await agent.release_quarantined("format rebuilt by a reload")
 
 
 async def _off_loop(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.app.config import Config
+from agent.app.outputs import Destination, Fanout, build_destination, destination_sections
 from agent.app.reload import ReloadPlan, active_devices, apply_reload
-from agent.core.buffer import Buffer, BufferError
+from agent.core.buffer import DEFAULT_OUTPUT, Buffer, BufferError, Route
 from agent.core.clock import ClockWatch, DeviceStamps
 from agent.core.pipeline import Pipeline
 from agent.core.processing import Processing
-from agent.north.formats import build_format
+from agent.north.formats import Format
 from agent.north.publisher import Publisher
 from agent.ops.http import StatusServer
 from agent.ops.metrics import DriverErrors, Metrics
@@ -62,14 +63,19 @@ class Agent:
         self.notifier = notifier or Notifier({})
         self.drivers = drivers if drivers is not None else load_drivers()
         self.buffer = Buffer(Path(config.agent.data_dir), config.buffer.max_size, self.metrics)
-        self.format = build_format(config)
         devices = config.active_devices()
         # Live: a reload updates it in place, so the command handler sees added/removed devices.
         self.device_configs: dict[str, DeviceBase] = {d.name: d for d in devices}
         # One for the agent's life, handed to every publisher: each device's rate limit (its
         # ``commands`` key, read per command) keeps its tokens across a publisher restart.
         self.commands = CommandHandler(self.device_configs, self._write_target)
-        self.publisher = self._make_publisher(config)
+        #: Every destination by name, ``default`` (the ``mqtt`` section) first: each with its
+        #: own format, session and share of the buffer (agent/app/outputs.py).
+        self.destinations: dict[str, Destination] = {
+            name: build_destination(config, name, self._make_publisher)
+            for name in destination_sections(config)
+        }
+        self.fanout = Fanout(lambda: [d.publisher for d in self.destinations.values()])
         self.processing = self._build_processing(devices)
         # Read at scrape time; registered here so that core knows nothing of the exposition.
         self.metrics.registry.register(ProcessingCollector(lambda: self.processing.processors))
@@ -77,7 +83,7 @@ class Agent:
         # The status board watches every device's batches and state changes (agent/ops/status.py).
         self.board = StatusBoard()
         self._sink = self.board.batch_sink(self.pipeline.submit)
-        self._status = self.board.status_sink(lambda: self.publisher)
+        self._status = self.board.status_sink(lambda: self.fanout)
         self.pollers: list[DevicePoller] = []
         self.lines: list[LinePoller] = []
         self._add_pollers(devices)
@@ -87,7 +93,6 @@ class Agent:
         self.clock = ClockWatch(self.metrics.clock_synchronized)
         self._tasks: list[asyncio.Task[None]] = []
         self._task_of: dict[int, asyncio.Task[None]] = {}  # id(poller or line) -> its task
-        self._publisher_task: asyncio.Task[None] | None = None
         self._http: StatusServer | None = None
         self.version = _version()
         self.running = False
@@ -97,17 +102,33 @@ class Agent:
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
 
-    def _make_publisher(self, config: Config) -> Publisher:
+    @property
+    def publisher(self) -> Publisher:
+        """The ``default`` destination's session (the ``mqtt`` section)."""
+        return self.destinations[DEFAULT_OUTPUT].publisher
+
+    @property
+    def format(self) -> Format:
+        return self.destinations[DEFAULT_OUTPUT].format
+
+    def _make_publisher(self, config: Config, route: Route, fmt: Format) -> Publisher:
+        """``config`` as the destination sees it (its section as ``mqtt``)."""
         mqtt = config.mqtt
         password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+        default_id = (
+            config.agent.id
+            if route.output == DEFAULT_OUTPUT
+            else f"{config.agent.id}-{route.output}"
+        )
         return Publisher(
             mqtt,
-            mqtt.client_id or config.agent.id,
+            mqtt.client_id or default_id,
             password,
             self.buffer,
-            self.format,
+            fmt,
             self.metrics,
             self.commands,
+            route,
         )
 
     def _write_target(self, device: str) -> PolledDevice | None:
@@ -162,8 +183,8 @@ class Agent:
         return Processing(
             devices,
             Path(self.config.agent.data_dir),
-            # self.publisher, not a copy of it: a reload may replace the publisher.
-            lambda device, payload: self.publisher.retain(device, "state", payload),
+            # Through the fan-out, not a publisher: a reload may replace publishers.
+            lambda device, payload: self.fanout.retain(device, "state", payload),
         )
 
     async def start(self) -> None:
@@ -173,6 +194,7 @@ class Agent:
         self.metrics.info.labels(self.config.agent.id, self.version).set(1)
         self.metrics.buffer_max_bytes.set(self.buffer.max_size)
         await self.buffer.open()
+        await self.buffer.set_routes([d.route for d in self.destinations.values()])
         self.buffer_open = True
         await self.release_quarantined("agent started")
         await self.processing.start()
@@ -189,7 +211,8 @@ class Agent:
             server.start()
             self._http = server
             log.info("metrics served", extra={"listen": f"{listen.host}:{server.port}"})
-        self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        for dest in self.destinations.values():
+            self._start_destination(dest)
         for lone in self.pollers:
             self._start_poller(lone)
         for on_line in self.lines:
@@ -261,7 +284,7 @@ class Agent:
         for name in plan.removed:
             self.board.forget(name)
             self.metrics.forget_device(name)
-            self.publisher.device_status(name, "down", "removed from config", time.time())
+            self.fanout.device_status(name, "down", "removed from config", time.time())
         self.device_configs.clear()
         self.device_configs.update(fresh)
         # Processing keeps the run time, counter totals and alarms of changed devices.
@@ -272,27 +295,67 @@ class Agent:
             for new_poller in made:
                 self._start_poller(new_poller)
 
-    async def restart_publisher(self, removed: Collection[str] = ()) -> None:
-        """A new session with the new ``mqtt`` settings; the buffer keeps what was in flight.
+    def _start_destination(self, dest: Destination) -> None:
+        dest.task = asyncio.create_task(dest.publisher.run(), name=f"publisher:{dest.name}")
+
+    async def add_destination(self, name: str) -> None:
+        """Start a destination the config gained (a reload): a new session that takes the
+        batches committed from now on."""
+        dest = build_destination(self.config, name, self._make_publisher)
+        self.destinations[name] = dest
+        self._carry_over(dest, None, ())
+        if self.running:
+            self._start_destination(dest)
+        log.info("destination added", extra={"output": name})
+
+    async def remove_destination(self, name: str) -> None:
+        """Stop a destination the config lost; its share of the buffer is let go by the
+        buffer's ``set_routes``."""
+        dest = self.destinations.pop(name)
+        await self._stop_destination(dest)
+        self.metrics.forget_output(name)
+        log.info("destination removed", extra={"output": name})
+
+    async def restart_publisher(
+        self, removed: Collection[str] = (), name: str = DEFAULT_OUTPUT
+    ) -> None:
+        """A new session for destination ``name`` with its new settings and format; the buffer
+        keeps what was in flight, the other destinations keep their sessions.
 
         The devices this reload ``removed`` are said down by the new session too: the old one
         told the broker only if it was connected, and a platform would otherwise keep a removed
         device online for good (a retained status, an attribute, a sub-device state)."""
-        old, task = self.publisher, self._publisher_task
-        await self._stop_publisher()
-        self.publisher = self._make_publisher(self.config)
-        for device, view in self.board.devices.items():  # retained states, for the new session
-            if view.state is not None and view.since is not None:
-                self.publisher.device_status(device, view.state, view.reason, view.since)
-        for device in removed:
-            self.publisher.device_status(device, "down", "removed from config", time.time())
-        for (device, kind), payload in old.sides.items():
-            if device in self.device_configs:
-                self.publisher.retain(device, kind, payload)
+        old = self.destinations[name]
+        await self._stop_destination(old)
+        dest = build_destination(self.config, name, self._make_publisher)
+        self.destinations[name] = dest
+        self._carry_over(dest, old.publisher, removed)
         if self.running:
-            self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
-        log.info("publisher restarted with the new mqtt settings")
-        del old, task
+            self._start_destination(dest)
+        log.info("publisher restarted with the new settings", extra={"output": name})
+
+    def _carry_over(
+        self, dest: Destination, old: Publisher | None, removed: Collection[str]
+    ) -> None:
+        """What a new session must say at once: every device's retained state, the removed
+        devices down, the latest machine states."""
+        publisher = dest.publisher
+        for device, view in self.board.devices.items():
+            if view.state is not None and view.since is not None:
+                publisher.device_status(device, view.state, view.reason, view.since)
+        for device in removed:
+            publisher.device_status(device, "down", "removed from config", time.time())
+        sides = old.sides if old is not None else self.processing_sides()
+        for (device, kind), payload in sides.items():
+            if device in self.device_configs:
+                publisher.retain(device, kind, payload)
+
+    def processing_sides(self) -> dict[tuple[str, str], bytes]:
+        """The latest side documents any running session holds (for a new destination)."""
+        sides: dict[tuple[str, str], bytes] = {}
+        for dest in self.destinations.values():
+            sides.update(dest.publisher.sides)
+        return sides
 
     async def release_quarantined(self, why: str) -> None:
         """Give batches an earlier format could not pack another try (a fixed agent, a changed
@@ -314,7 +377,7 @@ class Agent:
         self._task_of.clear()
         self.running = False
         await self.processing.stop()
-        await self._stop_publisher()
+        await asyncio.gather(*(self._stop_destination(d) for d in self.destinations.values()))
         await self.buffer.close()
         self.buffer_open = False
         if self._http is not None:
@@ -322,18 +385,18 @@ class Agent:
             self._http = None
         logging.getLogger().removeHandler(self.board.recent)
 
-    async def _stop_publisher(self) -> None:
-        task = self._publisher_task
+    async def _stop_destination(self, dest: Destination) -> None:
+        task = dest.task
         if task is not None:
-            connected = self.publisher.connected.is_set()
+            connected = dest.publisher.connected.is_set()
             with contextlib.suppress(Exception):
-                await self.publisher.stop()
+                await dest.publisher.stop()
             if connected:  # it disconnects by itself once the window has settled
                 with contextlib.suppress(TimeoutError, Exception):
                     await asyncio.wait_for(asyncio.shield(task), 2.0)
             # Still waiting to reconnect, or slow to finish: nothing left to save.
-            await _cancel(task, "publisher")
-            self._publisher_task = None
+            await _cancel(task, f"publisher:{dest.name}")
+            dest.task = None
 
 
 async def _main(config: Config, config_path: Path | None = None) -> int:
