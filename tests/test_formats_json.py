@@ -10,8 +10,8 @@ import pytest
 
 from agent.app.config import ConfigErrors, load_config
 from agent.core.buffer import StoredBatch
-from agent.north.config import check_template
 from agent.north.formats import JsonFormat, build_format
+from agent.north.formats.jsonfmt import check_template
 from agent.south.registry import load_drivers
 from tests.brokers import Mosquitto, Subscriber
 from tests.test_failover import Rig, _settings

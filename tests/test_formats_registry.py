@@ -3,12 +3,11 @@ with what the config accepts and with what the seams matrix covers."""
 
 from __future__ import annotations
 
-import typing
 from importlib.metadata import EntryPoint
 
 import pytest
 
-from agent.app.config.models import FormatName
+from agent.app.config.loader import config_schema
 from agent.core.streams import STREAM_KINDS, StreamKind
 from agent.north.formats import registry
 from agent.north.formats.base import Format
@@ -17,9 +16,13 @@ from tests.platforms.dialects import DIALECTS
 
 
 def test_config_accepts_exactly_the_registered_formats() -> None:
-    """``mqtt.format`` keeps its own list (it is validated without importing any format): a
-    format registered but refused by the config, or accepted but not installed, fails here."""
-    assert set(typing.get_args(FormatName)) == set(available_formats())
+    """``mqtt.format`` is composed from the registry: every registered format is a choice, with
+    its options section beside it; nothing else is."""
+    mqtt = config_schema({})["$defs"]["MqttSection"]["properties"]
+    assert mqtt["format"]["enum"] == ["json", *sorted(set(available_formats()) - {"json"})]
+    for name in available_formats():
+        options = load_format(name).Options
+        assert (name in mqtt) == (options is not None), name
 
 
 @pytest.mark.parametrize("name", sorted(available_formats()))

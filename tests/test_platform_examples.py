@@ -12,16 +12,13 @@ languages) must be contained in the example it links to, so the two cannot drift
 from __future__ import annotations
 
 import re
-import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 from ruamel.yaml import YAML
 
 from agent.app.config import load_config
-from agent.app.config.models import MqttSection
 from agent.north.formats.build import build_format
 from agent.north.formats.registry import available_formats, load_format
 from agent.south.registry import load_drivers
@@ -50,11 +47,8 @@ _yaml = YAML(typ="safe", pure=True)
 
 def option_keys(name: str) -> set[str]:
     """The keys of the format's section ``mqtt.<name>`` (none when it has no section)."""
-    for field_name, field in MqttSection.model_fields.items():
-        if (field.alias or field_name) == name:
-            models = [a for a in typing.get_args(field.annotation) if isinstance(a, type)]
-            return {k for m in models if issubclass(m, BaseModel) for k in m.model_fields}
-    return set()
+    options = load_format(name).Options
+    return set() if options is None else set(options.model_fields)
 
 
 def parse(text: str) -> Any:

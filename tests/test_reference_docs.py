@@ -68,7 +68,8 @@ def test_config_page_shows_types_defaults_and_allowed_values() -> None:
     mqtt = page[page.index("## `mqtt`\n") :]
     assert "| `port` | integer | `1883` | 1 to 65535 |" in mqtt
     assert "| `keepalive` | duration | `30.0` | >= 0 |" in mqtt
-    formats = "`json`, `sparkplug`, `thingsboard`, `aws`, `azure`, `alibaba`, `huawei`"
+    # From the format registry: the default first, then by name.
+    formats = "`json`, `alibaba`, `aws`, `azure`, `huawei`, `sparkplug`, `thingsboard`"
     assert f"| `format` | string | `json` | {formats} |" in mqtt
     assert "| `id` | name | required |" in page
     assert "| `max_size` | size | `256000000` |" in page

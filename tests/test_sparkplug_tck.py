@@ -53,9 +53,8 @@ from pydantic import ValidationError
 
 from agent.app.config import ConfigErrors, load_config
 from agent.core.buffer import Buffer
-from agent.north.config import SparkplugOptions
 from agent.north.formats.sparkplug import sparkplug_b_pb2
-from agent.north.formats.sparkplug.format import SparkplugFormat
+from agent.north.formats.sparkplug.format import SparkplugFormat, SparkplugOptions
 from agent.north.publisher import Publisher
 from agent.ops.metrics import Metrics
 from agent.south.commands import CommandHandler

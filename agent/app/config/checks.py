@@ -96,8 +96,8 @@ def _tag_names(entry: Mapping[str, Any], base: DataPath) -> list[tuple[str, Data
 
 
 def cross_check(data: Any, loc: Locator, skip: set[DataPath]) -> list[ConfigIssue]:
-    """Profiles exist and fit their devices; device names and merged tag names are unique;
-    the ThingsBoard type maps name profiles and devices of the file."""
+    """Profiles exist and fit their devices; device names and merged tag names are unique.
+    (What a format's options name is the format's to check: ``format_checks``.)"""
     issues: list[ConfigIssue] = []
     raw_profiles: Any = data.get("profiles") if isinstance(data, dict) else None
     profiles: dict[str, Any] = raw_profiles if isinstance(raw_profiles, dict) else {}
@@ -149,7 +149,6 @@ def cross_check(data: Any, loc: Locator, skip: set[DataPath]) -> list[ConfigIssu
                     line = pos.value(tag_path).line
                     inherited.setdefault(tag, f"in profile {profile_name!r}, line {line}")
         issues += _duplicates(_tag_names(device, path), loc, "tag name", inherited)
-    issues += [loc.at_key(p, message) for p, message in thingsboard_name_issues(data)]
     return issues
 
 
@@ -216,40 +215,3 @@ def line_check(
 
 def _keys(dotted_key: str) -> DataPath:
     return tuple(int(k) if k.isdigit() else k for k in dotted_key.split("."))
-
-
-def thingsboard_name_issues(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
-    """(path, message) for each name under ``mqtt.thingsboard.profile_types``/``device_types``
-    that is not a profile/device of the file.
-
-    Checked on the parsed data so each one is reported at its own key and in the same run as
-    every other problem: a typo there would otherwise leave its device in the default profile
-    without a word.
-    """
-    mqtt = data.get("mqtt") if isinstance(data, dict) else None
-    tb = mqtt.get("thingsboard") if isinstance(mqtt, dict) else None
-    if not isinstance(tb, dict):
-        return []
-    raw_devices = data.get("devices")
-    devices = [
-        d["name"]
-        for d in (raw_devices if isinstance(raw_devices, list) else [])
-        if isinstance(d, dict) and isinstance(d.get("name"), str)
-    ]
-    raw_profiles = data.get("profiles")
-    profiles = [str(p) for p in raw_profiles] if isinstance(raw_profiles, dict) else []
-    issues: list[tuple[tuple[str | int, ...], str]] = []
-    for key, what, known in (
-        ("profile_types", "profile", profiles),
-        ("device_types", "device", devices),
-    ):
-        entries = tb.get(key)
-        if not isinstance(entries, dict):
-            continue
-        for name in entries:
-            if not isinstance(name, str) or name in known:
-                continue  # a key that is no name at all is pydantic's to report
-            listed = ", ".join(sorted(known)) or f"no {what}s are defined"
-            message = f"unknown {what} {name!r} ({what}s: {listed}){suggest(name, known)}"
-            issues.append((("mqtt", "thingsboard", key, name), message))
-    return issues

@@ -16,6 +16,12 @@ from pydantic_core import PydanticCustomError
 
 from agent.app.config.checks import cross_check, line_check, precheck
 from agent.app.config.errors import ROOT_PATH, YAML_PATH, ConfigErrors, ConfigIssue
+from agent.app.config.formats import (
+    FormatClasses,
+    format_checks,
+    format_section_model,
+    load_section_formats,
+)
 from agent.app.config.locate import Locator
 from agent.app.config.models import BASE_DIR, Config, MqttSection, build_config_model
 from agent.app.config.secrets import resolve_secrets as fill_secrets
@@ -91,7 +97,11 @@ def load_config(
     pre = precheck(data, drivers, loc)
     issues += pre.issues
     # Only the drivers this file names are imported and typed into the model (see Drivers).
-    model = build_config_model({n: drivers[n] for n in _named_drivers(data) if n in drivers})
+    # Likewise the formats: the one the file chooses is imported, the others are names.
+    formats = load_section_formats(data, [data.get("mqtt")])
+    model = build_config_model(
+        {n: drivers[n] for n in _named_drivers(data) if n in drivers}, formats
+    )
     context = {BASE_DIR: path.parent.absolute()}
     config: Config | None = None
     try:
@@ -104,11 +114,12 @@ def load_config(
         ]
         issues += loc.from_pydantic(errors, model)
     issues += cross_check(data, loc, pre.skip)
+    issues += [loc.at_key(p, message) for p, message in format_checks(data, ("mqtt",), formats)]
     issues += line_check(data, drivers, loc, pre.skip)
     mqtt = config.mqtt if config is not None else None
     if resolve_secrets:
         if mqtt is None:
-            mqtt = _mqtt_alone(data, context)
+            mqtt = _mqtt_alone(data, context, formats)
         if mqtt is not None:
             mqtt, secret_issues = fill_secrets(mqtt, loc)
             issues += secret_issues
@@ -155,17 +166,23 @@ def _after_merge(config: Config, loc: Locator) -> list[ConfigIssue]:
     return issues
 
 
-def _mqtt_alone(data: dict[str, Any], context: dict[str, Any]) -> MqttSection | None:
+def _mqtt_alone(
+    data: dict[str, Any], context: dict[str, Any], formats: FormatClasses
+) -> MqttSection | None:
     """The ``mqtt`` section validated by itself, so a missing secret is reported in the same run
     as a mistake elsewhere in the file; None when the section is wrong (already reported)."""
+    model = format_section_model(MqttSection, formats)
     try:
-        return MqttSection.model_validate(data.get("mqtt", {}), context=context)
+        return model.model_validate(data.get("mqtt", {}), context=context)
     except ValidationError:
         return None
 
 
-def config_schema(drivers: Mapping[str, type[Driver]]) -> dict[str, Any]:
-    """JSON Schema of the whole file for these drivers, for editors and CI."""
-    schema = build_config_model(drivers).model_json_schema(mode="validation")
+def config_schema(
+    drivers: Mapping[str, type[Driver]], formats: FormatClasses | None = None
+) -> dict[str, Any]:
+    """JSON Schema of the whole file for these drivers and formats (by default every installed
+    format), for editors and CI."""
+    schema = build_config_model(drivers, formats).model_json_schema(mode="validation")
     schema.pop("title", None)
     return {"$schema": SCHEMA_DIALECT, "title": SCHEMA_TITLE, **schema}

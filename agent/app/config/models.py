@@ -13,10 +13,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Discriminator,
     Field,
     SecretStr,
@@ -28,17 +29,10 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from agent.app.config.formats import format_section_model
 from agent.core.processing.config import processed_models
-from agent.north.config import (
-    AlibabaOptions,
-    AwsOptions,
-    AzureOptions,
-    HuaweiOptions,
-    JsonOptions,
-    SparkplugOptions,
-    ThingsBoardOptions,
-    placement_issues,
-)
+from agent.north.formats.base import Format, options_field
+from agent.north.formats.registry import installed_formats
 from drivers.base import (
     NAME_PATTERN,
     DeviceBase,
@@ -155,14 +149,37 @@ class TlsSection(StrictModel):
         return self
 
 
-#: The northbound dialects (agent/north/formats); each one's options go in the section of its name.
-FormatName = Literal["json", "sparkplug", "thingsboard", "aws", "azure", "alibaba", "huawei"]
+def _options_after_format(schema: dict[str, Any], model: type[Any]) -> None:
+    """In the schema, the formats' option sections follow ``format`` (where a reader looks for
+    them), though the composed model adds them after every connection key."""
+    properties = schema.get("properties")
+    classes = getattr(model, "format_classes", {})
+    keys = [cls.section_key() if cls else name for name, cls in classes.items()]
+    if not isinstance(properties, dict) or "format" not in properties:
+        return
+    options = {k: properties[k] for k in keys if k in properties}
+    ordered: dict[str, Any] = {}
+    for key, value in properties.items():
+        if key in options:
+            continue
+        ordered[key] = value
+        if key == "format":
+            ordered.update(options)
+    schema["properties"] = ordered
 
 
 class MqttSection(StrictModel):
     """The broker connection. The password is never written in the file: it comes from an
     environment variable or a file readable only by the agent, so configs can be shared and
     committed."""
+
+    # The formats' option sections (``json``, ``sparkplug``...) are not declared here: each
+    # format declares its own, and ``agent.app.config.formats.format_section_model`` composes
+    # this model with the installed ones (``format_classes``).
+    model_config = ConfigDict(json_schema_extra=_options_after_format)
+
+    #: The formats this model was composed with (name: class, or None when not imported).
+    format_classes: ClassVar[dict[str, type[Format] | None]] = {}
 
     host: str = Field(default="127.0.0.1", min_length=1, description="broker host name or address")
     port: int = Field(
@@ -189,25 +206,8 @@ class MqttSection(StrictModel):
         max_length=TOPIC_PREFIX_MAX,
         description="first topic levels; default edge/<agent.id>",
     )
-    format: FormatName = Field(
+    format: str = Field(
         default="json", description="payload format; its options go in the section of that name"
-    )
-    json_options: JsonOptions | None = Field(
-        default=None, alias="json", description="options of format: json"
-    )
-    sparkplug: SparkplugOptions | None = Field(
-        default=None, description="options of format: sparkplug (required with it)"
-    )
-    thingsboard: ThingsBoardOptions | None = Field(
-        default=None, description="options of format: thingsboard"
-    )
-    aws: AwsOptions | None = Field(default=None, description="options of format: aws")
-    azure: AzureOptions | None = Field(default=None, description="options of format: azure")
-    alibaba: AlibabaOptions | None = Field(
-        default=None, description="options of format: alibaba (required with it)"
-    )
-    huawei: HuaweiOptions | None = Field(
-        default=None, description="options of format: huawei (required with it)"
     )
     max_rate: float | None = Field(
         default=None,
@@ -276,39 +276,36 @@ class MqttSection(StrictModel):
     def _consistent(self) -> MqttSection:
         if self.servers is not None and {"host", "port"} & self.model_fields_set:
             raise key_error("servers", "use servers or host/port, not both")
-        if self.format == "huawei" and self.huawei is None:
-            raise key_error("format", "format: huawei needs a huawei section (device ids)")
-        if self.format == "alibaba" and self.alibaba is None:
-            raise key_error("format", "format: alibaba needs an alibaba section (product keys)")
-        if self.format == "sparkplug" and self.sparkplug is None:
-            raise key_error("format", "format: sparkplug needs a sparkplug section (group_id)")
-        for section, name in (
-            ("json", "json"),
-            ("sparkplug", "sparkplug"),
-            ("thingsboard", "thingsboard"),
-            ("aws", "aws"),
-            ("azure", "azure"),
-            ("alibaba", "alibaba"),
-            ("huawei", "huawei"),
-        ):
-            attr = "json_options" if section == "json" else section
-            if getattr(self, attr) is not None and self.format != name:
-                raise key_error(section, f"the {section} section needs format: {name}")
+        chosen = self._format_rules()
         source = password_source(self.password_env, self.password_file)
-        if self.format == "aws" and (self.tls is None or self.tls.cert_file is None):
-            raise key_error("format", "format: aws needs tls with cert_file and key_file")
-        if self.format == "aws" and self.topic_prefix and self.topic_prefix.count("/") > 4:
-            raise key_error(
-                "topic_prefix", "AWS IoT allows 7 slashes per topic: at most 5 prefix levels"
-            )
-        # With these formats the password is a token (sent as user) or a key (signs one).
-        token = self.format in ("thingsboard", "azure", "alibaba", "huawei")
+        # A format whose password is a token (sent as user) or a key (signs one) needs no user.
+        token = chosen is not None and chosen.password_is_token
         if self.username is None and getattr(self, source) is not None and not token:
             # MQTT 3.1.1 sends no password without a user name; the client would drop it silently.
             raise key_error(source, "a password needs a username (MQTT 3.1.1 sends none without)")
         if self.reconnect_min > self.reconnect_max:
             raise key_error("reconnect_max", "reconnect_max must not be less than reconnect_min")
         return self
+
+    def _format_rules(self) -> type[Format] | None:
+        """The chosen format's class after its rules held: its section is given when it has
+        options without defaults, no other format's section is, and its ``check_section``."""
+        chosen = self.format_classes.get(self.format)
+        for name, cls in self.format_classes.items():
+            key = cls.section_key() if cls else name
+            if name != self.format and getattr(self, options_field(key), None) is not None:
+                raise key_error(key, f"the {key} section needs format: {name}")
+        if chosen is None:
+            return None
+        key = chosen.section_key()
+        required = chosen.options_required()
+        if required and getattr(self, options_field(key), None) is None:
+            needs = ", ".join(required)
+            an = "an" if key[:1] in tuple("aeiou") else "a"
+            raise key_error("format", f"format: {self.format} needs {an} {key} section ({needs})")
+        for at, message in chosen.check_section(self):
+            raise key_error(at, message)
+        return chosen
 
 
 def _at_least_1mb(value: int) -> int:
@@ -387,13 +384,6 @@ class Config(StrictModel):
             mqtt["topic_prefix"] = f"edge/{agent_id}"
         return {**data, "mqtt": mqtt}
 
-    @model_validator(mode="after")
-    def _placement(self) -> Config:
-        names = [d.name for d in self.devices]
-        for key, message in placement_issues(self.agent, self.mqtt, names):
-            raise key_error("mqtt", f"json.{key}: {message}")
-        return self
-
     def active_devices(self) -> list[DeviceBase]:
         """The devices that run: every one but those with ``enabled: false`` (the one place
         that says so; pollers, formats and reload all ask here)."""
@@ -426,10 +416,22 @@ def _tagged_union(models: Mapping[str, type[Any]]) -> Any:
     ]
 
 
-def build_config_model(drivers: Mapping[str, type[Driver]]) -> type[Config]:
-    """The top-level model for these drivers: devices and profiles typed by the drivers' models."""
+def build_config_model(
+    drivers: Mapping[str, type[Driver]],
+    formats: Mapping[str, type[Format] | None] | None = None,
+) -> type[Config]:
+    """The top-level model for these drivers and formats: devices and profiles typed by the
+    drivers' models, ``mqtt`` by the formats' options (``format_section_model``; by default
+    every installed format, imported)."""
+    mqtt = format_section_model(MqttSection, installed_formats() if formats is None else formats)
+    mqtt_field = (
+        mqtt,
+        Field(default_factory=mqtt, description=Config.model_fields["mqtt"].description),
+    )
     if not drivers:
-        return Config
+        return create_model(
+            "Config", __base__=Config, __doc__="edge-agent configuration", mqtt=mqtt_field
+        )
     # Each driver's models with the agent's processing keys added (the contract has none).
     models = {n: processed_models(d.device_model, d.profile_model) for n, d in drivers.items()}
     device = _tagged_union({name: models[name][0] for name in sorted(models)})
@@ -438,6 +440,7 @@ def build_config_model(drivers: Mapping[str, type[Driver]]) -> type[Config]:
         "Config",
         __base__=Config,
         __doc__="edge-agent configuration",
+        mqtt=mqtt_field,
         profiles=(
             dict[Name, profile],  # type: ignore[valid-type]
             Field(default_factory=dict, description=Config.model_fields["profiles"].description),

@@ -28,10 +28,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
-from agent.north.formats.base import Command, Format, Message, Packed, Reaction, stream_of
+from agent.north.formats.base import (
+    Command,
+    Format,
+    Message,
+    Packed,
+    Reaction,
+    options_of,
+    stream_of,
+)
 from agent.north.formats.split import chunks
+from drivers.base import Name, Size, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
@@ -74,14 +85,41 @@ def mqtt_credentials(
     )
 
 
+class AlibabaSubDevice(StrictModel):
+    """How one of our devices is known on Alibaba Cloud IoT Platform."""
+
+    product_key: Name | None = Field(default=None, description="default alibaba.sub_product_key")
+    device_name: Name | None = Field(default=None, description="default: the device's name")
+
+
+class AlibabaOptions(StrictModel):
+    """Options of ``format: alibaba`` (Alibaba Cloud IoT Platform, Alink JSON). The gateway's
+    DeviceSecret comes from ``mqtt.password_env``/``password_file``; sub-devices are registered
+    dynamically, so their secrets come from the platform."""
+
+    product_key: Name = Field(description="ProductKey of the gateway device")
+    device_name: Name | None = Field(
+        default=None, description="DeviceName of the gateway; default agent.id"
+    )
+    sub_product_key: Name = Field(description="ProductKey of the sub-devices (our devices)")
+    devices: dict[Name, AlibabaSubDevice] = Field(
+        default_factory=dict, description="per device: another product key or device name"
+    )
+    max_payload: Size = Field(
+        default=MAX_PAYLOAD, ge=1024, description="largest message (the platform's 256KB)"
+    )
+
+
 class AlibabaFormat(Format):
     name = "alibaba"
+    Options = AlibabaOptions
+    password_is_token = True  # the DeviceSecret signs the connection
     retain_supported = False
 
     @classmethod
     def from_config(cls, config: Config) -> AlibabaFormat:
         agent, mqtt = config.agent, config.mqtt
-        ali = mqtt.alibaba
+        ali = options_of(mqtt, cls.section_key(), AlibabaOptions)
         assert ali is not None  # the config requires the section with format: alibaba
         subs = {}
         for d in config.active_devices():

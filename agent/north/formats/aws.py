@@ -10,13 +10,23 @@ offline state as the MQTT will.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
-from agent.north.formats.base import Message, Packed, stream_of, topic_prefix
+from agent.north.formats.base import (
+    Issue,
+    Message,
+    Packed,
+    options_of,
+    stream_of,
+    topic_prefix,
+)
 from agent.north.formats.jsonfmt import JsonFormat, _dumps
 from agent.north.formats.split import split_doc
+from drivers.base import Size, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
@@ -26,13 +36,36 @@ MAX_RATE = 100.0
 MAX_SLASHES = 7
 
 
+class AwsOptions(StrictModel):
+    """Options of ``format: aws`` (AWS IoT Core). Authentication is the thing's certificate:
+    ``mqtt.tls.cert_file`` and ``key_file`` (and Amazon's root CA as ``ca_file``)."""
+
+    max_payload: Size = Field(
+        default=MAX_PAYLOAD, ge=1024, description="AWS IoT Core's message size limit (128KB)"
+    )
+
+
 class AwsIotFormat(JsonFormat):
     name = "aws"
+    Options = AwsOptions
     retain_supported = False
 
     @classmethod
+    def check(cls, data: Mapping[str, Any], section: Mapping[str, Any]) -> list[Issue]:
+        return []  # no json options: the placement rules of JsonFormat do not apply
+
+    @classmethod
+    def check_section(cls, section: Any) -> list[tuple[str, str]]:
+        """A thing signs in with its certificate; a topic has at most 7 slashes."""
+        if section.tls is None or section.tls.cert_file is None:
+            return [("format", "format: aws needs tls with cert_file and key_file")]
+        if section.topic_prefix and section.topic_prefix.count("/") > 4:
+            return [("topic_prefix", "AWS IoT allows 7 slashes per topic: at most 5 prefix levels")]
+        return []
+
+    @classmethod
     def from_config(cls, config: Config) -> AwsIotFormat:
-        aws = config.mqtt.aws
+        aws = options_of(config.mqtt, cls.section_key(), AwsOptions)
         limit = aws.max_payload if aws else MAX_PAYLOAD
         return cls(config.agent.id, topic_prefix(config), max_payload=limit)
 

@@ -26,14 +26,25 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
-from agent.north.formats.base import Command, Message, Packed, Reaction, stream_of
+from agent.north.formats.base import (
+    Command,
+    Issue,
+    Message,
+    Packed,
+    Reaction,
+    options_of,
+    stream_of,
+)
 from agent.north.formats.jsonfmt import JsonFormat, _dumps
 from agent.north.formats.split import split_doc
+from drivers.base import PositiveDuration, Size, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
@@ -57,14 +68,38 @@ def sas_token(resource_uri: str, key_b64: str, expiry: int, policy: str | None =
     return "SharedAccessSignature " + urllib.parse.urlencode(fields)
 
 
+class AzureOptions(StrictModel):
+    """Options of ``format: azure`` (Azure IoT Hub). The device id is ``mqtt.client_id``; its
+    symmetric key comes from ``mqtt.password_env``/``password_file`` (or use X.509 with
+    ``mqtt.tls.cert_file``/``key_file``)."""
+
+    hub: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9.-]+$",
+        description="IoT Hub host name (NAME.azure-devices.net); default mqtt.host",
+    )
+    token_ttl: PositiveDuration = Field(
+        default=3600.0, description="life of each SAS token; renewed before it expires"
+    )
+    max_payload: Size = Field(
+        default=256 * 1024, ge=1024, description="IoT Hub's message size limit (256KB)"
+    )
+
+
 class AzureIotFormat(JsonFormat):
     name = "azure"
+    Options = AzureOptions
+    password_is_token = True  # the device's symmetric key signs a SAS token
     retain_supported = False
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], section: Mapping[str, Any]) -> list[Issue]:
+        return []  # no json options: the placement rules of JsonFormat do not apply
 
     @classmethod
     def from_config(cls, config: Config) -> AzureIotFormat:
         agent, mqtt = config.agent, config.mqtt
-        az = mqtt.azure
+        az = options_of(mqtt, cls.section_key(), AzureOptions)
         host = (az.hub if az else None) or mqtt.host
         assert host is not None  # the config requires a host (or azure.hub) with format: azure
         return cls(

@@ -11,13 +11,41 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel
 
 from agent.core.buffer import StoredBatch
-from drivers.base import DeviceBase
+from drivers.base import DeviceBase, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
+
+
+#: A place in the parsed config file, as keys and list indexes (``("thingsboard", "device_types",
+#: "m1")``); a format's checks give it relative to the section that holds the format's options.
+KeyPath = tuple[str | int, ...]
+#: One problem a format's ``check`` finds: where (relative to its section) and what.
+Issue = tuple[KeyPath, str]
+
+_Options = TypeVar("_Options", bound=BaseModel)
+
+
+def options_field(key: str) -> str:
+    """The attribute that holds the options section ``key`` on the composed MQTT section model:
+    the key itself, unless pydantic's ``BaseModel`` already has that name (``json``), then
+    ``<key>_options``; the YAML key stays ``key`` (the field's alias)."""
+    return f"{key}_options" if hasattr(BaseModel, key) or key.startswith("_") else key
+
+
+def options_of(section: object, key: str, model: type[_Options]) -> _Options | None:
+    """The validated options section ``key`` of an MQTT section (``config.mqtt``), or None when
+    the file has none. TypeError when the section holds something else: a model composed for
+    another set of formats (a bug, never a config mistake)."""
+    value = getattr(section, options_field(key), None)
+    if value is not None and not isinstance(value, model):
+        raise TypeError(f"section {key!r} holds {type(value).__name__}, not {model.__name__}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +83,8 @@ class Command:
     writes: Mapping[str, Any] | None = None
     cmd_id: str | None = None
     context: Any = None
+    #: A method call instead of writes: ``{method: arguments}`` (``CommandHandler.call``).
+    call: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -81,9 +111,27 @@ class Format(abc.ABC):
 
     Subclasses override what their dialect needs. Every method runs on the event loop and must
     be quick: the publisher calls them between sends.
+
+    A format is a plugin (entry point group ``edge_agent.formats``): besides its wire rules it
+    declares its config, so that one installed from outside the agent is validated, reported at
+    FILE:LINE:COL and shown by ``edge-agent schema`` like a bundled one. The surface:
+
+    * ``Options``: the pydantic model of its section (``mqtt.<options_key>``), or None;
+    * ``options_key``: that section's key, by default the format's ``name``;
+    * ``password_is_token``: the password is a token or key the format sends its own way, so a
+      password without ``username`` is right (for other formats MQTT 3.1.1 would drop it);
+    * ``check_section``: rules across the MQTT section's keys, on the validated section;
+    * ``check``: rules across the file (names of devices and profiles), on the parsed data;
+    * ``from_config``: the format as a config asks for it.
     """
 
     name = "base"
+    #: the model of the options section, or None: the format takes no options
+    Options: ClassVar[type[StrictModel] | None] = None
+    #: the key of the options section in ``mqtt``; None: the format's ``name``
+    options_key: ClassVar[str | None] = None
+    #: the password is the platform's token or key, not an MQTT password for a user name
+    password_is_token: ClassVar[bool] = False
     #: How this format was built (class and constructor arguments): a reload compares it to
     #: know whether the new config needs a new format and MQTT session (``Format.__new__``).
     spec: tuple[Any, ...] = ()
@@ -147,6 +195,36 @@ class Format(abc.ABC):
     def ready(self) -> bool:
         """Whether data may flow now (Sparkplug waits for its primary host)."""
         return True
+
+    @classmethod
+    def section_key(cls) -> str:
+        """The key of this format's options section (``options_key``, else ``name``)."""
+        return cls.options_key or cls.name
+
+    @classmethod
+    def options_required(cls) -> list[str]:
+        """The options that have no default: with any, ``format: <name>`` needs the section."""
+        if cls.Options is None:
+            return []
+        return [k for k, f in cls.Options.model_fields.items() if f.is_required()]
+
+    @classmethod
+    def check_section(cls, section: Any) -> list[tuple[str, str]]:
+        """(key of the MQTT section, message) for each rule across its keys that this format
+        has (AWS: a client certificate, few topic levels). ``section`` is validated, with this
+        format chosen; the options are ``options_of(section, ...)``."""
+        return []
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], section: Mapping[str, Any]) -> list[Issue]:
+        """Problems across the file that a model of one section cannot see (a name in the
+        options that is no device of the file), each at its key relative to ``section``.
+
+        Run on the parsed file (``data``; ``section`` is the raw MQTT section that chose this
+        format) rather than on validated models, so they are reported in the same run as any
+        other mistake. Values may be of any type here: skip what is not what you expect, the
+        model reports it."""
+        return []
 
     @classmethod
     @abc.abstractmethod

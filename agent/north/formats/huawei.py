@@ -26,10 +26,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
-from agent.north.formats.base import Command, Format, Message, Packed, Reaction, stream_of
+from agent.north.formats.base import (
+    Command,
+    Format,
+    Message,
+    Packed,
+    Reaction,
+    options_of,
+    stream_of,
+)
 from agent.north.formats.split import chunks
+from drivers.base import Name, Size, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
@@ -56,13 +67,34 @@ def mqtt_credentials(device_id: str, secret: str, epoch: float) -> tuple[str, st
     return f"{device_id}_0_0_{stamp}", device_id, password
 
 
+class HuaweiOptions(StrictModel):
+    """Options of ``format: huawei`` (Huawei Cloud IoTDA). The gateway's device secret comes
+    from ``mqtt.password_env``/``password_file``."""
+
+    device_id: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$", max_length=128, description="IoTDA device id of the gateway"
+    )
+    sub_product_id: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$",
+        max_length=64,
+        description="product id of the sub-devices: their device id is <product id>_<name>",
+    )
+    devices: dict[Name, str] = Field(
+        default_factory=dict, description="per device: its IoTDA device id, when it differs"
+    )
+    service_id: Name = Field(default="edge", description="service of the product model")
+    max_payload: Size = Field(default=1024 * 1024, ge=1024, description="largest message")
+
+
 class HuaweiFormat(Format):
     name = "huawei"
+    Options = HuaweiOptions
+    password_is_token = True  # the device secret signs the password
     retain_supported = False
 
     @classmethod
     def from_config(cls, config: Config) -> HuaweiFormat:
-        hw = config.mqtt.huawei
+        hw = options_of(config.mqtt, cls.section_key(), HuaweiOptions)
         assert hw is not None  # the config requires the section with format: huawei
         ids = {
             d.name: hw.devices.get(d.name) or f"{hw.sub_product_id}_{d.name}"

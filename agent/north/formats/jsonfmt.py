@@ -7,38 +7,173 @@ the stored record without re-encoding, and topics stay ``<prefix>/<device>/data`
 from __future__ import annotations
 
 import json
+import string
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, field_validator
 
 from agent.core.buffer import StoredBatch
-from agent.north.config import PLACEMENT_FIELDS
 from agent.north.formats.base import (
     Command,
     Format,
+    Issue,
     Message,
     Packed,
     Reaction,
+    options_of,
     stream_of,
     topic_prefix,
 )
+from drivers.base import Name, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
+#: Fields a json topic template may use.
+TEMPLATE_FIELDS = ("agent", "site", "area", "line", "device", "kind")
+PLACEMENT_FIELDS = ("site", "area", "line")
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholders of a template, in order; ValueError for anything but ``{name}``."""
+    found = []
+    for _literal, fname, spec, conv in string.Formatter().parse(template):
+        if fname is None:
+            continue
+        if spec or conv:
+            raise ValueError(f"placeholder {{{fname}}} must not have a format spec or conversion")
+        if fname not in TEMPLATE_FIELDS:
+            known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+            raise ValueError(f"unknown placeholder {{{fname}}} (use {known})")
+        found.append(fname)
+    return found
+
+
+def check_template(template: str) -> str:
+    """A publish topic with names filled in: no wildcards, no ``$``, no empty level, one level
+    naming the device, and a last level that says the stream (``{kind}`` or ``data``)."""
+    try:
+        fields = template_fields(template)
+    except ValueError as exc:  # unbalanced braces
+        raise ValueError(f"invalid topic_template: {exc}") from None
+    if "device" not in fields:
+        raise ValueError("topic_template must contain {device}: devices would share one topic")
+    if template.startswith("$"):
+        raise ValueError("topic_template must not start with '$' (reserved for broker topics)")
+    if "\0" in template:
+        raise ValueError("topic_template must not contain NUL")
+    levels = template.split("/")
+    for level in levels:
+        if level == "":
+            raise ValueError(
+                "topic_template must not have empty levels (leading, trailing or '//')"
+            )
+        if "+" in level or "#" in level:
+            raise ValueError("topic_template must not contain the wildcards '+' or '#'")
+    if "kind" not in fields and levels[-1] != "data":
+        raise ValueError(
+            "topic_template must end with the level {kind} or data (events replace that level)"
+        )
+    return template
+
+
+class Placement(StrictModel):
+    """Where a device sits in the plant, for topic templates (overrides agent.site/area/line)."""
+
+    site: Name | None = None
+    area: Name | None = None
+    line: Name | None = None
+
+
+class JsonOptions(StrictModel):
+    """Options of ``format: json``."""
+
+    topic_template: str | None = Field(
+        default=None,
+        max_length=400,
+        description="data topic, for example {site}/{area}/{line}/{device}/data; placeholders: "
+        + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+        + "; default <topic_prefix>/{device}/{kind}",
+    )
+    placement: dict[Name, Placement] = Field(
+        default_factory=dict, description="per device: site, area, line for the template"
+    )
+    user_properties: bool = Field(
+        default=True,
+        description="on MQTT v5, send agent, device and seq as user properties of data messages",
+    )
+
+    @field_validator("topic_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+
+def _names(entries: Any) -> list[str]:
+    """The ``name`` of each mapping in a parsed list (devices), skipping anything else."""
+    items = entries if isinstance(entries, list) else []
+    return [e["name"] for e in items if isinstance(e, dict) and isinstance(e.get("name"), str)]
+
+
+def placement_issues(data: Mapping[str, Any], section: Mapping[str, Any]) -> list[Issue]:
+    """Placement entries for devices the file does not have, and template fields no config
+    value fills, at their keys under the section's ``json``."""
+    options = section.get("json")
+    if not isinstance(options, dict):
+        return []
+    devices = _names(data.get("devices"))
+    placement = options.get("placement")
+    placement = placement if isinstance(placement, dict) else {}
+    issues: list[Issue] = []
+    for name in placement:
+        if isinstance(name, str) and name not in devices:
+            listed = ", ".join(devices) or "no devices are defined"
+            issues.append((("json", "placement", name), f"unknown device {name!r} ({listed})"))
+    template = options.get("topic_template")
+    try:
+        fields = template_fields(check_template(template)) if isinstance(template, str) else []
+    except ValueError:
+        return issues  # the model says what is wrong with the template
+    agent = data.get("agent")
+    agent = agent if isinstance(agent, dict) else {}
+    for fname in dict.fromkeys(f for f in fields if f in PLACEMENT_FIELDS):
+        if agent.get(fname) is not None:
+            continue
+        missing = [
+            d
+            for d in devices
+            if not (isinstance(placement.get(d), dict) and placement[d].get(fname) is not None)
+        ]
+        if missing or not devices:
+            issues.append(
+                (
+                    ("json", "topic_template"),
+                    f"{{{fname}}} needs agent.{fname} or json.placement.<device>.{fname} "
+                    f"(missing for: {', '.join(missing) or 'every device'})",
+                )
+            )
+    return issues
+
 
 class JsonFormat(Format):
     """``<prefix>/<device>/data`` (or the template's topic) with the batch as one JSON object."""
 
     name = "json"
+    Options: ClassVar[type[StrictModel] | None] = JsonOptions
+
+    @classmethod
+    def check(cls, data: Mapping[str, Any], section: Mapping[str, Any]) -> list[Issue]:
+        return placement_issues(data, section)
 
     @classmethod
     def from_config(cls, config: Config) -> JsonFormat:
-        agent, mqtt = config.agent, config.mqtt
+        agent = config.agent
         prefix = topic_prefix(config)
-        options = mqtt.json_options
+        options = options_of(config.mqtt, cls.section_key(), JsonOptions)
         if options is None:
             return cls(agent.id, prefix)
         placement = {}

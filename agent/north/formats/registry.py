@@ -8,11 +8,14 @@ make ``mqtt.format`` mean different things on different machines, so that is ref
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 
 from agent.north.formats.base import Format
 
 GROUP = "edge_agent.formats"
+#: The format of an MQTT section that names none.
+DEFAULT = "json"
 
 
 class FormatConflictError(RuntimeError):
@@ -43,3 +46,16 @@ def load_format(name: str) -> type[Format]:
     if cls.name != name:
         raise TypeError(f"format {name!r} ({ep.value}) calls itself {cls.name!r}")
     return cls
+
+
+def installed_formats(load: Iterable[str] | None = None) -> dict[str, type[Format] | None]:
+    """Every installed format's name (by name, ``json`` first), with its class where it is
+    imported: the ``load`` names
+    (those a config file chose; unknown ones are ignored), or all of them when ``load`` is None
+    (``edge-agent schema``). The others stay unimported: their names are enough to say which
+    ``mqtt.format`` values exist and that their sections belong to another format."""
+    names = available_formats()
+    wanted = set(names) if load is None else set(load) & set(names)
+    # By name, the default first: the schema and the reference list them in this order.
+    ordered = sorted(names, key=lambda n: (n != DEFAULT, n))
+    return {name: (load_format(name) if name in wanted else None) for name in ordered}

@@ -26,16 +26,29 @@ password), MQTT Basic (``username`` and a password), or X.509 (the client certif
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import AfterValidator, Field, StringConstraints
 
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
 from agent.core.streams import STATE_DOCUMENT
-from agent.north.formats.base import Command, Format, Message, Packed, Reaction, stream_of
+from agent.north.formats.base import (
+    Command,
+    Format,
+    Issue,
+    Message,
+    Packed,
+    Reaction,
+    options_of,
+    stream_of,
+)
 from agent.north.formats.split import chunks
+from drivers.base import Name, Size, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
@@ -56,13 +69,109 @@ SIDE_PREFIX = {STATE_DOCUMENT: "machine"}
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+def _thingsboard_type(value: str) -> str:
+    if value != value.strip() or not value.isprintable():
+        raise ValueError(
+            "a ThingsBoard device profile name has no control characters and no leading or "
+            "trailing spaces"
+        )
+    return value
+
+
+#: A ThingsBoard device profile name: free text in ThingsBoard (``Power meter``), carried in a JSON
+#: payload and never in a topic, so spaces are allowed, unlike in a ``Name``.
+ThingsBoardType = Annotated[
+    str, StringConstraints(min_length=1, max_length=255), AfterValidator(_thingsboard_type)
+]
+
+
+class ThingsBoardOptions(StrictModel):
+    """Options of ``format: thingsboard`` (ThingsBoard's gateway MQTT API). The gateway's access
+    token comes from ``mqtt.password_env`` or ``mqtt.password_file``; with X.509 authentication
+    give ``mqtt.tls.cert_file``/``key_file`` instead.
+
+    The type (device profile) ThingsBoard gives a device it creates is the first of
+    ``device_types[<device>]``, ``profile_types[<the device's profile>]`` and ``device_type``;
+    with none of them the connect message names no type (ThingsBoard's ``default`` profile).
+    The names in both maps must be profiles and devices of this file.
+    """
+
+    device_type: ThingsBoardType | None = Field(
+        default=None,
+        description="device profile for devices ThingsBoard creates; its default profile if unset",
+    )
+    profile_types: dict[Name, ThingsBoardType] = Field(
+        default_factory=dict,
+        description="per profile of this file: the ThingsBoard device profile of its devices",
+    )
+    device_types: dict[Name, ThingsBoardType] = Field(
+        default_factory=dict,
+        description="per device: its ThingsBoard device profile (beats profile_types)",
+    )
+    max_payload: Size = Field(
+        default=DEFAULT_MAX_PAYLOAD,
+        ge=1024,
+        description="largest telemetry message (ThingsBoard's transport limit, 64KB by default)",
+    )
+
+    def type_of(self, device: str, profile: str | None) -> str | None:
+        """The ThingsBoard type of one device: its own, else its profile's, else the default."""
+        own = self.device_types.get(device)
+        if own is not None:
+            return own
+        if profile is not None and profile in self.profile_types:
+            return self.profile_types[profile]
+        return self.device_type
+
+
+def name_issues(data: Mapping[str, Any], section: Mapping[str, Any]) -> list[Issue]:
+    """Each name under ``thingsboard.profile_types``/``device_types`` that is not a
+    profile/device of the file, at its own key: a typo there would otherwise leave its device in
+    the default profile without a word."""
+    tb = section.get("thingsboard")
+    if not isinstance(tb, dict):
+        return []
+    raw_devices = data.get("devices")
+    devices = [
+        d["name"]
+        for d in (raw_devices if isinstance(raw_devices, list) else [])
+        if isinstance(d, dict) and isinstance(d.get("name"), str)
+    ]
+    raw_profiles = data.get("profiles")
+    profiles = [str(p) for p in raw_profiles] if isinstance(raw_profiles, dict) else []
+    issues: list[Issue] = []
+    for key, what, known in (
+        ("profile_types", "profile", profiles),
+        ("device_types", "device", devices),
+    ):
+        entries = tb.get(key)
+        if not isinstance(entries, dict):
+            continue
+        for name in entries:
+            if not isinstance(name, str) or name in known:
+                continue  # a key that is no name at all is the model's to report
+            listed = ", ".join(sorted(known)) or f"no {what}s are defined"
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            issues.append(
+                (("thingsboard", key, name), f"unknown {what} {name!r} ({what}s: {listed}){hint}")
+            )
+    return issues
+
+
 class ThingsBoardFormat(Format):
     name = "thingsboard"
+    Options = ThingsBoardOptions
+    password_is_token = True  # an access token is sent as the user name
     retain_supported = False
 
     @classmethod
+    def check(cls, data: Mapping[str, Any], section: Mapping[str, Any]) -> list[Issue]:
+        return name_issues(data, section)
+
+    @classmethod
     def from_config(cls, config: Config) -> ThingsBoardFormat:
-        tb = config.mqtt.thingsboard
+        tb = options_of(config.mqtt, cls.section_key(), ThingsBoardOptions)
         devices = config.active_devices()
         types = {}
         for d in devices:

@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from agent.core.buffer import StoredBatch
 from agent.core.record import decode_body
 from agent.north.formats.base import (
@@ -67,6 +69,7 @@ from agent.north.formats.base import (
     Message,
     Packed,
     Reaction,
+    options_of,
     stream_of,
     tag_types,
     topic_prefix,
@@ -74,6 +77,7 @@ from agent.north.formats.base import (
 from agent.north.formats.sparkplug import sparkplug_b_pb2
 from agent.north.formats.sparkplug.bdseq import BdSeq
 from agent.north.formats.sparkplug.values import choose, fits, get_value, set_value
+from drivers.base import Name, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
@@ -200,13 +204,26 @@ def _quality_property(metric: Any, code: int) -> None:
     metric.properties.values.add(type=pb.Int32, int_value=code)
 
 
+class SparkplugOptions(StrictModel):
+    """Options of ``format: sparkplug`` (Sparkplug B 3.0)."""
+
+    group_id: Name = Field(description="Sparkplug group id")
+    edge_node_id: Name | None = Field(default=None, description="edge node id; default agent.id")
+    primary_host_id: Name | None = Field(
+        default=None,
+        description="publish only while this host application's STATE is online",
+    )
+
+
 class SparkplugFormat(Format):
     name = "sparkplug"
+    Options = SparkplugOptions
     will_on_clean_stop = True
 
     @classmethod
     def from_config(cls, config: Config) -> SparkplugFormat:
-        agent, sp = config.agent, config.mqtt.sparkplug
+        agent = config.agent
+        sp = options_of(config.mqtt, cls.section_key(), SparkplugOptions)
         assert sp is not None  # the config requires the section with format: sparkplug
         return cls(
             sp.group_id,
