@@ -12,7 +12,21 @@ Address space (namespace ``urn:vendor:cnc``, under Objects/Machine)::
     Machine/Alarm                Boolean          s=Machine.Alarm
     Machine/CycleEnd             DateTime         s=Machine.CycleEnd
     Machine/Types/<Type>         every built-in numeric type, Boolean, String, DateTime, Int32[]
+                                 (writable, for the write path's type checks)
     Machine/Secret               Int32, not readable (access level 0)
+    Machine/Setpoints/<Name>     writable set-points: FeedOverride Double %, SpindleTarget
+                                 Double rpm, BatchSize UInt32, Recipe String, Coolant Boolean
+    Machine/StartJob(Job String, Count UInt32) -> JobId UInt32    method s=Machine.StartJob
+                                 (sets ProgramName and BatchSize; Count 0 is BadInvalidArgument)
+    Machine/ResetCounter() -> Previous UInt32                    method s=Machine.ResetCounter
+    Machine/Alarms/<Condition>   AlarmConditionType conditions emitted by the Server object:
+                                 SpindleOverTemp (severity 700), DoorOpen (severity 300)
+
+Alarms & Conditions: ``raise_alarm``/``clear_alarm`` drive a condition (tests), and with
+``alarm_period`` SpindleOverTemp raises and clears on that schedule by itself. A condition stays
+retained (ConditionRefresh reports it) while active or unacknowledged; Acknowledge and Confirm
+(the standard methods of AcknowledgeableConditionType) work with the condition's latest EventId.
+``call_delay`` makes StartJob take that long, so a test can drop the session mid-call.
 
 Security: None plus Basic256Sha256 (and the two Aes policies) Sign and SignAndEncrypt when a
 certificate is given, or exactly the endpoints ``policies`` names (asyncua's SecurityPolicyType
@@ -61,6 +75,7 @@ class Point:
     unit: str | None = None
     array: bool = False
     readable: bool = True
+    writable: bool = False
 
     @property
     def node_string(self) -> str:
@@ -96,23 +111,54 @@ MACHINE: tuple[Point, ...] = (
 )
 
 TYPES: tuple[Point, ...] = (
-    Point("Types/Boolean", "Types.Boolean", ua.VariantType.Boolean, True),
-    Point("Types/SByte", "Types.SByte", ua.VariantType.SByte, -128),
-    Point("Types/Byte", "Types.Byte", ua.VariantType.Byte, 255),
-    Point("Types/Int16", "Types.Int16", ua.VariantType.Int16, -32768),
-    Point("Types/UInt16", "Types.UInt16", ua.VariantType.UInt16, 65535),
-    Point("Types/Int32", "Types.Int32", ua.VariantType.Int32, -2147483648),
-    Point("Types/UInt32", "Types.UInt32", ua.VariantType.UInt32, 4294967295),
-    Point("Types/Int64", "Types.Int64", ua.VariantType.Int64, -9223372036854775808),
-    Point("Types/UInt64", "Types.UInt64", ua.VariantType.UInt64, 18446744073709551615),
-    Point("Types/Float", "Types.Float", ua.VariantType.Float, 229.8),
-    Point("Types/Double", "Types.Double", ua.VariantType.Double, 0.1),
-    Point("Types/String", "Types.String", ua.VariantType.String, "Grüße, CNC-7"),
-    Point("Types/DateTime", "Types.DateTime", ua.VariantType.DateTime, _T0),
-    Point("Types/Int32Array", "Types.Int32Array", ua.VariantType.Int32, [1, -2, 3], array=True),
+    Point("Types/Boolean", "Types.Boolean", ua.VariantType.Boolean, True, writable=True),
+    Point("Types/SByte", "Types.SByte", ua.VariantType.SByte, -128, writable=True),
+    Point("Types/Byte", "Types.Byte", ua.VariantType.Byte, 255, writable=True),
+    Point("Types/Int16", "Types.Int16", ua.VariantType.Int16, -32768, writable=True),
+    Point("Types/UInt16", "Types.UInt16", ua.VariantType.UInt16, 65535, writable=True),
+    Point("Types/Int32", "Types.Int32", ua.VariantType.Int32, -2147483648, writable=True),
+    Point("Types/UInt32", "Types.UInt32", ua.VariantType.UInt32, 4294967295, writable=True),
+    Point("Types/Int64", "Types.Int64", ua.VariantType.Int64, -9223372036854775808, writable=True),
+    Point(
+        "Types/UInt64", "Types.UInt64", ua.VariantType.UInt64, 18446744073709551615, writable=True
+    ),
+    Point("Types/Float", "Types.Float", ua.VariantType.Float, 229.8, writable=True),
+    Point("Types/Double", "Types.Double", ua.VariantType.Double, 0.1, writable=True),
+    Point("Types/String", "Types.String", ua.VariantType.String, "Grüße, CNC-7", writable=True),
+    Point("Types/DateTime", "Types.DateTime", ua.VariantType.DateTime, _T0, writable=True),
+    Point(
+        "Types/Int32Array",
+        "Types.Int32Array",
+        ua.VariantType.Int32,
+        [1, -2, 3],
+        array=True,
+        writable=True,
+    ),
 )
 
-POINTS: dict[str, Point] = {p.path: p for p in MACHINE + TYPES}
+SETPOINTS: tuple[Point, ...] = (
+    Point(
+        "Setpoints/FeedOverride",
+        "Setpoints.FeedOverride",
+        ua.VariantType.Double,
+        100.0,
+        "%",
+        writable=True,
+    ),
+    Point(
+        "Setpoints/SpindleTarget",
+        "Setpoints.SpindleTarget",
+        ua.VariantType.Double,
+        1200.0,
+        "rpm",
+        writable=True,
+    ),
+    Point("Setpoints/BatchSize", "Setpoints.BatchSize", ua.VariantType.UInt32, 10, writable=True),
+    Point("Setpoints/Recipe", "Setpoints.Recipe", ua.VariantType.String, "FLANGE-A", writable=True),
+    Point("Setpoints/Coolant", "Setpoints.Coolant", ua.VariantType.Boolean, True, writable=True),
+)
+
+POINTS: dict[str, Point] = {p.path: p for p in MACHINE + TYPES + SETPOINTS}
 
 
 class _Users(UserManager):  # type: ignore[misc]
@@ -209,11 +255,20 @@ class CncSimulator(Service):
     tokens: Sequence[str] | None = None
     update_interval: float | None = 0.1
     extra_points: int = 0
+    #: SpindleOverTemp raises and clears by itself every this many seconds (None: tests drive it)
+    alarm_period: float | None = None
+    #: StartJob answers after this many seconds (a test stops the server meanwhile)
+    call_delay: float = 0.0
     read_requests: list[list[str]] = field(default_factory=list)
+    #: every method call served: (method name, input values)
+    calls: list[tuple[str, list[Any]]] = field(default_factory=list)
     _server: Server | None = None
     _nodes: dict[str, Any] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _values: dict[str, Any] = field(default_factory=dict)
+    _alarms: dict[str, _Condition] = field(default_factory=dict)
+    _alarm_task: asyncio.Task[None] | None = None
+    _next_job: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -230,6 +285,7 @@ class CncSimulator(Service):
         anonymous = self.tokens is not None and "anonymous" in self.tokens
         users = _Users(self.users, anonymous) if self.users is not None else None
         server = _Server(per_policy, user_manager=users)
+        server.iserver.bind_condition_methods = True  # ConditionRefresh answered
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("edge-agent CNC lathe simulator")
@@ -265,6 +321,8 @@ class CncSimulator(Service):
         self._server = server
         if self.update_interval is not None:
             self._task = asyncio.create_task(self._run(self.update_interval))
+        if self.alarm_period is not None:
+            self._alarm_task = asyncio.create_task(self._alarm_schedule(self.alarm_period))
 
     async def _build(self, server: Server, ns: int) -> None:
         objects = server.nodes.objects
@@ -272,7 +330,7 @@ class CncSimulator(Service):
             ua.NodeId("Machine", ns), ua.QualifiedName("Machine", ns)
         )
         folders: dict[str, Any] = {"": machine}
-        for point in MACHINE + TYPES:
+        for point in MACHINE + TYPES + SETPOINTS:
             parent_path, _, name = point.path.rpartition("/")
             parent = folders.get(parent_path)
             if parent is None:
@@ -295,7 +353,11 @@ class CncSimulator(Service):
                     ua.AttributeIds.UserAccessLevel,
                     ua.DataValue(ua.Variant(0, ua.VariantType.Byte)),
                 )
+            if point.writable:
+                await node.set_writable()
             self._nodes[point.path] = node
+        await self._add_methods(machine, ns)
+        await self._add_alarms(server, machine, ns)
         if self.extra_points:
             bulk = await machine.add_object(ua.NodeId("Bulk", ns), ua.QualifiedName("Bulk", ns))
             for i in range(self.extra_points):
@@ -330,6 +392,8 @@ class CncSimulator(Service):
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel(task)
+        alarm_task, self._alarm_task = self._alarm_task, None
+        await cancel(alarm_task)
         server, self._server = self._server, None
         if server is not None:
             # Values survive a restart, as a machine's would.
@@ -354,6 +418,147 @@ class CncSimulator(Service):
     async def value(self, path: str) -> Any:
         return await self._nodes[path].read_value()
 
+    # -- methods ----------------------------------------------------------------------------------
+
+    async def _add_methods(self, machine: Any, ns: int) -> None:
+        """StartJob and ResetCounter on Machine, with their argument descriptions."""
+
+        async def start_job(parent: ua.NodeId, job: ua.Variant, count: ua.Variant) -> Any:
+            self.calls.append(("StartJob", [job.Value, count.Value]))
+            if self.call_delay:
+                await asyncio.sleep(self.call_delay)
+            if not count.Value:
+                return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
+            self._next_job += 1
+            await self.set_value("ProgramName", job.Value)
+            await self.set_value("Setpoints/BatchSize", count.Value)
+            return [ua.Variant(self._next_job, ua.VariantType.UInt32)]
+
+        async def reset_counter(parent: ua.NodeId) -> Any:
+            self.calls.append(("ResetCounter", []))
+            previous = await self.value("PartCount")
+            await self.set_value("PartCount", 0)
+            return [ua.Variant(previous, ua.VariantType.UInt32)]
+
+        await machine.add_method(
+            ua.NodeId("Machine.StartJob", ns),
+            ua.QualifiedName("StartJob", ns),
+            start_job,
+            [_argument("Job", ua.VariantType.String), _argument("Count", ua.VariantType.UInt32)],
+            [_argument("JobId", ua.VariantType.UInt32)],
+        )
+        await machine.add_method(
+            ua.NodeId("Machine.ResetCounter", ns),
+            ua.QualifiedName("ResetCounter", ns),
+            reset_counter,
+            [],
+            [_argument("Previous", ua.VariantType.UInt32)],
+        )
+
+    # -- alarms & conditions ----------------------------------------------------------------------
+
+    async def _add_alarms(self, server: Server, machine: Any, ns: int) -> None:
+        """One AlarmConditionType condition per entry of ALARMS, emitted by the Server object
+        (where clients subscribe, ``i=2253``) with the machine part as its source; Acknowledge
+        and Confirm answered for them."""
+        folder = await machine.add_object(ua.NodeId("Alarms", ns), ua.QualifiedName("Alarms", ns))
+        self._alarms = {}
+        for name, (source_path, severity, message) in ALARMS.items():
+            node = await folder.add_object(
+                ua.NodeId(f"Alarms.{name}", ns), ua.QualifiedName(name, ns)
+            )
+            source = self._nodes[source_path] if source_path else machine
+            gen = await server.get_event_generator(ua.ObjectIds.AlarmConditionType)
+            event = gen.event
+            event.SourceNode = source.nodeid
+            event.SourceName = source_path or "Machine"
+            event.ConditionName = name
+            event.Severity = severity
+            event.NodeId = node.nodeid
+            self._alarms[name] = _Condition(gen, message)
+        methods = {
+            ua.ObjectIds.AcknowledgeableConditionType_Acknowledge: self._acknowledge,
+            ua.ObjectIds.AcknowledgeableConditionType_Confirm: self._confirm,
+        }
+        for method_id, callback in methods.items():
+            server.link_method(server.get_node(ua.NodeId(method_id)), callback)
+
+    def _condition_at(self, node: ua.NodeId) -> _Condition | None:
+        return next((c for c in self._alarms.values() if c.gen.event.NodeId == node), None)
+
+    async def _acknowledge(
+        self, parent: ua.NodeId, event_id: ua.Variant, comment: ua.Variant
+    ) -> ua.StatusCode:
+        return await self._transition(parent, event_id, "AckedState")
+
+    async def _confirm(
+        self, parent: ua.NodeId, event_id: ua.Variant, comment: ua.Variant
+    ) -> ua.StatusCode:
+        return await self._transition(parent, event_id, "ConfirmedState")
+
+    async def _transition(self, parent: ua.NodeId, event_id: ua.Variant, state: str) -> Any:
+        condition = self._condition_at(parent)
+        if condition is None:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        event = condition.gen.event
+        if event_id.Value != event.EventId.Value:
+            return ua.StatusCode(ua.StatusCodes.BadEventIdUnknown)
+        if state == "ConfirmedState" and not getattr(event, "AckedState/Id"):
+            return ua.StatusCode(ua.StatusCodes.BadConditionBranchAlreadyConfirmed)
+        if getattr(event, f"{state}/Id"):
+            already = "Acked" if state == "AckedState" else "Confirmed"
+            return ua.StatusCode(getattr(ua.StatusCodes, f"BadConditionBranchAlready{already}"))
+        self.calls.append((state.removesuffix("State"), [parent.to_string()]))
+        setattr(event, f"{state}/Id", True)
+        setattr(
+            event, state, ua.LocalizedText("Acknowledged" if state == "AckedState" else "Confirmed")
+        )
+        await self._emit(condition)
+        return ua.StatusCode(ua.StatusCodes.Good)
+
+    async def raise_alarm(self, name: str, message: str | None = None) -> None:
+        """The machine raises condition ``name`` (unacknowledged, unconfirmed)."""
+        condition = self._alarms[name]
+        event = condition.gen.event
+        event.Message = ua.LocalizedText(message or condition.message)
+        setattr(event, "ActiveState/Id", True)
+        event.ActiveState = ua.LocalizedText("Active")
+        for state in ("AckedState", "ConfirmedState"):
+            setattr(event, f"{state}/Id", False)
+            setattr(
+                event,
+                state,
+                ua.LocalizedText("Unacknowledged" if state == "AckedState" else "Unconfirmed"),
+            )
+        await self._emit(condition)
+
+    async def clear_alarm(self, name: str) -> None:
+        """The condition returns to normal (it stays retained until acknowledged)."""
+        condition = self._alarms[name]
+        event = condition.gen.event
+        setattr(event, "ActiveState/Id", False)
+        event.ActiveState = ua.LocalizedText("Inactive")
+        event.Message = ua.LocalizedText(f"{condition.message}: back to normal")
+        await self._emit(condition)
+
+    def alarm_active(self, name: str) -> bool:
+        return bool(getattr(self._alarms[name].gen.event, "ActiveState/Id"))
+
+    async def _emit(self, condition: _Condition) -> None:
+        event = condition.gen.event
+        active = bool(getattr(event, "ActiveState/Id"))
+        event.Retain = active or not getattr(event, "AckedState/Id")
+        await condition.gen.trigger()
+
+    async def _alarm_schedule(self, period: float) -> None:
+        """SpindleOverTemp raised and cleared in turn, every ``period`` seconds."""
+        while True:
+            await asyncio.sleep(period)
+            if self.alarm_active("SpindleOverTemp"):
+                await self.clear_alarm("SpindleOverTemp")
+            else:
+                await self.raise_alarm("SpindleOverTemp")
+
     async def _run(self, interval: float) -> None:
         """The machine at work: the spindle hunts around its speed, parts come off, the
         vibration waveform is sampled."""
@@ -377,6 +582,30 @@ class CncSimulator(Service):
                 parts = await self.value("PartCount")
                 await self.set_value("PartCount", parts + 1)
                 await self.set_value("CycleEnd", datetime.now(UTC))
+
+
+#: The alarm source's conditions: name → (source under Machine, severity 1..1000, message).
+ALARMS: dict[str, tuple[str, int, str]] = {
+    "SpindleOverTemp": ("Spindle/Temperature", 700, "spindle temperature above 80 degC"),
+    "DoorOpen": ("", 300, "operator door open during cycle"),
+}
+
+
+@dataclass
+class _Condition:
+    """One condition's event generator (its event object is the condition's state) and text."""
+
+    gen: Any
+    message: str
+
+
+def _argument(name: str, vtype: ua.VariantType) -> ua.Argument:
+    arg = ua.Argument()
+    arg.Name = name
+    arg.DataType = ua.NodeId(vtype.value)
+    arg.ValueRank = -1
+    arg.Description = ua.LocalizedText(name)
+    return arg
 
 
 async def _add_unit(node: Any, node_id: str, unit: str, ns: int) -> None:
@@ -409,6 +638,7 @@ async def _serve(args: argparse.Namespace) -> None:
         policies=args.policy,
         policy_certs=policy_certs,
         tokens=args.token,
+        alarm_period=args.alarm_period or None,
     )
     await sim.start()
     print(f"CNC lathe simulator on {sim.endpoint} (namespace {NAMESPACE})", flush=True)
@@ -444,6 +674,12 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         choices=sorted(TOKENS),
         help="user tokens accepted (repeat; default anonymous, or username with --user)",
+    )
+    parser.add_argument(
+        "--alarm-period",
+        type=float,
+        default=30.0,
+        help="seconds between SpindleOverTemp raising and clearing (0: never)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -90,6 +90,8 @@ class StatusBoard:
         return _StatusTee(self, target)
 
     def observe(self, batch: Batch) -> None:
+        if not batch.readings and batch.events:
+            return  # the device's own events, not a poll's outcome
         view = self.view(batch.device)
         view.last_batch = batch.ts
         view.last_seq = batch.seq

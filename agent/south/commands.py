@@ -16,6 +16,11 @@ limit (a reload is no way around it).
 
 :meth:`CommandHandler.write` is the entry point for every write path (the JSON command topic
 here, Sparkplug DCMD or a cloud RPC elsewhere): one place that checks, limits and writes.
+
+Method calls (``{"id", "call": {"<method>": [arguments]}}``, OPC UA methods) take the same path:
+:meth:`CommandHandler.call` has the driver check the method and its arguments (declared in the
+config, else refused), takes a token of the same bucket, calls between polls, and replies with
+the server's status and output arguments.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from drivers.base import CommandLimits, DeviceBase, WritableTag, WriteError
+from drivers.base import CallResult, CommandLimits, DeviceBase, WritableTag, WriteError
 
 #: Larger payloads are refused unparsed: a command is a handful of set-points, not a file.
 MAX_COMMAND_BYTES = 64 * 1024
@@ -39,6 +44,15 @@ class WriteTarget(Protocol):
     def check_write(self, tag: str, value: object) -> None: ...
 
     async def write(self, tag: str, value: object) -> None: ...
+
+
+@runtime_checkable
+class CallTarget(WriteTarget, Protocol):
+    """A target that also takes method calls (the poller of a driver with methods)."""
+
+    def check_call(self, method: str, args: object) -> None: ...
+
+    async def call(self, method: str, args: object) -> CallResult: ...
 
 
 class TokenBucket:
@@ -109,9 +123,13 @@ class CommandHandler:
         cmd_id = doc.get("id")
         if not isinstance(cmd_id, str):
             return _error(None, "malformed command: 'id' must be a string")
-        unknown = sorted(set(doc) - {"id", "write"})
+        unknown = sorted(set(doc) - {"id", "write", "call"})
         if unknown:
             return _error(cmd_id, f"unknown key(s): {', '.join(unknown)}")
+        if "call" in doc:
+            if "write" in doc:
+                return _error(cmd_id, "malformed command: give write or call, not both")
+            return await self.call(device, cmd_id, doc["call"])
         writes = doc.get("write")
         if not isinstance(writes, dict) or not writes:
             return _error(cmd_id, "malformed command: 'write' must be an object of tag: value")
@@ -169,6 +187,50 @@ class CommandHandler:
                 return _error(cmd_id, f"tag '{tag}': {exc}{written}")
             done.append(tag)
         return {"id": cmd_id, "ok": True}
+
+    async def call(self, device: str, cmd_id: str | None, calls: Any) -> dict[str, Any]:
+        """Check, rate-limit and make one method call (``calls`` is ``{method: arguments}``) on
+        ``device``; the reply is ``{"id", "ok": true, "status", "outputs"}``, or ``{"id", "ok":
+        false, "error"}`` (with ``status`` when the server refused it). Never raises."""
+        try:
+            return await self._call(device, cmd_id, calls)
+        except Exception as exc:  # a driver bug must still get an answer
+            return _error(cmd_id, f"call failed: {type(exc).__name__}: {exc}")
+
+    async def _call(self, device: str, cmd_id: str | None, calls: Any) -> dict[str, Any]:
+        cfg = self._devices.get(device)
+        if cfg is None:
+            return _error(cmd_id, f"unknown device '{device}'")
+        if not isinstance(calls, Mapping) or len(calls) != 1:
+            return _error(
+                cmd_id, "malformed command: 'call' must be an object of one method: [arguments]"
+            )
+        ((method, args),) = calls.items()
+        target = self._targets(device)
+        if target is None:
+            return _error(cmd_id, f"device '{device}' is not polled (disabled or not started)")
+        if not isinstance(target, CallTarget):
+            return _error(cmd_id, f"device '{device}' has no methods")
+        try:
+            target.check_call(str(method), args)
+        except WriteError as exc:
+            return _error(cmd_id, str(exc))
+        bucket = self._bucket(device, getattr(cfg, "commands", DEFAULT_LIMITS))
+        if not bucket.take():
+            return _error(
+                cmd_id,
+                f"rate limited: at most {bucket.burst} command{'' if bucket.burst == 1 else 's'}"
+                f" at once and {bucket.rate:g} per second to device '{device}'",
+            )
+        try:
+            result = await target.call(str(method), args)
+        except WriteError as exc:
+            return _error(cmd_id, f"method '{method}': {exc}")
+        if not result.status.startswith("Good"):
+            reply = _error(cmd_id, f"method '{method}': {result.status}")
+            reply["status"] = result.status
+            return reply
+        return {"id": cmd_id, "ok": True, "status": result.status, "outputs": result.outputs}
 
     def _bucket(self, device: str, limits: CommandLimits) -> TokenBucket:
         """The device's bucket, made on its first command and resized when its limit changed."""

@@ -38,7 +38,16 @@ from tenacity import (
 )
 
 from agent.ops.metrics import Metrics
-from drivers.base import Batch, DeviceBase, DeviceError, Driver, Quality, Reading, WriteError
+from drivers.base import (
+    Batch,
+    CallResult,
+    DeviceBase,
+    DeviceError,
+    Driver,
+    Quality,
+    Reading,
+    WriteError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +226,20 @@ class PolledDevice:
                 # The next poll finds out whether the device is lost; the reply says it now.
                 raise WriteError(f"device down ({exc.reason})") from exc
 
+    def check_call(self, method: str, args: object) -> None:
+        """Refuse a method call the driver cannot make (``WriteError``), before anything is sent."""
+        self.driver.check_call(method, args)
+
+    async def call(self, method: str, args: object) -> CallResult:
+        """Call a method between polls, as a write is made; ``WriteError`` says why not."""
+        async with self.turn:
+            if not self.connected:
+                raise WriteError(f"device down ({self._down_reason or 'not connected'})")
+            try:
+                return await self.driver.call(method, args)
+            except DeviceError as exc:
+                raise WriteError(f"device down ({exc.reason})") from exc
+
     # -- one cycle --------------------------------------------------------------------------------
 
     async def poll_once(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -245,11 +268,17 @@ class PolledDevice:
         """Hand the poll's batches on; none when the poll returned nothing (no event happened)."""
         for part in frames(readings):
             await self._commit(part)
+        events = self.driver.take_events()
+        if events:  # the device's own alarms (OPC UA A&C), on its event stream
+            await self._commit(Batch(self.device.name, time.time(), [], events=events))
         self.cycles += 1
         self.last_poll = time.time()
 
-    async def _commit(self, readings: list[Reading]) -> None:
-        batch = Batch(self.device.name, max(map(_ts_of, readings)), readings)
+    async def _commit(self, readings: list[Reading] | Batch) -> None:
+        if isinstance(readings, Batch):
+            batch, readings = readings, readings.readings
+        else:
+            batch = Batch(self.device.name, max(map(_ts_of, readings)), readings)
         if not all_good(readings):
             self._m_errors.inc()
         try:

@@ -22,7 +22,7 @@ from drivers.base.config import (
     password_source,
     refuse_inline_password,
 )
-from drivers.base.data import Batch, DeviceError, Quality, Reading, Value, WriteError
+from drivers.base.data import Batch, CallResult, DeviceError, Quality, Reading, Value, WriteError
 from drivers.base.driver import Driver, Line, LineSettings
 from drivers.base.units import (
     NAME_PATTERN,
@@ -38,6 +38,7 @@ from drivers.base.units import (
 __all__ = [
     "NAME_PATTERN",
     "Batch",
+    "CallResult",
     "CommandLimits",
     "DeviceBase",
     "DeviceError",

@@ -51,6 +51,18 @@ class Batch:
     ts: float
     readings: list[Reading] = field(default_factory=list)
     seq: int | None = None
+    #: Events the device reported itself (OPC UA Alarms & Conditions), each the document
+    #: published on the device's event stream beside the agent's own alarm events.
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """What a method call returned: the server's status code name and the output arguments."""
+
+    status: str
+    #: None for an output the payload cannot carry (a structure)
+    outputs: list[Value | None] = field(default_factory=list)
 
 
 class DeviceError(Exception):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from drivers.base.config import DeviceBase, ProfileBase
-from drivers.base.data import Reading, WriteError
+from drivers.base.data import CallResult, Reading, WriteError
 
 # --------------------------------------------------------------------------------------------------
 # The driver class
@@ -149,6 +149,24 @@ class Driver(abc.ABC):
         refused or not confirmed, ``DeviceError`` when the device is lost. The agent calls it
         between polls, never during one, so the driver needs no lock of its own."""
         raise WriteError(f"driver {self.name!r} does not support writes")
+
+    # -- method calls and the device's own events (OPC UA methods, Alarms & Conditions) ----------
+
+    def check_call(self, method: str, args: Any) -> None:
+        """Refuse a call before anything is sent (a method the config does not declare, the
+        wrong number or types of arguments, an array too long): raise ``WriteError``."""
+        raise WriteError(f"driver {self.name!r} has no methods")
+
+    async def call(self, method: str, args: Any) -> CallResult:
+        """Call ``method`` (checked by ``check_call``) with ``args``; the server's status and
+        output arguments. ``WriteError`` when refused or failed, ``DeviceError`` when the device
+        is lost; called between polls like ``write``."""
+        raise WriteError(f"driver {self.name!r} has no methods")
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events the device reported since the last call (alarm raise/clear documents),
+        which the agent buffers on the device's event stream after each poll; [] by default."""
+        return []
 
     # -- shared lines (a bus several devices are polled through, one request at a time) ---------
 

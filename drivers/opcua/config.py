@@ -1,4 +1,5 @@
-"""The OPC UA section of the configuration: endpoint, security, user, mode and tags.
+"""The OPC UA section of the configuration: endpoint, security, user, mode, tags, methods and
+events (Alarms & Conditions).
 
 Node ids are parsed here with asyncua's own parser, so a typo in ``node`` is a ``validate`` error
 with a file position rather than a tag that is bad forever. The password is never a key of the
@@ -18,10 +19,11 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 from drivers.base import (
     DeviceBase,
     Duration,
+    Name,
     PositiveDuration,
     ProfileBase,
     StrictModel,
-    TagBase,
+    WritableTag,
     check_env_name,
     key_error,
     password_source,
@@ -194,8 +196,10 @@ class OpcuaConnection(StrictModel):
         return self
 
 
-class OpcuaTag(TagBase):
-    """One variable of the server, by node id or by browse path from Objects."""
+class OpcuaTag(WritableTag):
+    """One variable of the server, by node id or by browse path from Objects. With ``writable:
+    true`` commands may set it: the value is checked against the node's DataType (read at each
+    connect) and ``min``/``max``, written, and read back."""
 
     node: str | None = Field(
         default=None,
@@ -246,6 +250,125 @@ class OpcuaTag(TagBase):
         return self.node if self.node is not None else f"browse_path {self.browse_path}"
 
 
+#: Built-in types a method argument may declare (OPC UA Part 6 names).
+ArgumentType = Literal[
+    "Boolean",
+    "SByte",
+    "Byte",
+    "Int16",
+    "UInt16",
+    "Int32",
+    "UInt32",
+    "Int64",
+    "UInt64",
+    "Float",
+    "Double",
+    "String",
+    "DateTime",
+    "ByteString",
+]
+#: Method names the agent answers itself on a device with ``events``: a condition's
+#: Acknowledge and Confirm (AcknowledgeableConditionType), by condition id or alarm name.
+CONDITION_METHODS = ("acknowledge", "confirm")
+#: Elements an array argument takes unless its ``max_items`` says: a set-point table, not a file.
+MAX_ITEMS = 1000
+
+
+def _node_id(value: str) -> str:
+    parse_node(value)
+    return value
+
+
+NodeText = Annotated[str, AfterValidator(_node_id)]
+
+
+class MethodArgument(StrictModel):
+    """One input argument of a method: its name (as the server declares it) and type."""
+
+    name: str = Field(min_length=1, max_length=128, description="the argument's name")
+    type: ArgumentType = Field(description="its built-in type: Boolean, Int32, Double, String...")
+    array: bool = Field(default=False, description="a one-dimensional array of type")
+    max_items: int = Field(
+        default=MAX_ITEMS,
+        ge=1,
+        le=100_000,
+        description="array: the most elements a command may pass (longer is refused)",
+    )
+    min: float | None = Field(default=None, description="numbers below this are refused")
+    max: float | None = Field(default=None, description="numbers above this are refused")
+
+
+class OpcuaMethod(StrictModel):
+    """A method commands may call (``{"call": {"<name>": [args]}}``); nothing else is callable.
+
+    Inputs are checked at the agent (count, types, ranges, array sizes) before the call is sent,
+    and against the method's InputArguments on the server at each connect."""
+
+    name: Name = Field(description="the name commands call it by")
+    object: NodeText = Field(description="node id of the object the method is called on")
+    method: NodeText = Field(description="node id of the method")
+    inputs: Sequence[MethodArgument] = Field(
+        default_factory=list, description="input arguments, in the server's order"
+    )
+    description: str | None = Field(default=None, description="free text, for people")
+
+    @model_validator(mode="after")
+    def _names(self) -> OpcuaMethod:
+        if self.name in CONDITION_METHODS:
+            raise key_error(
+                "name", f"{self.name} is the agent's own (acknowledging alarms): pick another name"
+            )
+        seen: set[str] = set()
+        for i, arg in enumerate(self.inputs):
+            if arg.name in seen:
+                raise key_error("inputs", f"input {arg.name!r} (inputs.{i}) is given twice")
+            seen.add(arg.name)
+        return self
+
+
+def _event_type(value: str) -> str:
+    """A standard event type by name (AlarmConditionType...) or a node id (a vendor's type)."""
+    if "=" in value:
+        parse_node(value)
+        return value
+    number = getattr(ua.ObjectIds, value, None)
+    if not isinstance(number, int) or not value.endswith("Type"):
+        raise ValueError(
+            f"unknown event type {value!r}: a standard type (BaseEventType, AlarmConditionType, "
+            "OffNormalAlarmType...) or a node id"
+        )
+    return value
+
+
+EventType = Annotated[str, AfterValidator(_event_type)]
+
+
+def _field_path(value: str) -> str:
+    if not value or any(not part for part in value.split("/")):
+        raise ValueError(f"invalid field {value!r}: browse names separated by /, e.g. Comment")
+    return value
+
+
+class OpcuaEvents(StrictModel):
+    """Events of the server (Alarms & Conditions) published on the device's event stream."""
+
+    name: Name = Field(description="the subscription's name, for logs")
+    source: NodeText = Field(
+        default="i=2253",
+        description="the node whose events are subscribed (the Server object, i=2253, by default)",
+    )
+    types: Sequence[EventType] = Field(
+        default_factory=lambda: ["AlarmConditionType"],
+        min_length=1,
+        description="event types (and their subtypes) to receive: AlarmConditionType...",
+    )
+    fields: Sequence[Annotated[str, AfterValidator(_field_path)]] = Field(
+        default_factory=list,
+        description="more event fields to publish (browse paths such as Comment or Quality), "
+        "under fields in the event",
+    )
+
+
 class OpcuaDevice(DeviceBase):
     """An OPC UA server: one session, one subscription (or one Read per poll)."""
 
@@ -260,6 +383,13 @@ class OpcuaDevice(DeviceBase):
         description="subscribe mode: how often the server sends changes (and batches are made)",
     )
     tags: Sequence[OpcuaTag] = Field(default_factory=list)
+    methods: Sequence[OpcuaMethod] = Field(
+        default_factory=list, description="methods commands may call (none unless listed)"
+    )
+    events: Sequence[OpcuaEvents] = Field(
+        default_factory=list,
+        description="Alarms & Conditions subscriptions, published on the device's event stream",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -278,6 +408,27 @@ class OpcuaDevice(DeviceBase):
         if "publishing_interval" in data:
             raise key_error("publishing_interval", "publishing_interval is for mode: subscribe")
         return data
+
+    def scan_rates_refused(self) -> str | None:
+        """Subscribe mode: the server samples each tag (``sampling_interval``) and reports
+        changes at the publishing interval; the agent asks it nothing per tag to give a rate."""
+        if self.mode == "subscribe":
+            return (
+                "subscribe mode: the server reports changes, so tags have no read rate of their "
+                "own: give a tag sampling_interval (how often the server samples it), or use "
+                "mode: poll for every and scan_group"
+            )
+        return None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> OpcuaDevice:
+        for key in ("methods", "events"):
+            seen: set[str] = set()
+            for i, item in enumerate(getattr(self, key)):
+                if item.name in seen:
+                    raise key_error(key, f"{item.name!r} ({key}.{i}) is given twice")
+                seen.add(item.name)
+        return self
 
     @model_validator(mode="after")
     def _poll_mode_keys(self) -> OpcuaDevice:
