@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm test test-fast lint typecheck schema reference proto bench soak clean
+.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm demo-s7 test test-fast lint typecheck schema reference proto bench soak clean
 
 venv: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ demo: venv system-deps
 # Predictive maintenance: a pump's bearing wearing out over a month, in about three minutes.
 demo-pdm: venv system-deps
 	$(PY) -m simulators.demo_pdm
+
+# An injection-moulding machine's Siemens S7 PLC (python-snap7's server) read by the s7 driver.
+demo-s7: venv system-deps
+	$(PY) -m simulators.demo_s7
 
 # Lint and types first, so the suite's own summary line is the last thing printed.
 test: venv test-deps

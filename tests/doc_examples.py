@@ -118,6 +118,10 @@ MINIMAL: dict[str, Minimal] = {
         'connection: {endpoint: "opc.tcp://127.0.0.1:4840"}\n',
         lambda n: f'{{name: {n}, node: "ns=2;s={n}"}}',
     ),
+    "s7": Minimal(
+        "connection: {host: 127.0.0.1}\n",
+        lambda n: f"{{name: {n}, address: DB1.DBW0, type: INT}}",
+    ),
     "serial": Minimal(
         "connection: {port: /dev/ttyUSB0}\n",
         lambda n: f"{{name: {n}, type: float64}}",

@@ -29,6 +29,7 @@ import contextlib
 import io
 import json
 import math
+import struct
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -46,6 +47,7 @@ from drivers.base import Driver
 from simulators.modbus_tcp import ModbusSimulator
 from simulators.opcua_cnc import POINTS as OPCUA_POINTS
 from simulators.opcua_cnc import WAVE_POINTS, CncSimulator
+from simulators.s7_moulding import MouldingSimulator
 from simulators.serial_instruments import OvenSimulator, ScaleSimulator
 from tests.brokers import Mosquitto, Received, Subscriber, free_port
 from tests.e2e import local_mqtt, until
@@ -332,11 +334,55 @@ OPCUA_SUBSCRIBE, OPCUA_POLL = (
     for mode in ("subscribe", "poll")
 )
 
+# Siemens S7 ---------------------------------------------------------------------------------------
+
+S7_DB = 100  # the moulding machine's free data block
+
+
+class MouldingLive(ServerLive[MouldingSimulator]):
+    async def set(self, value: float) -> None:
+        self.sim.put(S7_DB, 0, struct.pack(">h", int(value)))
+
+    async def held(self) -> float | None:
+        return float(struct.unpack(">h", self.sim.get(S7_DB, 4, 2))[0])
+
+
+@contextlib.asynccontextmanager
+async def moulding_live() -> AsyncIterator[Live[Any]]:
+    async with MouldingSimulator(free_port(), update_interval=None) as sim:
+        sim.put(S7_DB, 2, struct.pack(">h", 7))
+        # A waveform: INT samples 0, 100, 0, -100...
+        sim.put(S7_DB, 10, struct.pack(">8h", *[0, 100, 0, -100] * 2))
+        yield MouldingLive(sim, sim.port)
+
+
+S7_MOULDING = Kind(
+    name="s7",
+    driver="s7",
+    entry=lambda port: {
+        "poll_interval": "100ms",
+        "connection": {"host": "127.0.0.1", "port": port, "timeout": "300ms"},
+    },
+    num={"address": f"DB{S7_DB}.DBW0", "type": "INT"},
+    other={"address": f"DB{S7_DB}.DBW2", "type": "INT"},
+    writable={
+        "address": f"DB{S7_DB}.DBW4",
+        "type": "INT",
+        "writable": True,
+        "min": 0,
+        "max": 500,
+    },
+    array={"address": f"DB{S7_DB}.DBB10", "type": "INT", "count": 8},
+    start=moulding_live,
+    fake_where=1102,
+)
+
 #: Per registered driver, its kinds of device. A driver missing here fails every live test.
 KINDS: dict[str, tuple[Kind, ...]] = {
     "modbus": (MODBUS_TCP,),
     "serial": (SERIAL_POLL, SERIAL_STREAM),
     "opcua": (OPCUA_SUBSCRIBE, OPCUA_POLL),
+    "s7": (S7_MOULDING,),
 }
 
 

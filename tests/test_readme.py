@@ -91,7 +91,7 @@ def test_the_matrix_names_every_driver_and_format_with_its_page(readme: Path) ->
     """Generated from the registries: a driver or format added tomorrow fails here until the
     README's matrix has its row, linking its page (and, for a format, its complete example)."""
     text = readme.read_text(encoding="utf-8")
-    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([a-z]+)`[^|]*\|(.*)$", text, re.M)}
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([a-z0-9]+)`[^|]*\|(.*)$", text, re.M)}
     devices = {name for name, row in rows.items() if "/devices/" in row}
     platforms = {name for name, row in rows.items() if "/platforms/" in row}
     assert devices == set(load_drivers())
