@@ -315,9 +315,11 @@ class ModbusDevice(DeviceBase):
     )
     address_offset: int = Field(
         default=0,
-        ge=-1,
-        le=1,
-        description="added to every tag address on the wire: -1 for devices documented 1-based",
+        ge=-65535,
+        le=65535,
+        description="added to every tag address on the wire, so tags keep the addresses their "
+        "document prints: -1 for a register map numbered from 1, -40001 for one numbered "
+        "40001.. (Modicon)",
     )
     read_function: Literal[3, 4] | None = Field(
         default=None,

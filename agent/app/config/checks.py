@@ -146,8 +146,8 @@ def cross_check(data: Any, loc: Locator, skip: set[DataPath]) -> list[ConfigIssu
                         )
                     )
                 for tag, tag_path in _tag_names(target, ("profiles", profile_name)):
-                    line = pos.value(tag_path).line
-                    inherited.setdefault(tag, f"in profile {profile_name!r}, line {line}")
+                    where = loc.where(tag_path)
+                    inherited.setdefault(tag, f"in profile {profile_name!r}, {where}")
         issues += _duplicates(_tag_names(device, path), loc, "tag name", inherited)
     return issues
 
@@ -162,7 +162,7 @@ def _duplicates(
         if name in first:
             issues.append(loc.at_value(path, f"duplicate {what} {name!r} ({first[name]})"))
         else:
-            first[name] = f"first at line {loc.document.positions.value(path).line}"
+            first[name] = f"first at {loc.where(path)}"
     return issues
 
 

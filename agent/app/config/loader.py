@@ -7,7 +7,7 @@ needs fixing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from agent.app.config.formats import (
 )
 from agent.app.config.locate import Locator
 from agent.app.config.models import BASE_DIR, Config, MqttSection, build_config_model
+from agent.app.config.profilefiles import assemble, default_profile_dirs
 from agent.app.config.secrets import resolve_secrets as fill_secrets
 from agent.app.config.yamlpos import EMPTY_MESSAGE, parse_yaml
 from agent.core.processing.config import check_device_processing
@@ -64,17 +65,19 @@ def load_config(
     drivers: Mapping[str, type[Driver]],
     *,
     resolve_secrets: bool = False,
+    profile_dirs: Sequence[Path] | None = None,
 ) -> Config:
     """Read, validate and merge one config file.
 
     Raises ``ConfigErrors`` listing every problem, and ``OSError`` when the file cannot be read.
     Relative paths in the file are resolved against the file's directory. With
     ``resolve_secrets`` the MQTT password is read from its variable or file and the TLS files must
-    be readable; ``validate`` leaves that to the machine that runs the agent.
+    be readable; ``validate`` leaves that to the machine that runs the agent. A device's
+    ``profile:`` the file does not define is looked for in ``profile_dirs`` (by default
+    /etc/edge-agent/profiles, then the bundled profiles), and ``include:`` adds profile files.
     """
     file = str(path)
     document = parse_yaml(_read(path), file)
-    loc = Locator(file, document)
     issues = list(document.issues)
     data: Any = document.data
     if data is None:  # "---" or "~" alone: as empty as an empty file
@@ -94,6 +97,10 @@ def load_config(
                 ),
             ]
         )
+    dirs = default_profile_dirs() if profile_dirs is None else profile_dirs
+    found = assemble(data, file, document.positions, path.parent.absolute(), dirs)
+    issues += found.issues
+    loc = Locator(file, document, found.origins)
     pre = precheck(data, drivers, loc)
     issues += pre.issues
     # Only the drivers this file names are imported and typed into the model (see Drivers).

@@ -14,6 +14,7 @@ import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Tag
@@ -21,27 +22,61 @@ from pydantic_core import ErrorDetails
 
 from agent.app.config.errors import ConfigIssue
 from agent.app.config.models import KEY_ERROR
-from agent.app.config.yamlpos import DataPath, Document, Mark, dotted
+from agent.app.config.yamlpos import DataPath, Document, Mark, Positions, dotted
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 _INSTANCE_OF = re.compile(r" or instance of \w+")
 
 
-class Locator:
-    """Turns paths in one document into issues at their positions."""
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a part of the data was written when it is not the config file itself: a profile
+    file it includes, or a profile's ``defaults:`` a device inherited. ``path`` is that part's
+    path in ``file``; issues inside it are reported there, with that file's own path."""
 
-    def __init__(self, file: str, document: Document) -> None:
+    file: str
+    positions: Positions
+    path: DataPath
+
+
+class Locator:
+    """Turns paths in the data into issues at their positions: in the config file, or in the
+    file a part of the data came from (``origins``, keyed by the part's path in the data)."""
+
+    def __init__(
+        self, file: str, document: Document, origins: Mapping[DataPath, Origin] | None = None
+    ) -> None:
         self.file = file
         self.document = document
+        self.origins: dict[DataPath, Origin] = dict(origins or {})
 
     def at_value(self, path: DataPath, message: str) -> ConfigIssue:
-        return self._issue(self.document.positions.value(path), path, message)
+        return self._issue(path, message, on_key=False)
 
     def at_key(self, path: DataPath, message: str) -> ConfigIssue:
-        return self._issue(self.document.positions.key(path), path, message)
+        return self._issue(path, message, on_key=True)
 
-    def _issue(self, mark: Mark, path: DataPath, message: str) -> ConfigIssue:
-        return ConfigIssue(self.file, mark.line, mark.col, dotted(path), message)
+    def where(self, path: DataPath) -> str:
+        """``line N`` of the config file, or ``FILE line N`` of another, for messages that
+        point at a second place."""
+        file, positions, inner = self._source(path)
+        line = positions.value(inner).line
+        return f"line {line}" if file == self.file else f"{file} line {line}"
+
+    def _source(self, path: DataPath) -> tuple[str, Positions, DataPath]:
+        for end in range(len(path), 0, -1):
+            origin = self.origins.get(path[:end])
+            if origin is not None:
+                return origin.file, origin.positions, (*origin.path, *path[end:])
+        return self.file, self.document.positions, path
+
+    def _issue(
+        self, path: DataPath, message: str, *, on_key: bool, missing: str | None = None
+    ) -> ConfigIssue:
+        file, positions, inner = self._source(path)
+        mark: Mark = positions.key(inner) if on_key else positions.value(inner)
+        shown = inner if missing is None else (*inner, missing)
+        return ConfigIssue(file, mark.line, mark.col, dotted(shown), message)
 
     def from_pydantic(
         self, errors: Iterable[ErrorDetails], model: type[BaseModel]
@@ -62,9 +97,7 @@ class Locator:
             # Point at the mapping that lacks the key; name the key in the path so the line reads
             # as what to add where.
             return self._issue(
-                self.document.positions.value(path),
-                (*path, loc[-1]),
-                f"missing required key {loc[-1]!r}",
+                path, f"missing required key {loc[-1]!r}", on_key=False, missing=loc[-1]
             )
         if kind == "extra_forbidden" and path:
             key = str(path[-1])

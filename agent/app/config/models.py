@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from agent.app.config.defaults import with_defaults
 from agent.app.config.formats import format_section_model
 from agent.core.processing.config import processed_models
 from agent.north.formats.base import Format, options_field
@@ -359,8 +360,16 @@ class Config(StrictModel):
     metrics: MetricsSection = Field(
         default_factory=MetricsSection, description="the Prometheus endpoint"
     )
+    include: list[ConfigPath] = Field(
+        default_factory=list,
+        description="profile files to load (one profile each, named by the file's name without "
+        ".yaml); a relative path is relative to the config file's directory",
+    )
     profiles: dict[Name, ProfileBase] = Field(
-        default_factory=dict, description="device types: tag lists written once, by name"
+        default_factory=dict,
+        description="device types: tag lists and device defaults written once, by name; a "
+        "device may also name a profile file of /etc/edge-agent/profiles or the bundled "
+        "config/profiles",
     )
     devices: list[DeviceBase] = Field(default_factory=list, description="the devices to poll")
 
@@ -434,6 +443,10 @@ def build_config_model(
         )
     # Each driver's models with the agent's processing keys added (the contract has none).
     models = {n: processed_models(d.device_model, d.profile_model) for n, d in drivers.items()}
+    # A profile's defaults: are typed by its driver's device keys, processing keys included.
+    models = {
+        n: (device, with_defaults(device, profile)) for n, (device, profile) in models.items()
+    }
     device = _tagged_union({name: models[name][0] for name in sorted(models)})
     profile = _tagged_union({name: models[name][1] for name in sorted(models)})
     return create_model(
