@@ -140,6 +140,24 @@ def print_status(snap: Mapping[str, Any], out: TextIO) -> None:
         _table(rows, out)
     else:
         out.write("no devices configured\n")
+    outputs = snap.get("outputs") or []
+    if len(outputs) > 1:
+        out.write("\n")
+        rows = [["DESTINATION", "FORMAT", "BROKER", "STATE", "BACKLOG", "OLDEST", "DROPPED"]]
+        for o in outputs:
+            rows.append(
+                [
+                    o["name"],
+                    o["format"],
+                    ",".join(o["servers"]) + (" (TLS)" if o["tls"] else ""),
+                    "connected" if o["connected"] else "DISCONNECTED",
+                    str(o["backlog"])
+                    + (f" ({o['quarantined']} quarantined)" if o["quarantined"] else ""),
+                    _dur(o["oldest_age_s"]),
+                    str(o["dropped_total"]),
+                ]
+            )
+        _table(rows, out)
     recent = snap.get("recent_errors") or []
     if recent:
         out.write("\nrecent warnings:\n")

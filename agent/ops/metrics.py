@@ -139,17 +139,28 @@ class Metrics:
             ["agent", "version"],
             registry=r,
         )
+        # The mqtt section's destination always exists (the contract's series, unlabelled once).
+        self.add_output("default")
 
-    def forget_output(self, output: str) -> None:
-        """Drop a removed destination's series."""
-        for family in (
+    def _per_output(self) -> tuple[Counter | Gauge | Histogram, ...]:
+        return (
             self.buffer_dropped,
             self.published,
             self.publish_latency,
             self.mqtt_connected,
             self.output_backlog,
             self.output_oldest_age,
-        ):
+        )
+
+    def add_output(self, output: str) -> None:
+        """Every per-destination series of ``output``, at zero, from the start (a dashboard
+        or an alert should not wait for a first event to see the destination)."""
+        for family in self._per_output():
+            family.labels(output)
+
+    def forget_output(self, output: str) -> None:
+        """Drop a removed destination's series."""
+        for family in self._per_output():
             with contextlib.suppress(KeyError):
                 family.remove(output)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agent.core.buffer import BufferStats, OutputBacklog
 from agent.south.scheduler import BatchSink, StatusSink, all_good
 from drivers.base import Batch, Quality, Reading
 
@@ -168,8 +169,14 @@ def readiness(snap: dict[str, Any]) -> list[str]:
         problems.append("not started")
     if not buf["open"]:
         problems.append("buffer not open")
-    if not snap["broker"]["connected"] and buf["bytes"] >= 0.9 * buf["max_size"]:
+    full = buf["bytes"] >= 0.9 * buf["max_size"]
+    if not snap["broker"]["connected"] and full:
         problems.append("broker disconnected and buffer above 90% of max_size")
+    for out in snap.get("outputs", [])[1:]:  # the first is the broker above
+        if not out["connected"] and full:
+            problems.append(
+                f"destination {out['name']} disconnected and buffer above 90% of max_size"
+            )
     return problems
 
 
@@ -240,6 +247,10 @@ def build_snapshot(agent: Agent) -> dict[str, Any]:
             "quarantined": stats.quarantined,
             "quarantine_reason": stats.quarantine_reason,
         },
+        "outputs": [
+            output_json(name, dest.config.mqtt, dest.publisher, stats, t)
+            for name, dest in agent.destinations.items()
+        ],
         "clock": {
             "synchronized": agent.clock.synchronized,
             "steps": agent.clock.steps,
@@ -252,6 +263,32 @@ def build_snapshot(agent: Agent) -> dict[str, Any]:
     snap["ready"] = not problems
     snap["problems"] = problems
     return snap
+
+
+def output_json(
+    name: str, section: Any, publisher: Any, stats: BufferStats, t: float
+) -> dict[str, Any]:
+    """One destination as the status shows it: where, in which dialect, connected or not, and
+    its share of the buffer (what it has still to send, since when, what it lost)."""
+    share = (stats.outputs or {}).get(name) or OutputBacklog(0, None, 0)
+    servers = getattr(section, "servers", None) or [f"{section.host}:{section.port}"]
+    return {
+        "name": name,
+        "format": section.format,
+        "servers": list(servers),
+        "tls": section.tls is not None,
+        "devices": list(section.devices) if getattr(section, "devices", None) else None,
+        "streams": list(section.streams) if getattr(section, "streams", None) else None,
+        "connected": publisher.connected.is_set(),
+        "sessions": publisher.sessions,
+        "backlog": share.batches,
+        "oldest_age_s": round(t - share.oldest_created, 1)
+        if share.oldest_created is not None
+        else 0.0,
+        "dropped_total": share.dropped_total,
+        "quarantined": share.quarantined,
+        "quarantine_reason": share.quarantine_reason,
+    }
 
 
 class StatusView:
@@ -297,7 +334,12 @@ def describe(agent: Agent) -> str:
     """One line for ``systemctl status``."""
     up = sum(1 for v in agent.board.devices.values() if v.state == "up")
     broker = "connected" if agent.publisher.connected.is_set() else "disconnected"
-    return f"{up}/{len(agent.polled)} devices up, broker {broker}"
+    line = f"{up}/{len(agent.polled)} devices up, broker {broker}"
+    others = [d for n, d in agent.destinations.items() if n != "default"]
+    if others:
+        live = sum(d.publisher.connected.is_set() for d in others)
+        line += f", {live}/{len(others)} more destinations connected"
+    return line
 
 
 async def report_status(agent: Agent, every: float = 10.0) -> None:

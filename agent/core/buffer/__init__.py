@@ -155,7 +155,7 @@ class Buffer:
                 self._wakeups.pop(name, None)
                 m.forget_output(name)
             for name in self._masks:
-                m.buffer_dropped.labels(name)
+                m.add_output(name)
                 m.output_oldest_age.labels(name).set_function(
                     lambda name=name: self._output_age(name)  # type: ignore[misc]
                 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent.ops.web.i18n import DURATION_UNITS, TEXT
@@ -96,6 +96,28 @@ def _rows(rows: Iterable[str]) -> str:
     return "".join(rows)
 
 
+def _destination(
+    out: dict[str, Any], t: dict[str, str], lang: str, word: Callable[[str], str]
+) -> tuple[str, str]:
+    """One more destination (``outputs:``) in the overview: where, connected or not, and
+    its share of the buffer."""
+    state = (
+        f'<span class="ok">{word("connected")}</span>'
+        if out["connected"]
+        else f'<span class="warn">{word("disconnected")}</span>'
+    )
+    text = t["output_text"].format(
+        format=out["format"],
+        n=out["backlog"],
+        age=_duration(out["oldest_age_s"], lang),
+        d=out["dropped_total"],
+    )
+    return (
+        _e(t["destination"].format(name=out["name"])),
+        f"{_e(', '.join(out['servers']))}{word('colon')}{state}{word('sep')}{_e(text)}",
+    )
+
+
 def render_page(snap: dict[str, Any], lang: str) -> str:
     """The page for one snapshot (``agent.ops.status.build_snapshot``) in ``lang``."""
     t = TEXT[lang]
@@ -159,6 +181,7 @@ def render_page(snap: dict[str, Any], lang: str) -> str:
                 else ""
             ),
         ),
+        *(_destination(o, t, lang, word) for o in snap.get("outputs", [])[1:]),
         (word("clock"), clock_html),
     ]
     overview_html = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in overview)
