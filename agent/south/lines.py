@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 
 
 class _Slot:
-    """One device's place on the line: its cadence, or while it fails, its next attempt."""
+    """One device's place on the line: a cadence per rate group (one unless its tags have rates
+    of their own), or while it fails, its next attempt."""
 
     def __init__(self, device: PolledDevice, start: float) -> None:
         self.device = device
-        self.cadence = Cadence(device.device.poll_interval, start)
+        self.cadences = [Cadence(g.every, start) for g in device.groups]
+        self.group = 0  # the rate group its next turn polls
         self.retry_at: float | None = None  # set while backed off
         self.attempts = RetryCallState(AsyncRetrying(), None, (), {})
         self.attempts.attempt_number = 0
@@ -46,7 +48,9 @@ class _Slot:
 
     @property
     def due(self) -> float:
-        return self.retry_at if self.retry_at is not None else self.cadence.due
+        if self.retry_at is not None:
+            return self.retry_at
+        return min(c.due for c in self.cadences)
 
 
 class LinePoller:
@@ -88,11 +92,13 @@ class LinePoller:
         turns = itertools.count(1)
         while True:
             slot = min(slots, key=lambda s: (s.due, s.served))
+            if slot.retry_at is None:
+                slot.group = slot.device.next_group(slot.cadences)
             await asyncio.sleep(max(0.0, slot.due - loop.time()))
             slot.served = next(turns)
             began = loop.time()
             async with self.lock:
-                ok = await self._turn(slot.device, loop)
+                ok = await self._turn(slot, loop)
             now = loop.time()
             if not ok:
                 slot.attempts.attempt_number += 1
@@ -101,11 +107,14 @@ class LinePoller:
             if slot.retry_at is not None:  # back: its ticks while down were not missed
                 slot.retry_at = None
                 slot.attempts.attempt_number = 0
-                slot.cadence.resume(began)
-            slot.device.polled(slot.cadence, now)
+                for cadence in slot.cadences:
+                    cadence.resume(began)
+            slot.device.polled(slot.cadences[slot.group], now)
 
-    async def _turn(self, polled: PolledDevice, loop: asyncio.AbstractEventLoop) -> bool:
-        """Connect when needed, then poll; False (one all-bad batch emitted) when either fails."""
+    async def _turn(self, slot: _Slot, loop: asyncio.AbstractEventLoop) -> bool:
+        """Connect when needed, then poll the slot's next rate group; False (one all-bad batch
+        emitted) when either fails."""
+        polled = slot.device
         if not polled.connected:
             try:
                 await polled.driver.connect()
@@ -113,4 +122,4 @@ class LinePoller:
                 await polled.lost(exc.reason)
                 return False
             polled.connected = True
-        return await polled.poll_once(loop)
+        return await polled.poll_once(loop, slot.group)

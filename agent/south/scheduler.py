@@ -47,6 +47,7 @@ from drivers.base import (
     Quality,
     Reading,
     WriteError,
+    rate_groups,
 )
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class PolledDevice:
         self._overrunning = False
         self._down_reason: str | None = None
         self._tag_names = [t.name for t in device.tags]
+        #: The device's rate groups, fastest first (one unless tags have rates of their own).
+        self.groups = rate_groups(device)
         self.cycles = 0  # completed poll cycles; tests await progress through it
         self.last_poll: float | None = None  # time.time() of the last completed poll
         name = device.name
@@ -242,11 +245,20 @@ class PolledDevice:
 
     # -- one cycle --------------------------------------------------------------------------------
 
-    async def poll_once(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Poll and emit; False when the device was lost (it is then closed and marked down)."""
+    def next_group(self, cadences: list[Cadence]) -> int:
+        """The index of the rate group to poll next: the earliest tick, and of groups due
+        together the fastest first, so a slow group's requests come after a fast group's."""
+        return min(range(len(cadences)), key=lambda i: (cadences[i].due, self.groups[i].every))
+
+    async def poll_once(self, loop: asyncio.AbstractEventLoop, group: int = 0) -> bool:
+        """Poll rate group ``group`` (the whole device when it has one) and emit its batch;
+        False when the device was lost (it is then closed and marked down)."""
         t0 = loop.time()
         try:
-            readings = await self.driver.poll()
+            if len(self.groups) == 1:
+                readings = await self.driver.poll()
+            else:
+                readings = await self.driver.poll_group(self.groups[group])
         except DeviceError as exc:
             await self.lost(exc.reason)
             self._m_duration.observe(loop.time() - t0)
@@ -329,20 +341,28 @@ class DevicePoller(PolledDevice):
             await self.driver.close()
 
     async def _loop(self) -> None:
+        """One cadence per rate group (one for most devices), served earliest tick first from
+        this one task: the device has one connection, which carries one group's requests at a
+        time, and a group's batch is emitted as soon as its own requests are answered."""
         loop = asyncio.get_running_loop()
-        cadence = Cadence(self.device.poll_interval, loop.time() + self._phase)
+        start = loop.time() + self._phase
+        cadences = [Cadence(g.every, start) for g in self.groups]
         while True:
             if not self.connected:
                 await self._connect()
-                # Resume on the cadence: the next tick that is not in the past.
-                cadence.tick = max(
-                    cadence.tick, math.ceil((loop.time() - cadence.start) / cadence.interval)
-                )
-                await asyncio.sleep(max(0.0, cadence.due - loop.time()))
+                # Resume on each cadence: its next tick that is not in the past.
+                now = loop.time()
+                for cadence in cadences:
+                    cadence.tick = max(
+                        cadence.tick, math.ceil((now - cadence.start) / cadence.interval)
+                    )
+            group = self.next_group(cadences)
+            await asyncio.sleep(max(0.0, cadences[group].due - loop.time()))
             async with self.turn:
-                await self.poll_once(loop)
-            self.polled(cadence, loop.time())
-            await asyncio.sleep(max(0.0, cadence.due - loop.time()))
+                ok = await self.poll_once(loop, group)
+            self.polled(cadences[group], loop.time())
+            if not ok:  # lost: reconnecting starts at the next tick, not at once
+                await asyncio.sleep(max(0.0, min(c.due for c in cadences) - loop.time()))
 
     async def _connect(self) -> None:
         retrying = AsyncRetrying(

@@ -7,13 +7,15 @@ imports a concrete driver. Everything here depends on the standard library and p
 * ``units``: the value types every config section shares (names, durations, sizes);
 * ``config``: tag, device and profile models drivers subclass, and secret references;
 * ``data``: readings, batches and the errors a driver raises;
-* ``driver``: the ``Driver`` class with its optional abilities, and the shared ``Line``.
+* ``driver``: the ``Driver`` class with its optional abilities, and the shared ``Line``;
+* ``rates``: scan rates within a device (``every``, ``scan_group``) as rate groups.
 """
 
 from drivers.base.config import (
     CommandLimits,
     DeviceBase,
     ProfileBase,
+    ScanGroup,
     StrictModel,
     TagBase,
     ValueType,
@@ -24,6 +26,7 @@ from drivers.base.config import (
 )
 from drivers.base.data import Batch, CallResult, DeviceError, Quality, Reading, Value, WriteError
 from drivers.base.driver import Driver, Line, LineSettings
+from drivers.base.rates import RateGroup, rate_groups
 from drivers.base.units import (
     NAME_PATTERN,
     Duration,
@@ -50,7 +53,9 @@ __all__ = [
     "PositiveDuration",
     "ProfileBase",
     "Quality",
+    "RateGroup",
     "Reading",
+    "ScanGroup",
     "Size",
     "StrictModel",
     "TagBase",
@@ -63,5 +68,6 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "password_source",
+    "rate_groups",
     "refuse_inline_password",
 ]

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.base.units import Name, PositiveDuration, key_error
 
@@ -69,6 +69,22 @@ class TagBase(StrictModel):
     name: Name = Field(description="the tag's name in payloads and topics ([A-Za-z0-9_.-])")
     unit: str | None = Field(default=None, description="engineering unit, for documentation")
     description: str | None = Field(default=None, description="free text, for people")
+    every: PositiveDuration | None = Field(
+        default=None,
+        description="read this tag at its own rate instead of the device's poll_interval "
+        "(energy totals each minute, voltages each second); see drivers.base.rates",
+    )
+    scan_group: Name | None = Field(
+        default=None,
+        description="read this tag at the rate of the device's scan group of this name "
+        "(scan_groups)",
+    )
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> Any:
+        if self.every is not None and self.scan_group is not None:
+            raise key_error("scan_group", "give every or scan_group, not both")
+        return self
 
     def value_type(self) -> ValueType | None:
         """The type of the values this tag's readings carry, as far as the config tells
@@ -117,6 +133,15 @@ class CommandLimits(StrictModel):
     )
 
 
+class ScanGroup(StrictModel):
+    """A named rate within a device: its tags (``scan_group: <name>``) are read every ``every``,
+    whatever the device's ``poll_interval``; the rate is written once, not on every tag."""
+
+    name: Name = Field(description="the name tags give as their scan_group")
+    every: PositiveDuration = Field(description="how often the group's tags are read")
+    description: str | None = Field(default=None, description="free text, for people")
+
+
 class DeviceBase(StrictModel):
     """What every driver's device entry has. Drivers subclass it, narrowing ``driver`` to a
     ``Literal`` and adding ``connection`` and their own keys."""
@@ -133,3 +158,27 @@ class DeviceBase(StrictModel):
         default_factory=CommandLimits,
         description="rate limit of commands (writes from the cloud) to this device",
     )
+    scan_groups: Sequence[ScanGroup] = Field(
+        default_factory=list,
+        description="named rates within the device; a tag joins one with scan_group: <name>",
+    )
+
+    @model_validator(mode="after")
+    def _unique_scan_groups(self) -> Any:
+        seen: set[str] = set()
+        for group in self.scan_groups:
+            if group.name in seen:
+                raise key_error("scan_groups", f"scan group {group.name!r} is defined twice")
+            seen.add(group.name)
+        return self
+
+    def scan_rates_refused(self) -> str | None:
+        """Why this device cannot read tags at rates of their own (``every``, ``scan_group``),
+        or None when it can (the default: the agent polls it). A device the device itself
+        drives (a subscription, a stream) overrides it with the reason, which validation shows."""
+        return None
+
+    def method_names(self) -> list[str]:
+        """The methods commands may call on this device (``{"call": {"<name>": [...]}}``), for
+        formats that declare them (Sparkplug's DBIRTH); none unless the driver declares some."""
+        return []

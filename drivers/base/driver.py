@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from drivers.base.config import DeviceBase, ProfileBase
 from drivers.base.data import CallResult, Reading, WriteError
+from drivers.base.rates import RateGroup
 
 # --------------------------------------------------------------------------------------------------
 # The driver class
@@ -95,6 +96,17 @@ class Driver(abc.ABC):
     async def close(self) -> None:
         """Release the connection. Must not raise."""
 
+    async def poll_group(self, group: RateGroup) -> list[Reading]:
+        """Read the tags of one rate group (``drivers.base.rates``): the agent calls it instead
+        of ``poll()`` for a device whose tags have rates of their own, once per group tick.
+
+        The default polls every tag and keeps the group's readings: right for any driver, but it
+        reads the other groups' tags too. A driver that plans requests overrides it and plans
+        each group once in ``__init__`` (``rate_groups(device)``), so a group costs only its
+        own requests and a slow group's requests never stand in a fast group's way."""
+        wanted = frozenset(group.tags)
+        return [r for r in await self.poll() if r.tag in wanted]
+
     def describe_plan(self) -> dict[str, Any]:
         """Facts about the planned requests, for logs and benchmarks (e.g. requests per cycle)."""
         return {}
@@ -134,6 +146,15 @@ class Driver(abc.ABC):
         (the driver's own options), look at a device and print a ready-to-edit YAML device
         entry on stdout; return the exit code (0, 1 runtime failure, 2 usage). None when the
         driver cannot discover devices (the default)."""
+        return None
+
+    @classmethod
+    def scan(cls, argv: Sequence[str]) -> int | None:
+        """Optional, for commissioning (``edge-agent scan DRIVER ARGS...``): parse ``argv`` (the
+        driver's own options), ask a line who is on it, with short timeouts and progress on
+        stderr, and print each device that answers on stdout; return the exit code (0 some
+        answered, 1 none or the line failed, 2 usage). None when the driver cannot scan (the
+        default)."""
         return None
 
     # -- writes (commands from the cloud; only tags the config marks writable reach here) --------

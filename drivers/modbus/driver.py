@@ -30,7 +30,17 @@ from typing import Any, NamedTuple
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.base import DeviceBase, DeviceError, Driver, Line, LineSettings, Reading, WriteError
+from drivers.base import (
+    DeviceBase,
+    DeviceError,
+    Driver,
+    Line,
+    LineSettings,
+    RateGroup,
+    Reading,
+    WriteError,
+    rate_groups,
+)
 from drivers.modbus.codec import (
     Decoded,
     TagCodec,
@@ -130,7 +140,7 @@ class _PlanTag(NamedTuple):
 
 @functools.lru_cache(maxsize=256)
 def _shared_plan(
-    tags: tuple[_PlanTag, ...],
+    groups: tuple[tuple[_PlanTag, ...], ...],
     max_gap: int,
     max_registers: int,
     max_bits: int,
@@ -139,14 +149,21 @@ def _shared_plan(
 ) -> tuple[Request, ...]:
     """One plan (immutable requests and slices) for every device whose tags and limits plan
     alike: 200 meters of one profile need it once, not 200 times. A device that learns
-    exception 2 replaces requests in its own copy of the list, never in the shared tuple."""
-    return plan(
-        tags,
-        max_gap=max_gap,
-        max_registers=max_registers,
-        max_bits=max_bits,
-        coalesce=coalesce,
-        address_offset=address_offset,
+    exception 2 replaces requests in its own copy of the list, never in the shared tuple.
+
+    Each rate group (``drivers.base.rates``) is planned on its own, one after the other, so no
+    request mixes tags of two rates: a group's poll sends only its own requests."""
+    return tuple(
+        request
+        for tags in groups
+        for request in plan(
+            tags,
+            max_gap=max_gap,
+            max_registers=max_registers,
+            max_bits=max_bits,
+            coalesce=coalesce,
+            address_offset=address_offset,
+        )
     )
 
 
@@ -222,9 +239,15 @@ class ModbusDriver(Driver):
         if not isinstance(device, ModbusDevice):
             device = ModbusDevice.model_validate(device.model_dump())
         self.config: ModbusDevice = device
+        by_name = {t.name: t for t in device.tags}
+        self.groups = rate_groups(device)
         self.requests = _shared_plan(
             tuple(
-                _PlanTag(t.name, t.table, t.address, t.width, t.element_width) for t in device.tags
+                tuple(
+                    _PlanTag(t.name, t.table, t.address, t.width, t.element_width)
+                    for t in (by_name[name] for name in group.tags)
+                )
+                for group in self.groups
             ),
             device.max_gap,
             device.max_registers,
@@ -267,11 +290,17 @@ class ModbusDriver(Driver):
         return tag
 
     def describe_plan(self) -> dict[str, Any]:
-        return {
+        facts: dict[str, Any] = {
             "requests": len(self.requests),
             "registers": sum(r.count for r in self.requests if not r.is_bits),
             "bits": sum(r.count for r in self.requests if r.is_bits),
         }
+        if len(self.groups) > 1:
+            facts["rate_groups"] = {
+                g.label: sum(1 for r in self.requests if r.slices[0].tag in set(g.tags))
+                for g in self.groups
+            }
+        return facts
 
     def error_counts(self) -> Mapping[str, int]:
         """Timeouts, exception answers by code, answers pymodbus could not use."""
@@ -298,6 +327,14 @@ class ModbusDriver(Driver):
             known = (req, _reads_of(req, self._decoders, self._split))
             self._more_reads[id(req)] = known
         return known[1]
+
+    @classmethod
+    def scan(cls, argv: Sequence[str]) -> int:
+        """``edge-agent scan modbus --port P --baudrate N``: the units on an RTU line
+        (``drivers.modbus.scan``)."""
+        from drivers.modbus import scan
+
+        return scan.main(argv)
 
     # -- lines ------------------------------------------------------------------------------------
 
@@ -387,13 +424,21 @@ class ModbusDriver(Driver):
     # -- polling ----------------------------------------------------------------------------------
 
     async def poll(self) -> list[Reading]:
+        return await self._poll_tags(None)
+
+    async def poll_group(self, group: RateGroup) -> list[Reading]:
+        """Only the group's requests: each rate group was planned on its own in ``__init__``,
+        so a request belongs to the group of its first tag."""
+        return await self._poll_tags(frozenset(group.tags))
+
+    async def _poll_tags(self, only: frozenset[str] | None) -> list[Reading]:
         if not self.config.close_connection_after_poll:
-            return await self._poll()
+            return await self._poll(only)
         # The quirk: a connection per poll (what was learned about the device stays).
         if not self.connected:
             await self._open()
         try:
-            return await self._poll()
+            return await self._poll(only)
         finally:
             await self.close()
 
@@ -401,7 +446,9 @@ class ModbusDriver(Driver):
     def connected(self) -> bool:
         return self._link is not None and self._link.connected
 
-    async def _poll(self) -> list[Reading]:
+    async def _poll(self, only: frozenset[str] | None = None) -> list[Reading]:
+        """Read the plan's requests (those of the tags in ``only``, when given: one rate
+        group) and decode them into readings."""
         if not self.connected:
             raise DeviceError("connection lost", "not connected")
         if self._learned_at is not None and time.monotonic() - self._learned_at > self._reprobe:
@@ -412,8 +459,14 @@ class ModbusDriver(Driver):
         parts: dict[str, list[tuple[int, Sequence[int] | Sequence[bool]]]] = {}
         failed: dict[str, str] = {}
         answered = 0
-        probing = [name for name, p in self._parked.items() if p.due <= self._cycle]
-        pending = list(self._plan)
+        probing = [
+            name
+            for name, p in self._parked.items()
+            if p.due <= self._cycle and (only is None or name in only)
+        ]
+        pending = (
+            list(self._plan) if only is None else [r for r in self._plan if r.slices[0].tag in only]
+        )
         for name in probing:
             pending += self._parked[name].requests
         while pending:
@@ -477,7 +530,7 @@ class ModbusDriver(Driver):
             self._plan += parked.requests
         now = time.time()
         for name, parked in self._parked.items():
-            if name not in answered_tags:
+            if name not in answered_tags and (only is None or name in only):
                 failed.setdefault(name, parked.reason)
         for name, got in parts.items():
             if name in failed:

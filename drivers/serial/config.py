@@ -206,6 +206,16 @@ class SerialDevice(DeviceBase):
     requests: Sequence[SerialRequest] = Field(default_factory=list)
     tags: Sequence[SerialTag] = Field(default_factory=list)
 
+    def scan_rates_refused(self) -> str | None:
+        """Stream mode: the instrument sends when it likes and every frame carries all its
+        tags; there is no request to send more or less often per tag."""
+        if self.mode == "stream":
+            return (
+                "stream mode: the instrument sends every tag in each frame by itself, so tags "
+                "have no read rate of their own (every and scan_group are for mode: poll)"
+            )
+        return None
+
     @property
     def patterns(self) -> list[str]:
         if self.mode == "stream":

@@ -23,11 +23,15 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.base import DeviceBase, ProfileBase, StrictModel, TagBase
+from agent.core.processing.expr import ExprError, ExprType
+from agent.core.processing.expr import infer as infer_expr
+from agent.core.processing.expr import parse as parse_expr
+from drivers.base import DeviceBase, ProfileBase, StrictModel, TagBase, ValueType
 from drivers.base import Duration as _Duration
 from drivers.base import Name as _Name
 from drivers.base import PositiveDuration as _PositiveDuration
 from drivers.base import key_error as _key_error
+from drivers.base.rates import has_own_rates, unknown_scan_groups
 
 
 class _Model(BaseModel):
@@ -433,6 +437,13 @@ class StateSpec(_Model):
 # ----------------------------------------------------------------------------------- checks
 
 
+def input_type(value_type: ValueType | None) -> ExprType:
+    """What a tag of this declared type is in an expression."""
+    if value_type is None:
+        return "any"
+    return "bool" if value_type == "bool" else "text" if value_type == "string" else "number"
+
+
 def tag_outputs(
     name: str,
     window: WindowSpec | None,
@@ -472,12 +483,43 @@ def check_tag_processing(tag: Any) -> None:
             )
 
 
+def check_scan_rates(device: Any) -> None:
+    """Tags' scan groups exist, and the device reads tags at rates of their own at all."""
+    for i, group in unknown_scan_groups(device):
+        known = ", ".join(g.name for g in device.scan_groups) or "none"
+        raise _key_error(
+            "tags", f"tags.{i}.scan_group: no scan group {group!r} (scan_groups has: {known})"
+        )
+    refused = device.scan_rates_refused()
+    if refused is not None and has_own_rates(device):
+        raise _key_error("tags", f"every and scan_group are not possible here: {refused}")
+
+
+def check_calculated(device: Any) -> None:
+    """Calculated tags: names free, inputs known (the device's tags and the calculated tags
+    before), types that fit (``agent.core.processing.expr.infer``)."""
+    types: dict[str, ExprType] = {t.name: input_type(t.value_type()) for t in device.tags}
+    for i, calc in enumerate(getattr(device, "calculated", ())):
+        if calc.name in types:
+            raise _key_error(
+                "calculated", f"calculated.{i}.name: {calc.name!r} is already a tag of the device"
+            )
+        try:
+            types[calc.name] = infer_expr(parse_expr(calc.expr), types)
+        except ExprError as exc:
+            raise _key_error("calculated", f"calculated.{i}.expr: {exc}") from None
+
+
 def check_device_processing(device: Any, *, merged: bool = False) -> None:
     """Rules across a device's tags (called from ``DeviceProcessing``). The rules that name
     other tags wait for a device with a profile until its profile's tags are merged in: the
     config loader calls this again then with ``merged=True``."""
     names = {t.name for t in device.tags}
     complete = merged or device.profile is None
+    if complete:
+        check_scan_rates(device)
+        check_calculated(device)
+        names |= {c.name for c in getattr(device, "calculated", ())}
     state = device.state
     if state is not None:
         for reserved in ("state", "runtime"):
@@ -540,6 +582,11 @@ class DeviceProcessingKeys(StrictModel):
         default=None, description="processing defaults for every tag of the device"
     )
     state: StateSpec | None = Field(default=None, description="machine state rules")
+    calculated: list[CalculatedTag] = Field(
+        default_factory=list,
+        description="tags the agent computes from the device's tags with expr (apparent "
+        "power, a unit conversion), each published like a tag the device read",
+    )
 
     @model_validator(mode="after")
     def _check_processing(self) -> Any:
@@ -550,6 +597,35 @@ class DeviceProcessingKeys(StrictModel):
 class ProcessedTag(TagProcessing, TagBase):
     """A tag with the processing keys: every driver's tag model becomes a subclass of it (see
     ``processed_models``), so processing code is typed by it."""
+
+
+def _check_expr(text: str) -> str:
+    """Syntax and grammar at the value itself (types wait for the device's tags)."""
+    try:
+        parse_expr(text)
+    except ExprError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+class CalculatedTag(ProcessedTag):
+    """A tag computed by the agent from the device's other tags (``calculated:``), published
+    like any tag; every processing key works on it. See ``agent.core.processing.calculated``."""
+
+    expr: Annotated[str, AfterValidator(_check_expr)] = Field(
+        description="the formula over the device's tags: + - * / // % **, < <= > >= == !=, "
+        "and or not, min max abs round if; tag('name-with-dash') for names that are not "
+        "identifiers"
+    )
+
+    @model_validator(mode="after")
+    def _no_rate(self) -> CalculatedTag:
+        for key in ("every", "scan_group"):
+            if getattr(self, key) is not None:
+                raise _key_error(
+                    key, f"a calculated tag has no {key}: it is computed when its inputs are read"
+                )
+        return self
 
 
 class ProcessedDevice(DeviceProcessingKeys, DeviceBase):

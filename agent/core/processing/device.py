@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.processing.alarms import Alarm, Event
+from agent.core.processing.calculated import Calculator
 from agent.core.processing.config import ProcessedDevice, ProcessedTag, WaveformSpec
 from agent.core.processing.counters import Counter
 from agent.core.processing.exception import Deadband
@@ -33,7 +34,7 @@ Compute = Callable[[Any, WaveformSpec, float | None], Awaitable[dict[str, Featur
 
 def needs_processing(device: ProcessedDevice) -> bool:
     """Whether any processing key is set on the device or one of its tags."""
-    if device.state is not None or device.processing is not None:
+    if device.state is not None or device.processing is not None or device.calculated:
         return True
     return any(
         t.deadband is not None
@@ -114,7 +115,11 @@ class DeviceProcessor:
     ) -> None:
         self.device = device
         self.name = device.name
-        self.tags = {t.name: TagProcessor(t, device) for t in device.tags}
+        self.tags = {t.name: TagProcessor(t, device) for t in (*device.tags, *device.calculated)}
+        self.calculator = Calculator(device.calculated) if device.calculated else None
+        #: The tags the device reads: a batch of them all bad is the device down (a batch of
+        #: one rate group's tags all bad is not: the other groups may read well).
+        self._read_tags = frozenset(t.name for t in device.tags)
         self.state = MachineState(device.state) if device.state is not None else None
         self.latest: dict[str, float] = {}  # last good numeric value of every tag
         self._state_readings: list[Reading] = []
@@ -163,6 +168,12 @@ class DeviceProcessor:
     async def process(self, batch: Batch, compute: Compute) -> Output:
         out = Output()
         ts = batch.ts
+        if self.calculator is not None:
+            # Into the batch itself: what follows (state, alarms, windows) and whoever holds
+            # the batch after the pipeline (the status board) see calculated tags as read ones.
+            calculated = self.calculator.readings(batch.readings)
+            if calculated:
+                batch.readings = [*batch.readings, *calculated]
         if self.state is not None:  # first: alarms may be judged only in some states
             self._machine_state(batch, out)
         closing: dict[float, list[Reading]] = {}
@@ -312,7 +323,11 @@ class DeviceProcessor:
                     state.forget(r.tag)
                 else:
                     state.note(r.tag, r.value)
-        down = bool(batch.readings) and all(r.quality is Quality.BAD for r in batch.readings)
+        down = (
+            bool(batch.readings)
+            and all(r.quality is Quality.BAD for r in batch.readings)
+            and self._read_tags <= {r.tag for r in batch.readings}
+        )
         changed, due = state.update(batch.ts, down)
         self.dirty = True
         self._state_readings = []

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from pydantic import BaseModel
 
 from agent.core.buffer import StoredBatch
+from agent.core.processing.calculated import calculated_types
 from drivers.base import DeviceBase, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
@@ -98,12 +99,9 @@ class Reaction:
 
 
 def stream_of(row: StoredBatch) -> tuple[str, str]:
-    """(device, kind) of a buffered batch. Side streams are stored either with their own
-    ``kind`` or as ``<device>/<kind>`` device names; both read the same here."""
-    device, _, kind = row.device.partition("/")
-    if row.kind and row.kind != "data":
-        kind = row.kind
-    return device, kind or "data"
+    """(device, kind) of a buffered batch: the buffer's ``kind`` column says what a row is
+    (``data`` or ``event``); device names never carry a stream suffix."""
+    return row.device, row.kind or "data"
 
 
 class Format(abc.ABC):
@@ -265,6 +263,12 @@ class Format(abc.ABC):
         """The dialect's answer to a command, or None when it has none."""
         return None
 
+    def refresh(self, new: Format) -> list[Message]:
+        """A reload built ``new`` with the same ``spec`` as this format (so this one and its
+        session stay): take over what may change without a new session, and return the
+        messages that say so now (JSON's tag metadata). Nothing by default."""
+        return []
+
 
 def topic_prefix(config: Config) -> str:
     """``mqtt.topic_prefix``, by default ``edge/<agent.id>``."""
@@ -272,5 +276,7 @@ def topic_prefix(config: Config) -> str:
 
 
 def tag_types(device: DeviceBase) -> dict[str, str]:
-    """Tag name to the value type the driver declares for it (where it declares one)."""
-    return {t.name: v for t in device.tags if (v := t.value_type()) is not None}
+    """Tag name to the value type the driver declares for it (where it declares one), and each
+    calculated tag's, inferred from its expression (agent/core/processing/calculated.py)."""
+    declared: dict[str, str] = {t.name: v for t in device.tags if (v := t.value_type()) is not None}
+    return {**declared, **calculated_types(device)}

@@ -1,0 +1,289 @@
+"""Scan rates within a device (``every``, ``scan_group``): grouping, planning, the poll loop's
+schedule measured from the readings' own timestamps, and the agent end to end through a real
+mosquitto, against the Modbus simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.app.config import ConfigErrors, load_config
+from agent.ops.metrics import Metrics
+from agent.south.registry import load_drivers
+from agent.south.scheduler import DevicePoller
+from drivers.base import Batch, rate_groups
+from drivers.modbus.config import ModbusDevice
+from drivers.modbus.driver import ModbusDriver
+from simulators.modbus_tcp import ModbusSimulator
+from tests.brokers import Mosquitto, Subscriber, free_port
+from tests.e2e import AgentRig, write_config
+from tests.sinks import Sink, Status
+
+DRIVERS = load_drivers()
+FAST, SLOW = 1120, 1130  # holding registers of the simulator nothing else uses
+
+
+def _reg(name: str, address: int, **keys: Any) -> dict[str, Any]:
+    return {"name": name, "table": "holding", "address": address, "type": "uint16", **keys}
+
+
+def _modbus(port: int, tags: list[dict[str, Any]], **keys: Any) -> ModbusDevice:
+    return ModbusDevice.model_validate(
+        {
+            "name": "meter",
+            "driver": "modbus",
+            "poll_interval": "1s",
+            "connection": {"host": "127.0.0.1", "port": port, "timeout": "500ms"},
+            "tags": tags,
+            **keys,
+        }
+    )
+
+
+# -- grouping -------------------------------------------------------------------------------------
+
+
+def test_tags_are_grouped_by_rate_fastest_first_named_groups_merging_with_equal_rates() -> None:
+    device = _modbus(
+        502,
+        [
+            _reg("v", 0),
+            _reg("e1", 10, scan_group="energy"),
+            _reg("t", 20, every="5s"),
+            _reg("e2", 11, every="1m"),
+            _reg("f", 30, scan_group="fast"),
+        ],
+        scan_groups=[{"name": "energy", "every": "60s"}, {"name": "fast", "every": "200ms"}],
+    )
+    groups = rate_groups(device)
+    assert [(g.every, g.tags) for g in groups] == [
+        (0.2, ("f",)),
+        (1.0, ("v",)),
+        (5.0, ("t",)),
+        (60.0, ("e1", "e2")),
+    ]
+
+
+def test_a_device_without_rates_is_one_group_of_every_tag() -> None:
+    device = _modbus(502, [_reg("a", 0), _reg("b", 1)])
+    assert [(g.every, g.tags) for g in rate_groups(device)] == [(1.0, ("a", "b"))]
+
+
+def test_the_modbus_planner_plans_each_rate_group_apart() -> None:
+    """Neighbouring registers of two rates are two requests, each read only by its group."""
+    device = _modbus(502, [_reg("fast", 0), _reg("slow", 1, every="10s"), _reg("fast2", 2)])
+    driver = ModbusDriver(device)
+    assert [r.describe() for r in driver.requests] == [
+        "holding 0 3 tags=fast,fast2",
+        "holding 1 1 tags=slow",
+    ]
+    assert driver.describe_plan()["rate_groups"] == {"every 1s": 1, "every 10s": 1}
+    plain = ModbusDriver(_modbus(502, [_reg("fast", 0), _reg("slow", 1), _reg("fast2", 2)]))
+    assert [r.describe() for r in plain.requests] == ["holding 0 3 tags=fast,slow,fast2"]
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+
+def _errors(tmp_path: Path, devices: str) -> list[str]:
+    path = tmp_path / "c.yaml"
+    path.write_text("agent: {id: t}\ndevices:\n" + textwrap.indent(textwrap.dedent(devices), "  "))
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path, DRIVERS)
+    return [f"{i.line}:{i.col}: {i.path}: {i.message}" for i in caught.value.issues]
+
+
+def test_an_unknown_scan_group_is_refused_where_the_tags_are(tmp_path: Path) -> None:
+    assert _errors(
+        tmp_path,
+        """\
+        - name: m
+          driver: modbus
+          connection: {host: 127.0.0.1}
+          scan_groups: [{name: energy, every: 1m}]
+          tags:
+            - {name: a, table: holding, address: 0, type: uint16, scan_group: enrgy}
+        """,
+    ) == ["7:5: devices.0.tags: tags.0.scan_group: no scan group 'enrgy' (scan_groups has: energy)"]
+
+
+def test_every_and_scan_group_together_are_refused_at_the_key(tmp_path: Path) -> None:
+    errors = _errors(
+        tmp_path,
+        """\
+        - name: m
+          driver: modbus
+          connection: {host: 127.0.0.1}
+          scan_groups: [{name: energy, every: 1m}]
+          tags:
+            - name: a
+              table: holding
+              address: 0
+              type: uint16
+              scan_group: energy
+              every: 5s
+        """,
+    )
+    assert errors == ["12:9: devices.0.tags.0.scan_group: give every or scan_group, not both"]
+
+
+def test_a_scan_group_defined_twice_is_refused(tmp_path: Path) -> None:
+    errors = _errors(
+        tmp_path,
+        """\
+        - name: m
+          driver: modbus
+          connection: {host: 127.0.0.1}
+          scan_groups: [{name: e, every: 1m}, {name: e, every: 2m}]
+          tags: [{name: a, table: holding, address: 0, type: uint16}]
+        """,
+    )
+    assert errors == ["6:5: devices.0.scan_groups: scan group 'e' is defined twice"]
+
+
+def test_an_opcua_subscription_refuses_rates_with_the_reason(tmp_path: Path) -> None:
+    errors = _errors(
+        tmp_path,
+        """\
+        - name: lathe
+          driver: opcua
+          connection: {endpoint: "opc.tcp://127.0.0.1:4840"}
+          tags: [{name: speed, node: "ns=2;s=Speed", every: 10s}]
+        """,
+    )
+    assert len(errors) == 1 and errors[0].startswith("6:5: devices.0.tags: every and scan_group")
+    assert "sampling_interval" in errors[0] and "mode: poll" in errors[0]
+
+
+def test_a_profile_tag_may_name_the_devices_scan_group(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            agent: {id: t}
+            profiles:
+              meter:
+                driver: modbus
+                tags: [{name: e, table: holding, address: 0, type: uint16, scan_group: energy}]
+            devices:
+              - name: m1
+                driver: modbus
+                profile: meter
+                connection: {host: 127.0.0.1}
+                scan_groups: [{name: energy, every: 1m}]
+              - name: m2
+                driver: modbus
+                profile: meter
+                connection: {host: 127.0.0.1, unit_id: 2}
+            """
+        )
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path, DRIVERS)
+    shown = [f"{i.line}:{i.col}: {i.path}: {i.message}" for i in caught.value.issues]
+    # m1 defines the group; m2 does not, and is told so at its own entry.
+    assert shown == [
+        "12:5: devices.1.tags: tags.0.scan_group: no scan group 'energy' (scan_groups has: none)"
+    ]
+
+
+# -- the schedule, measured from the readings' timestamps -----------------------------------------
+
+
+async def test_a_slow_group_never_delays_a_fast_one() -> None:
+    """The slow group costs 20 requests of 10 ms each (200 ms a poll), the fast group one
+    request every 300 ms. Were the slow group served first when both are due, or read with the
+    fast one, every third fast reading would come ~200 ms late; served after it, no fast
+    reading is late by more than scheduling noise, and the slow tags are read once a second."""
+    async with ModbusSimulator(port=free_port(), units=(1,), update_interval=None) as sim:
+        sim.set_delay(1, 0.010)
+        slow = [_reg(f"s{i}", SLOW + i, scan_group="slow") for i in range(20)]
+        device = _modbus(
+            sim.port,
+            [_reg("fast", FAST), *slow],
+            poll_interval="300ms",
+            no_coalescing=True,
+            scan_groups=[{"name": "slow", "every": "900ms"}],
+        )
+        sink, metrics = Sink(), Metrics()
+        poller = DevicePoller(device, ModbusDriver(device), sink, Status(), metrics)
+        task = asyncio.create_task(poller.run())
+        try:
+            await sink.until(lambda: sum("s0" in _tags(b) for b in sink.batches) >= 3, 6.0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    fast = [r.ts for b in sink.batches for r in b.readings if r.tag == "fast"]
+    slow_batches = [b for b in sink.batches if "s0" in _tags(b)]
+    assert all(_tags(b) == {f"s{i}" for i in range(20)} for b in slow_batches)
+    assert all(_tags(b) == {"fast"} for b in sink.batches if b not in slow_batches)
+    gaps = [b - a for a, b in itertools.pairwise(fast)]
+    # 200 ms of slow polling never lands between two fast readings: every gap stays near 300 ms.
+    assert len(gaps) >= 6 and max(gaps) < 0.3 + 0.1, gaps
+    slow_ts = [b.ts for b in slow_batches]
+    assert all(0.9 - 0.1 < b - a < 0.9 + 0.15 for a, b in itertools.pairwise(slow_ts))
+    # Each slow poll took its 200 ms (the delay is real), and its 20 requests were its own.
+    took = [max(r.ts for r in b.readings) - min(r.ts for r in b.readings) for b in slow_batches]
+    assert min(took) > 0.15, took
+    overruns = {"device": "meter"}
+    assert metrics.registry.get_sample_value("edge_agent_poll_overruns_total", overruns) == 0
+
+
+def _tags(batch: Batch) -> set[str]:
+    return {r.tag for r in batch.readings}
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+async def test_rates_end_to_end_through_mosquitto(tmp_path: Path, broker: Mosquitto) -> None:
+    """Voltages each 100 ms, the energy total each 600 ms, one device, one connection: the
+    broker sees the voltage in every message and the energy in a sixth of them, each a
+    message of its own group's tags only."""
+    async with ModbusSimulator(port=free_port(), units=(1,), update_interval=None) as sim:
+        sim.set_registers(1, "holding", FAST, [2301])
+        sim.set_registers(1, "holding", SLOW, [0, 4242])
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            broker_port=broker.port,
+            modbus_port=sim.port,
+            devices=[
+                {
+                    "name": "meter",
+                    "poll_interval": "100ms",
+                    "scan_groups": [{"name": "energy", "every": "600ms"}],
+                    "tags": [
+                        _reg("voltage", FAST, scale=0.1, unit="V"),
+                        {
+                            "name": "energy",
+                            "table": "holding",
+                            "address": SLOW,
+                            "type": "uint32",
+                            "scan_group": "energy",
+                        },
+                    ],
+                }
+            ],
+        )
+        sub = Subscriber(broker.port, ["edge/test-gw/meter/data"]).start()
+        try:
+            async with AgentRig(cfg) as agent:
+                msgs = await sub.wait_for(
+                    lambda m: sum("energy" in json.loads(x.payload)["values"] for x in m) >= 3
+                )
+                assert [g.every for g in agent.pollers[0].groups] == [0.1, 0.6]
+        finally:
+            sub.stop()
+    docs = [m.json()["values"] for m in msgs]
+    assert all(d == {"energy": 4242} for d in docs if "energy" in d)
+    assert all(d == {"voltage": 230.1} for d in docs if "voltage" in d)
+    # Between the first and the third energy message the voltage came about 12 times.
+    at = [i for i, d in enumerate(docs) if "energy" in d]
+    between = sum("voltage" in d for d in docs[at[0] : at[2]])
+    assert 9 <= between <= 13, between
