@@ -231,7 +231,8 @@ else
     "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC"
 fi
 # The documentation beside the program: both READMEs, the changelog and docs/ (the pages the
-# READMEs link to, same relative paths), the Grafana dashboard and the Prometheus rules.
+# READMEs link to, same relative paths), the Grafana dashboard, the Prometheus rules and the
+# bundled device profiles (found there by name: agent/app/config/profilefiles.py).
 DOCS=$VENV/share/edge-agent
 mkdir -p "$DOCS"
 for f in README.md README.zh-CN.md CHANGELOG.md; do
@@ -243,7 +244,7 @@ rm -rf "${DOCS:?}/docs"
 if [ -d "$SRC/docs" ]; then
     cp -R "$SRC/docs" "$DOCS/docs"
 fi
-for d in grafana prometheus; do
+for d in grafana prometheus profiles; do
     if [ -d "$SRC/config/$d" ]; then
         rm -rf "${DOCS:?}/$d"
         cp -R "$SRC/config/$d" "$DOCS/$d"

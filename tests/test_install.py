@@ -104,6 +104,7 @@ def test_install_upgrade_uninstall_in_a_throwaway_root(tmp_path: Path, wheelhous
     share = root / "opt/edge-agent/share/edge-agent"
     assert_documentation_shipped(share)
     assert (share / "grafana").is_dir()
+    assert (share / "profiles" / "eastron-sdm630.yaml").is_file()  # profile: NAME finds it
     unit = root / "etc/systemd/system/edge-agent.service"
     assert unit.read_text() == UNIT.read_text()
     if shutil.which("systemctl"):
