@@ -21,7 +21,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,13 @@ class Dlt645Driver(Driver):
         if not isinstance(line, SerialLine):
             raise TypeError(f"a DL/T 645 meter cannot share {line.key} with another protocol")
         self._line = line
+
+    @classmethod
+    def scan(cls, argv: Sequence[str]) -> int:
+        """``edge-agent scan dlt645 --port P``: the meters on a line (``drivers.dlt645.scan``)."""
+        from drivers.dlt645 import scan
+
+        return scan.main(argv)
 
     def describe_plan(self) -> dict[str, Any]:
         return {
