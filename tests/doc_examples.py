@@ -122,6 +122,10 @@ MINIMAL: dict[str, Minimal] = {
         "connection: {host: 127.0.0.1}\n",
         lambda n: f"{{name: {n}, address: DB1.DBW0, type: INT}}",
     ),
+    "dlt645": Minimal(
+        'address: "210220003011"\nconnection: {port: /dev/ttyUSB0}\n',
+        lambda n: f"{{name: {n}, di: active_energy_total}}",
+    ),
     "serial": Minimal(
         "connection: {port: /dev/ttyUSB0}\n",
         lambda n: f"{{name: {n}, type: float64}}",

@@ -44,6 +44,7 @@ from agent.app.config import ConfigErrors, load_config
 from agent.app.runtime import Agent
 from agent.south.registry import load_drivers
 from drivers.base import Driver
+from simulators.dlt645_meters import Meter, MeterLine
 from simulators.modbus_tcp import ModbusSimulator
 from simulators.opcua_cnc import POINTS as OPCUA_POINTS
 from simulators.opcua_cnc import WAVE_POINTS, CncSimulator
@@ -377,8 +378,54 @@ S7_MOULDING = Kind(
     fake_where=1102,
 )
 
+# DL/T 645 meters ---------------------------------------------------------------------------------
+
+METER_ADDRESS = "210220003011"
+
+
+class MeterLive(Live[MeterLine]):
+    """A -2007 meter on a pty line; the numeric point is its forward active energy (XXXXXX.XX
+    kWh, room for every value the claims set)."""
+
+    @property
+    def meter(self) -> Meter:
+        return self.sim.meters[0]
+
+    async def set(self, value: float) -> None:
+        self.meter.values["00010000"] = float(value)
+
+    async def fail(self) -> None:
+        self.meter.silent = True
+
+    async def revive(self) -> None:
+        self.meter.silent = False
+
+
+@contextlib.asynccontextmanager
+async def meter_live() -> AsyncIterator[Live[Any]]:
+    meter = Meter(METER_ADDRESS, values={"00010000": 0.0, "02010100": 7.0})
+    async with MeterLine([meter]) as sim:
+        yield MeterLive(sim, sim.path)
+
+
+DLT645_METER = Kind(
+    name="dlt645",
+    driver="dlt645",
+    entry=lambda path: {
+        "poll_interval": "100ms",
+        "address": METER_ADDRESS,
+        # Parity N: Linux refuses a second open of a pty with parity E (``read`` opens it again).
+        "connection": {"port": path, "timeout": "300ms", "parity": "N"},
+    },
+    num={"di": "active_energy_total"},
+    other={"di": "voltage_a"},
+    start=meter_live,
+    fake_where="/dev/ttyUSB9",
+)
+
 #: Per registered driver, its kinds of device. A driver missing here fails every live test.
 KINDS: dict[str, tuple[Kind, ...]] = {
+    "dlt645": (DLT645_METER,),
     "modbus": (MODBUS_TCP,),
     "serial": (SERIAL_POLL, SERIAL_STREAM),
     "opcua": (OPCUA_SUBSCRIBE, OPCUA_POLL),

@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     discover.add_argument("driver", metavar="DRIVER", help="e.g. opcua")
     discover.add_argument("driver_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    scan = sub.add_parser(
+        "scan",
+        help="list the devices that answer on a line, e.g. scan modbus --port P (commissioning)",
+        add_help=False,  # --help goes to the driver, which knows its own options
+    )
+    scan.add_argument("driver", metavar="DRIVER", help="e.g. modbus, dlt645")
+    scan.add_argument("driver_args", nargs=argparse.REMAINDER, metavar="ARGS")
     sniff = sub.add_parser(
         "sniff", help="print what a serial port receives, with escapes and timing"
     )
@@ -146,6 +153,21 @@ def _discover(name: str, argv: list[str], drivers: Mapping[str, type[Driver]]) -
     return code
 
 
+def _scan(name: str, argv: list[str], drivers: Mapping[str, type[Driver]]) -> int:
+    """Hand ``edge-agent scan DRIVER ARGS...`` to the driver's own ``scan``."""
+    cls = drivers.get(name)
+    code = cls.scan(argv) if cls is not None else None
+    if code is None:
+        able = sorted(n for n, d in drivers.items() if "scan" in vars(d))
+        print(
+            f"edge-agent: driver {name!r} cannot scan a line "
+            f"(drivers that can: {', '.join(able) or 'none'})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code instead of exiting, for tests."""
     args = _parser().parse_args(argv)
@@ -174,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sniff(args, drivers)
     if args.command == "discover":
         return _discover(args.driver, args.driver_args, drivers)
+    if args.command == "scan":
+        return _scan(args.driver, args.driver_args, drivers)
     if args.command in ("status", "read"):
         if args.command == "status":
             return status_cli.status_command(args.url, args.config, args.json)
