@@ -157,15 +157,6 @@ class Driver(abc.ABC):
         default)."""
         return None
 
-    @classmethod
-    def scan(cls, argv: Sequence[str]) -> int | None:
-        """Optional, for commissioning (``edge-agent scan DRIVER ARGS...``): parse ``argv`` (the
-        driver's own options), ask a line who is on it, with short timeouts and progress on
-        stderr, and print each device that answers on stdout; return the exit code (0 some
-        answered, 1 none or the line failed, 2 usage). None when the driver cannot scan (the
-        default)."""
-        return None
-
     # -- writes (commands from the cloud; only tags the config marks writable reach here) --------
 
     def check_write(self, tag: str, value: Any) -> None:

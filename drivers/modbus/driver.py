@@ -336,14 +336,6 @@ class ModbusDriver(Driver):
 
         return scan.main(argv)
 
-    @classmethod
-    def scan(cls, argv: Sequence[str]) -> int:
-        """``edge-agent scan modbus --port P --baudrate N``: the units on an RTU line
-        (``drivers.modbus.scan``)."""
-        from drivers.modbus import scan
-
-        return scan.main(argv)
-
     # -- lines ------------------------------------------------------------------------------------
 
     @classmethod
