@@ -126,6 +126,10 @@ MINIMAL: dict[str, Minimal] = {
         'address: "210220003011"\nconnection: {port: /dev/ttyUSB0}\n',
         lambda n: f"{{name: {n}, di: active_energy_total}}",
     ),
+    "mc": Minimal(
+        "connection: {host: 127.0.0.1, port: 5007}\n",
+        lambda n: f"{{name: {n}, address: D0, type: uint16}}",
+    ),
     "serial": Minimal(
         "connection: {port: /dev/ttyUSB0}\n",
         lambda n: f"{{name: {n}, type: float64}}",

@@ -45,6 +45,7 @@ from agent.app.runtime import Agent
 from agent.south.registry import load_drivers
 from drivers.base import Driver
 from simulators.dlt645_meters import Meter, MeterLine
+from simulators.mc_press import McPressSimulator
 from simulators.modbus_tcp import ModbusSimulator
 from simulators.opcua_cnc import POINTS as OPCUA_POINTS
 from simulators.opcua_cnc import WAVE_POINTS, CncSimulator
@@ -423,9 +424,44 @@ DLT645_METER = Kind(
     fake_where="/dev/ttyUSB9",
 )
 
+# Mitsubishi MC protocol -------------------------------------------------------------------------
+
+MC_NUM, MC_SP, MC_OTHER = "D1150", "D1151", "D1152"  # free data registers of the press's PLC
+
+
+class McLive(ServerLive[McPressSimulator]):
+    async def set(self, value: float) -> None:
+        self.sim.set_at(MC_NUM, "uint16", int(value))
+
+    async def held(self) -> float | None:
+        return float(self.sim.get_at(MC_SP, "uint16"))
+
+
+@contextlib.asynccontextmanager
+async def mc_live() -> AsyncIterator[Live[Any]]:
+    async with McPressSimulator(free_port(), update_interval=None) as sim:
+        sim.set_at(MC_OTHER, "uint16", 7)
+        yield McLive(sim, sim.port)
+
+
+MC_3E = Kind(
+    name="mc",
+    driver="mc",
+    entry=lambda port: {
+        "poll_interval": "100ms",
+        "connection": {"host": "127.0.0.1", "port": port, "timeout": "300ms"},
+    },
+    num={"address": MC_NUM, "type": "uint16"},
+    other={"address": MC_OTHER, "type": "uint16"},
+    writable={"address": MC_SP, "type": "uint16", "writable": True, "min": 0, "max": 500},
+    start=mc_live,
+    fake_where=5007,
+)
+
 #: Per registered driver, its kinds of device. A driver missing here fails every live test.
 KINDS: dict[str, tuple[Kind, ...]] = {
     "dlt645": (DLT645_METER,),
+    "mc": (MC_3E,),
     "modbus": (MODBUS_TCP,),
     "serial": (SERIAL_POLL, SERIAL_STREAM),
     "opcua": (OPCUA_SUBSCRIBE, OPCUA_POLL),

@@ -12,7 +12,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from drivers.base import DeviceBase, PositiveDuration, ProfileBase, StrictModel, WritableTag
+from drivers.base import (
+    DeviceBase,
+    PositiveDuration,
+    ProfileBase,
+    StrictModel,
+    WritableTag,
+    key_error,
+)
 from drivers.base import ValueType as BaseValueType
 from drivers.mc.codec import McType, word_count
 from drivers.mc.devices import Address, format_address, parse_address
@@ -96,29 +103,35 @@ class McTag(WritableTag):
         where = self.where
         kind = where.kind
         if kind.bits and self.type != "bool":
-            raise ValueError(
-                f"{self.address} is a bit device: its tags are type bool, not {self.type}"
+            raise key_error(
+                "type", f"{self.address} is a bit device: its tags are type bool, not {self.type}"
             )
         if not kind.bits and self.type == "bool":
-            raise ValueError(
-                f"{self.address} is a word device: type bool is for bit devices (M, X, Y, B, L, SM)"
+            raise key_error(
+                "type",
+                f"{self.address} is a word device: type bool is for bit devices "
+                "(M, X, Y, B, L, SM)",
             )
         if self.type == "string":
             if self.length is None:
                 raise ValueError("a string tag needs length (in words, two characters each)")
         elif self.length is not None:
-            raise ValueError(f"length is only for string tags, not {self.type}")
+            raise key_error("length", f"length is only for string tags, not {self.type}")
         last = where.number + self.width - 1
         if last > kind.last:
-            raise ValueError(
+            raise key_error(
+                "address",
                 f"{self.type} at {self.address} spans {self.width} words, past "
-                f"{format_address(kind.name, kind.last)}"
+                f"{format_address(kind.name, kind.last)}",
             )
         bounded = [key for key in ("min", "max") if getattr(self, key) is not None]
         if bounded and not self.writable:
-            raise ValueError(f"{'/'.join(bounded)} only bound writes: this tag is not writable")
+            raise key_error(
+                bounded[0],
+                f"{'/'.join(bounded)} only bound writes: this tag is not writable",
+            )
         if bounded and self.type in ("bool", "string"):
-            raise ValueError(f"{' and '.join(bounded)} not allowed on a {self.type} tag")
+            raise key_error(bounded[0], f"{' and '.join(bounded)} not allowed on a {self.type} tag")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
         return self

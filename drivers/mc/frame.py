@@ -7,7 +7,7 @@ Ethernet module waits for the CPU), the command and subcommand, and the command'
 answer has subheader ``D000``, the same route, a length, the end code (0 = done) and the data.
 Binary frames carry every number little-endian; ASCII frames carry the same fields as upper-case
 hexadecimal text, most significant digit first, each word as four characters, device numbers as
-six digits (decimal or hexadecimal as the device is numbered), one character per bit.
+six digits (decimal or hexadecimal as the manual's device table says), one character per bit.
 
 The 3E frame has no serial number (4E has), so an answer cannot be matched to its request: the
 driver reads one answer per request and, after a timeout or a frame it cannot use, closes the
@@ -92,7 +92,7 @@ class Writer:
 
     def device(self, kind: DeviceKind, number: int) -> Writer:
         if self.ascii:
-            digits = b"%06X" % number if kind.base == 16 else b"%06d" % number
+            digits = b"%06X" % number if kind.ascii_base == 16 else b"%06d" % number
             self.parts.append(kind.ascii_code + digits)
         else:
             self.parts.append(number.to_bytes(3, "little") + bytes([kind.code]))
@@ -158,7 +158,7 @@ class Reader:
             kind = BY_ASCII.get(code)
             if kind is None:
                 raise FrameError(f"unknown device code {code!r}")
-            if kind.base == 10:
+            if kind.ascii_base == 10:
                 if not digits.isdigit():
                     raise FrameError(f"not decimal: {digits!r}")
                 return Address(kind.name, int(digits))

@@ -10,9 +10,14 @@ The plan first coalesces every device's tags into batch ranges (a left-to-right 
 that do not overlap, closing a range as late as possible gives the fewest ranges). Then, when
 random reads are allowed, it moves the word ranges that cost the fewest points into random
 reads, as many as lowers the count: moving the k cheapest ranges costs ``ranges - k`` batch
-reads plus the random reads that carry their points, and the plan takes the k with the fewest
-requests (none when moving does not save one). In a random read a tag of odd width is read as
-words, one of even width as double words (an int32 or a float32 is one point, a float64 two).
+reads plus the random reads their points pack into (first fit, largest first), and the plan
+takes the k with the fewest requests (none when moving does not save one). In a random read a
+tag of odd width is read as words, one of even width as double words (an int32 or a float32 is
+one point, a float64 two). When every tag is one or two points (every number type, strings of
+2 or 4 words) and no range is cut by ``max_words``, this is the optimum over every way of
+splitting tags between batch and random reads (``tests/test_mc_planner.py`` checks it against
+a brute force); where a cap cuts a run of tags, moving a single tag could let its neighbours
+join, which the planner does not try.
 """
 
 from __future__ import annotations
@@ -131,16 +136,20 @@ def _batch(r: _Range) -> Request:
 
 
 def _pack(tags: Sequence[PlanTag], cap: int) -> list[list[PlanTag]]:
-    """Tags into random reads of at most ``cap`` points, in order (next fit)."""
+    """Tags into random reads of at most ``cap`` points: first fit, largest first (optimal when
+    every tag is one or two points, as numbers are; near it otherwise)."""
     bins: list[list[PlanTag]] = []
-    used = cap
-    for t in tags:
+    room: list[int] = []
+    for t in sorted(tags, key=lambda t: -random_points(t.width)):
         p = random_points(t.width)
-        if used + p > cap:
-            bins.append([])
-            used = 0
-        bins[-1].append(t)
-        used += p
+        for i, left in enumerate(room):
+            if p <= left:
+                bins[i].append(t)
+                room[i] -= p
+                break
+        else:
+            bins.append([t])
+            room.append(cap - p)
     return bins
 
 
@@ -184,16 +193,19 @@ def plan(
         ),
         key=lambda i: ranges[i].points,
     )
-    best_k, best_cost = 0, len(ranges)
-    used, bins = max_random_points, 0
+    # Moving the k cheapest costs at least ranges - k + ceil(points / cap): try the k in order
+    # of that bound, packing each, until no bound left can beat the best packing found.
+    total, bounds = 0, [(len(ranges), 0)]
     for k, i in enumerate(movable, 1):
-        for t in ranges[i].tags:  # next fit, grown one range at a time: the k-th packing
-            p = random_points(t.width)
-            if used + p > max_random_points:
-                bins += 1
-                used = 0
-            used += p
-        cost = len(ranges) - k + bins
+        total += ranges[i].points
+        bounds.append((len(ranges) - k + -(-total // max_random_points), k))
+    bounds.sort()
+    best_k, best_cost = 0, len(ranges)
+    for bound, k in bounds:
+        if bound >= best_cost:
+            break
+        chosen = [t for i in movable[:k] for t in ranges[i].tags]
+        cost = len(ranges) - k + len(_pack(chosen, max_random_points))
         if cost < best_cost:
             best_k, best_cost = k, cost
     moved = set(movable[:best_k])
