@@ -215,3 +215,61 @@ def line_check(
 
 def _keys(dotted_key: str) -> DataPath:
     return tuple(int(k) if k.isdigit() else k for k in dotted_key.split("."))
+
+
+def outputs_check(data: Any, loc: Locator) -> list[ConfigIssue]:
+    """Across the destinations (``mqtt`` and ``outputs:``): names unique, devices known, and no
+    two sessions with the same client id on the same broker (the broker would disconnect one
+    whenever the other connects, and both would flap forever)."""
+    issues: list[ConfigIssue] = []
+    pos = loc.document.positions
+    devices = {d.get("name") for _, d in _entries(data, "devices")}
+    agent = data.get("agent") if isinstance(data, dict) else None
+    agent_id = agent.get("id") if isinstance(agent, dict) else None
+    sessions: dict[tuple[str, str], DataPath] = {}
+    names: dict[str, DataPath] = {}
+    mqtt = data.get("mqtt") if isinstance(data, dict) else None
+    sections: list[tuple[DataPath, dict[str, Any], str]] = [
+        (("mqtt",), mqtt if isinstance(mqtt, dict) else {}, str(agent_id))
+    ]
+    for path, entry in _entries(data, "outputs"):
+        name = entry.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in names:
+            first = pos.value((*names[name], "name")).line
+            issues.append(
+                loc.at_value(
+                    (*path, "name"), f"duplicate output name {name!r} (first at line {first})"
+                )
+            )
+        names.setdefault(name, path)
+        wanted = entry.get("devices")
+        for i, device in enumerate(wanted if isinstance(wanted, list) else []):
+            if isinstance(device, str) and device not in devices:
+                known = suggest(device, [d for d in devices if isinstance(d, str)])
+                issues.append(loc.at_value((*path, "devices", i), f"no device {device!r}{known}"))
+        sections.append((path, entry, f"{agent_id}-{name}"))
+    for path, section, default_id in sections:
+        client_id = section.get("client_id") or default_id
+        servers = section.get("servers")
+        addresses = (
+            [str(s) for s in servers]
+            if isinstance(servers, list)
+            else [f"{section.get('host', '127.0.0.1')}:{section.get('port', 1883)}"]
+        )
+        for address in addresses:
+            key = (address, str(client_id))
+            if key in sessions and sessions[key] != path:
+                owner = ".".join(map(str, sessions[key]))
+                at = (*path, "client_id") if "client_id" in section else (*path, "name")
+                issues.append(
+                    loc.at_value(
+                        at,
+                        f"client id {client_id!r} on {address} is already {owner}'s: the broker "
+                        "would drop one session whenever the other connects",
+                    )
+                )
+                break
+            sessions.setdefault(key, path)
+    return issues

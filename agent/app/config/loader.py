@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from agent.app.config.checks import cross_check, line_check, precheck
+from agent.app.config.checks import cross_check, line_check, outputs_check, precheck
 from agent.app.config.errors import ROOT_PATH, YAML_PATH, ConfigErrors, ConfigIssue
 from agent.app.config.formats import (
     FormatClasses,
@@ -105,7 +105,9 @@ def load_config(
     issues += pre.issues
     # Only the drivers this file names are imported and typed into the model (see Drivers).
     # Likewise the formats: the one the file chooses is imported, the others are names.
-    formats = load_section_formats(data, [data.get("mqtt")])
+    outputs = data.get("outputs")
+    outputs = outputs if isinstance(outputs, list) else []
+    formats = load_section_formats(data, [data.get("mqtt"), *outputs])
     model = build_config_model(
         {n: drivers[n] for n in _named_drivers(data) if n in drivers}, formats
     )
@@ -121,7 +123,9 @@ def load_config(
         ]
         issues += loc.from_pydantic(errors, model)
     issues += cross_check(data, loc, pre.skip)
-    issues += [loc.at_key(p, message) for p, message in format_checks(data, ("mqtt",), formats)]
+    for section in [("mqtt",), *(("outputs", i) for i in range(len(outputs)))]:
+        issues += [loc.at_key(p, message) for p, message in format_checks(data, section, formats)]
+    issues += outputs_check(data, loc)
     issues += line_check(data, drivers, loc, pre.skip)
     mqtt = config.mqtt if config is not None else None
     if resolve_secrets:
@@ -130,13 +134,18 @@ def load_config(
         if mqtt is not None:
             mqtt, secret_issues = fill_secrets(mqtt, loc)
             issues += secret_issues
+    resolved = list(config.outputs) if config is not None else []
+    if resolve_secrets:
+        for i, entry in enumerate(resolved):
+            resolved[i], secret_issues = fill_secrets(entry, loc, ("outputs", i))
+            issues += secret_issues
     if issues or config is None:
         raise ConfigErrors(issues)
     merged = _merge_profiles(config)
     issues += _after_merge(merged, loc)
     if issues:
         raise ConfigErrors(issues)
-    return merged.model_copy(update={"mqtt": mqtt})
+    return merged.model_copy(update={"mqtt": mqtt, "outputs": resolved})
 
 
 def _named_drivers(data: dict[str, Any]) -> set[str]:

@@ -309,6 +309,53 @@ class MqttSection(StrictModel):
         return chosen
 
 
+#: What a destination can take: the buffered ``data`` and ``events``, the retained machine
+#: ``state`` and device ``status`` (the gateway's own online/offline always goes).
+StreamName = Literal["data", "events", "state", "status"]
+#: The ``mqtt`` section's destination name, which no ``outputs`` entry may take.
+DEFAULT_OUTPUT = "default"
+
+
+def _unique(values: list[Any] | None) -> list[Any] | None:
+    if values is None:
+        return None
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+class OutputSection(MqttSection):
+    """One more destination (``outputs:``): every key of the ``mqtt`` section, plus its name and
+    what it takes. It has its own session, its own share of the buffer and its own metrics
+    (label ``output``); the ``mqtt`` section is the destination named ``default``."""
+
+    name: Name = Field(
+        description="unique among the destinations ([A-Za-z0-9_.-]+; `default` is the mqtt "
+        "section's); the output label of its metrics"
+    )
+    devices: Annotated[list[Name], AfterValidator(_unique)] | None = Field(
+        default=None,
+        min_length=1,
+        description="the devices whose batches, events, state and status it takes; default all",
+    )
+    streams: Annotated[list[StreamName], AfterValidator(_unique)] | None = Field(
+        default=None,
+        min_length=1,
+        description="what it takes: data, events (alarms), state (machine state), status "
+        "(devices up/down); default all",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_default(cls, value: str) -> str:
+        if value == DEFAULT_OUTPUT:
+            raise ValueError(f"{DEFAULT_OUTPUT!r} is the mqtt section's name; choose another")
+        return value
+
+
 def _at_least_1mb(value: int) -> int:
     if value < 1_000_000:
         raise ValueError(f"max_size must be at least 1MB, not {value} bytes")
@@ -355,7 +402,14 @@ class Config(StrictModel):
     device and profile models in ``devices`` and ``profiles``."""
 
     agent: AgentSection = Field(description="this gateway")
-    mqtt: MqttSection = Field(default_factory=MqttSection, description="the broker")
+    mqtt: MqttSection = Field(
+        default_factory=MqttSection, description="the broker (the destination named default)"
+    )
+    outputs: list[OutputSection] = Field(
+        default_factory=list,
+        description="more destinations, each with its own broker, format and backlog; a batch "
+        "leaves the buffer once every destination that takes it has it",
+    )
     buffer: BufferSection = Field(default_factory=BufferSection, description="the on-disk buffer")
     metrics: MetricsSection = Field(
         default_factory=MetricsSection, description="the Prometheus endpoint"
@@ -391,7 +445,20 @@ class Config(StrictModel):
             mqtt["client_id"] = agent_id
         if mqtt.get("topic_prefix") is None:
             mqtt["topic_prefix"] = f"edge/{agent_id}"
-        return {**data, "mqtt": mqtt}
+        data = {**data, "mqtt": mqtt}
+        outputs = data.get("outputs")
+        if isinstance(outputs, list):
+            filled = []
+            for entry in outputs:
+                if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+                    entry = dict(entry)
+                    if entry.get("client_id") is None:
+                        entry["client_id"] = f"{agent_id}-{entry['name']}"
+                    if entry.get("topic_prefix") is None:
+                        entry["topic_prefix"] = f"edge/{agent_id}"
+                filled.append(entry)
+            data["outputs"] = filled
+        return data
 
     def active_devices(self) -> list[DeviceBase]:
         """The devices that run: every one but those with ``enabled: false`` (the one place
@@ -432,14 +499,24 @@ def build_config_model(
     """The top-level model for these drivers and formats: devices and profiles typed by the
     drivers' models, ``mqtt`` by the formats' options (``format_section_model``; by default
     every installed format, imported)."""
-    mqtt = format_section_model(MqttSection, installed_formats() if formats is None else formats)
+    formats = installed_formats() if formats is None else formats
+    mqtt = format_section_model(MqttSection, formats)
     mqtt_field = (
         mqtt,
         Field(default_factory=mqtt, description=Config.model_fields["mqtt"].description),
     )
+    output = format_section_model(OutputSection, formats)
+    outputs_field: tuple[Any, Any] = (
+        list[output],  # type: ignore[valid-type]
+        Field(default_factory=list, description=Config.model_fields["outputs"].description),
+    )
     if not drivers:
         return create_model(
-            "Config", __base__=Config, __doc__="edge-agent configuration", mqtt=mqtt_field
+            "Config",
+            __base__=Config,
+            __doc__="edge-agent configuration",
+            mqtt=mqtt_field,
+            outputs=outputs_field,
         )
     # Each driver's models with the agent's processing keys added (the contract has none).
     models = {n: processed_models(d.device_model, d.profile_model) for n, d in drivers.items()}
@@ -454,6 +531,7 @@ def build_config_model(
         __base__=Config,
         __doc__="edge-agent configuration",
         mqtt=mqtt_field,
+        outputs=outputs_field,
         profiles=(
             dict[Name, profile],  # type: ignore[valid-type]
             Field(default_factory=dict, description=Config.model_fields["profiles"].description),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import SecretStr
 
@@ -31,8 +32,14 @@ def _why(exc: OSError | UnicodeError) -> str:
     return "not UTF-8 text"
 
 
-def resolve_secrets(mqtt: MqttSection, loc: Locator) -> tuple[MqttSection, list[ConfigIssue]]:
-    """The section with ``password`` set from its source, and the problems found on the way."""
+_Section = TypeVar("_Section", bound=MqttSection)
+
+
+def resolve_secrets(
+    mqtt: _Section, loc: Locator, at: tuple[str | int, ...] = ("mqtt",)
+) -> tuple[_Section, list[ConfigIssue]]:
+    """The section (the ``mqtt`` one, or the ``outputs`` entry at ``at``) with ``password`` set
+    from its source, and the problems found on the way."""
     issues: list[ConfigIssue] = []
     password: str | None = None
     if mqtt.password_env is not None:
@@ -40,14 +47,14 @@ def resolve_secrets(mqtt: MqttSection, loc: Locator) -> tuple[MqttSection, list[
         if password is None:
             issues.append(
                 loc.at_value(
-                    ("mqtt", "password_env"),
+                    (*at, "password_env"),
                     f"environment variable {mqtt.password_env} is not set",
                 )
             )
         elif password == "":
             issues.append(
                 loc.at_value(
-                    ("mqtt", "password_env"), f"environment variable {mqtt.password_env} is empty"
+                    (*at, "password_env"), f"environment variable {mqtt.password_env} is empty"
                 )
             )
     elif mqtt.password_file is not None:
@@ -56,7 +63,7 @@ def resolve_secrets(mqtt: MqttSection, loc: Locator) -> tuple[MqttSection, list[
         except (OSError, UnicodeError) as exc:
             issues.append(
                 loc.at_value(
-                    ("mqtt", "password_file"),
+                    (*at, "password_file"),
                     f"cannot read {mqtt.password_file}: {_why(exc)}",
                 )
             )
@@ -69,9 +76,7 @@ def resolve_secrets(mqtt: MqttSection, loc: Locator) -> tuple[MqttSection, list[
                 with path.open("rb") as f:
                     f.read(1)
             except OSError as exc:
-                issues.append(
-                    loc.at_value(("mqtt", "tls", key), f"cannot read {path}: {_why(exc)}")
-                )
+                issues.append(loc.at_value((*at, "tls", key), f"cannot read {path}: {_why(exc)}"))
     if password is None or issues:
         return mqtt, issues
     return mqtt.model_copy(update={"password": SecretStr(password)}), issues

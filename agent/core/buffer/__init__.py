@@ -91,6 +91,7 @@ class Buffer:
         self._committer: asyncio.Task[None] | None = None
         self._state = "new"  # new -> open -> closing -> closed
         self._routes: tuple[Route, ...] = (Route(DEFAULT_OUTPUT),)
+        self._routes_set = False
         self._masks: dict[str, int] = {DEFAULT_OUTPUT: 1}
         self._want_cache: dict[tuple[str, str], int] = {}
         self._wakeups: dict[str, asyncio.Event] = {DEFAULT_OUTPUT: asyncio.Event()}
@@ -131,7 +132,12 @@ class Buffer:
         self._state = "open"
         if self._metrics is not None:
             self._metrics.buffer_oldest_age.set_function(self._oldest_age)
-        await self.set_routes(self._routes)
+        if self._routes_set:  # routes given before open: apply them now
+            await self.set_routes(self._routes)
+        else:  # the destinations the file knows keep their shares until set_routes says
+            self._masks = dict(self._store.outputs)
+            self._routes = tuple(Route(name) for name in self._masks)
+            self._publish_stats()
 
     async def set_routes(self, routes: Sequence[Route]) -> None:
         """The destinations of the config and what each wants (at start and on a reload).
@@ -140,6 +146,7 @@ class Buffer:
         stored once, marked with every destination that wants it; a destination no longer
         listed lets go of its share (``SqliteStore.set_outputs``). Raises ``BufferError``."""
         routes = tuple(routes)
+        self._routes_set = True
         if not any(r.output == DEFAULT_OUTPUT for r in routes):
             routes = (Route(DEFAULT_OUTPUT), *routes)
         old = set(self._masks)

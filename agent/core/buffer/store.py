@@ -479,7 +479,7 @@ class SqliteStore:
                 "destinations removed: their unsent batches no other destination wants deleted",
                 extra={"outputs": sorted(gone), "batches": removed},
             )
-        self.outputs = current
+        self.outputs = {n: m for n, m in current.items() if n not in gone}
         self.count -= removed
         self._count_outputs()
         self._refresh_oldest()
