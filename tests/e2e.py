@@ -139,20 +139,24 @@ def expected_value(sim_value: object, p: Point) -> object:
 
 
 def buffer_state(data_dir: Path) -> tuple[dict[str, int], dict[str, set[int]]]:
-    """After the agent stopped: (last seq handed out, seqs still waiting in the buffer) per device.
+    """After the agent stopped: (last seq handed out, seqs still waiting in the buffer) per device
+    (its data stream; its alarm events as ``<device>/event``).
 
     Together with what a subscriber received they prove delivery: every seq from 1 to the last
     either reached the broker or is still in the buffer, waiting.
     """
     import sqlite3
 
+    def stream(device: str, kind: str) -> str:
+        return device if kind == "data" else f"{device}/{kind}"
+
     conn = sqlite3.connect(data_dir / "buffer.db")
     try:
-        rows = conn.execute("SELECT device, last FROM seqs WHERE kind = 'data'")
-        last = {d: int(n) for d, n in rows}
+        rows = conn.execute("SELECT device, kind, last FROM seqs")
+        last = {stream(d, k): int(n) for d, k, n in rows}
         waiting: dict[str, set[int]] = {}
-        for d, s in conn.execute("SELECT device, seq FROM batches WHERE kind = 'data'"):
-            waiting.setdefault(d, set()).add(int(s))
+        for d, k, s in conn.execute("SELECT device, kind, seq FROM batches"):
+            waiting.setdefault(stream(d, k), set()).add(int(s))
         return last, waiting
     finally:
         conn.close()
