@@ -72,7 +72,7 @@ class TagBase(StrictModel):
     every: PositiveDuration | None = Field(
         default=None,
         description="read this tag at its own rate instead of the device's poll_interval "
-        "(energy totals each minute, voltages each second); see drivers.base.rates",
+        "(energy totals each minute, voltages each second), in the same connection",
     )
     scan_group: Name | None = Field(
         default=None,
