@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm demo-s7 test test-fast lint typecheck schema reference proto bench soak clean
+.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm demo-s7 demo-mc test test-fast lint typecheck schema reference proto bench soak clean
 
 venv: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ demo-pdm: venv system-deps
 # An injection-moulding machine's Siemens S7 PLC (python-snap7's server) read by the s7 driver.
 demo-s7: venv system-deps
 	$(PY) -m simulators.demo_s7
+
+# A press line's Mitsubishi PLC (MC protocol 3E) read by the mc driver; ENCODING=ascii for the
+# ASCII code.
+demo-mc: venv system-deps
+	$(PY) -m simulators.demo_mc --encoding $(or $(ENCODING),binary)
 
 # Lint and types first, so the suite's own summary line is the last thing printed.
 test: venv test-deps

@@ -12,6 +12,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
+from drivers.modbus.codec import shortest_float32
+
 McType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "string"]
 
 #: Words one value of each numeric type spans.
@@ -60,7 +62,9 @@ def make_decoder(type_: str) -> Decoder:
         return lambda words: bool(words[0])
     fmt = _STRUCT[type_]
     unpack = struct.Struct(fmt).unpack
-    if type_.startswith("float"):
+    if type_ == "float32":  # what the HMI shows (229.8), not the double's 229.8000030517578
+        return lambda words: shortest_float32(unpack(words_to_bytes(words))[0])
+    if type_ == "float64":
         return lambda words: float(unpack(words_to_bytes(words))[0])
     return lambda words: int(unpack(words_to_bytes(words))[0])
 
