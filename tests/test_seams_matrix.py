@@ -10,7 +10,10 @@ once:
 * **reload**: a device added, one changed (its poll interval), one removed, and an option of the
   format changed (tests/platforms/dialects.py says which, per format), then the link lost;
 * **reload-offline**: the same reload while the broker cannot be reached;
-* **outage**: the broker stops while the devices poll and starts again on the same port.
+* **outage**: the broker stops while the devices poll and starts again on the same port;
+* **second**: the format is a second destination (``outputs:``) beside a plain json ``mqtt``
+  session to another broker, which stops while the format's platform stays up: the format
+  neither waits for it nor loses anything, and both complete once it is back.
 
 Beside the devices that answer, two never do (one refuses the connection, one takes it and stays
 silent): nothing may ever say they are up.
@@ -47,7 +50,7 @@ from agent.north.formats.registry import available_formats
 from agent.south.registry import load_drivers
 from simulators.modbus_map import POINTS
 from simulators.modbus_tcp import ModbusSimulator
-from tests.brokers import free_port
+from tests.brokers import Mosquitto, free_port
 from tests.e2e import Delivery, local_mqtt, until
 from tests.faultproxy import FaultProxy
 from tests.platforms.dialects import AGENT_ID, DIALECTS, GATEWAY, VARIANTS, Arrived, Dialect
@@ -56,7 +59,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quiet_pymodbus")]
 
 #: The matrix's columns: every registered format, then the variants of one.
 COLUMNS = [*sorted(available_formats()), *VARIANTS]
-SITUATIONS = ("fresh", "reload", "reload-offline", "outage")
+SITUATIONS = ("fresh", "reload", "reload-offline", "outage", "second")
 
 # -- the devices: one profile of tags that produces every stream kind ---------------------------
 
@@ -477,6 +480,7 @@ async def test_every_stream_kind_arrives(cell: Cell, column: str, situation: str
         "reload": _reload,
         "reload-offline": _reload_offline,
         "outage": _outage,
+        "second": _second,
     }
     await situations[situation](cell)
     cell.no_problems()
@@ -566,6 +570,37 @@ async def _outage(cell: Cell) -> None:
         await cell.settle()
     await cell.said_offline()
     await cell.every_batch_once(dead=set(DEAD))
+
+
+async def _second(cell: Cell) -> None:
+    """The format as destination ``second``; the ``mqtt`` section (json, another broker) goes
+    down and comes back while the format's platform sees every stream kind."""
+    other = Mosquitto(cell.cfg.parent / "other-broker")
+    other.start()
+    try:
+        devices = cell.devices("m1", "m2", "m8", "m9")
+        cell.dialect.devices[0] = [d["name"] for d in devices]
+        doc = json.loads(
+            write_config(cell.cfg, cell.dialect, 0, cell.proxy.port, devices).read_text()
+        )
+        doc["outputs"] = [{"name": "second", **doc["mqtt"]}]
+        doc["mqtt"] = local_mqtt(other.port)
+        cell.cfg.write_text(json.dumps(doc, indent=2))
+        async with cell.running() as agent:
+            assert agent.destinations["second"].format.name == cell.dialect.format
+            await until(agent.publisher.connected.is_set, timeout=10)
+            await asyncio.to_thread(other.stop)
+            await until(lambda: not agent.publisher.connected.is_set(), timeout=10)
+            await cell.online(0)
+            await cell.everything(0, {"m1": Expect(), "m2": Expect()}, never_answer())
+            cell.writes_reached_the_devices()
+            assert agent.buffer.output_stats("default").batches > 0  # it waits for json
+            await asyncio.to_thread(other.start)
+            await cell.settle()
+        await cell.said_offline()
+        await cell.every_batch_once(dead=set(DEAD))
+    finally:
+        other.stop()
 
 
 def _has_event_and_window(rows: list[Any], device: str) -> bool:
