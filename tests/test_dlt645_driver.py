@@ -320,3 +320,37 @@ async def test_three_meters_on_one_pty_reach_the_broker(tmp_path: Path, broker: 
     assert first["meter-2"]["values"] == {"energy_kwh": 200.0, "voltage_a": 220.0}
     assert first["old-meter"]["values"] == {"energy_kwh": 5678.9, "voltage_a": 231.0}
     assert all("quality" not in doc for doc in first.values())
+
+
+async def test_a_slow_rate_group_asks_only_for_its_own_items() -> None:
+    """Energy each second, voltage each 100 ms on one meter: the voltage polls do not ask for
+    the energy (each request costs the line about 200 ms at 2400 baud)."""
+    sink, status, metrics = Sink(), Status(), Metrics()
+    async with MeterLine(three_meters()) as line:
+        device = Dlt645Device.model_validate(
+            {
+                "name": "m",
+                "driver": "dlt645",
+                "poll_interval": "100ms",
+                "address": "210220003011",
+                "connection": {"port": line.path, "timeout": "200ms", "parity": "N"},
+                "tags": [
+                    {"name": "v", "di": "voltage_a"},
+                    {"name": "e", "di": "active_energy_total", "every": "1s"},
+                ],
+            }
+        )
+        driver = Dlt645Driver(device)
+        poller = LinePoller(driver.make_line(), [(device, driver)], sink, status, metrics)
+        task = asyncio.create_task(poller.run())
+        try:
+            await sink.until(lambda: sum(len(b.readings) for b in sink.of("m")) >= 14, 10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    asked = line.meters[0].asked
+    assert asked["02010100"] >= 9 and asked["00010000"] <= 2, asked
+    got = [r for b in sink.of("m") for r in b.readings]
+    assert {r.value for r in got if r.tag == "v"} == {230.1}
+    assert {r.value for r in got if r.tag == "e"} == {12345.67}
