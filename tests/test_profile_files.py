@@ -9,6 +9,7 @@ from textwrap import dedent
 
 import pytest
 
+from agent.app.cli import main
 from agent.app.config import ConfigErrors, load_config
 from agent.app.config.loader import config_schema
 from agent.south.registry import load_drivers
@@ -142,7 +143,7 @@ def test_problems_inside_a_profile_file_are_reported_at_its_own_lines(tmp_path: 
         f"{bad}:4:3: defaults.max_regs: unknown key 'max_regs'; did you mean 'max_registers'?",
         f"{bad}:6:49: tags.0.type: Input should be 'bool', 'int16', 'uint16', 'int32', "
         "'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'",
-        f"{bad}:7:12: tags.1.name: duplicate tag name 'v' (first at {bad} line 6)",
+        f"{bad}:7:12: tags.1.name: duplicate tag name 'v' (first at line 6)",
     ]
 
 
@@ -197,3 +198,19 @@ def test_the_schema_has_include_and_each_drivers_profile_defaults() -> None:
         assert key in defaults
     assert {"poll_interval", "processing"} <= set(defaults)
     assert not {"name", "driver", "connection", "tags", "profile"} & set(defaults)
+
+
+def test_validate_names_the_profile_file_a_problem_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line prints the config as typed, and a profile file's problem at that file,
+    so an editor opens the right one."""
+    meter = write(tmp_path / "types" / "meter.yaml", METER.replace("CDAB", "CDBA"))
+    config(tmp_path, DEVICE + "    poll_interval: never\n", head="include: [types/meter.yaml]\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "./edge-agent.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{meter}:4:15: defaults.byte_order: Input should be 'ABCD', 'CDAB', 'BADC' or 'DCBA'",
+        "./edge-agent.yaml:8:18: devices.0.poll_interval: invalid duration 'never': use seconds "
+        "or a string like 250ms, 1s, 5m",
+    ]

@@ -19,13 +19,16 @@ EXIT_CONFIG = 2
 def load_or_exit(
     file: str, drivers: Mapping[str, type[Driver]], *, resolve_secrets: bool
 ) -> Config | int:
-    """The config, or the exit code after printing why not. Issues are printed with FILE as the
-    user typed it, so the lines match what their editor or CI has open."""
+    """The config, or the exit code after printing why not. Issues in the config are printed
+    with FILE as the user typed it, so the lines match what their editor or CI has open; issues
+    inside a profile file it uses name that file."""
+    path = Path(file)
     try:
-        return load_config(Path(file), drivers, resolve_secrets=resolve_secrets)
+        return load_config(path, drivers, resolve_secrets=resolve_secrets)
     except ConfigErrors as exc:
         for i in exc.issues:
-            print(f"{file}:{i.line}:{i.col}: {i.path}: {i.message}", file=sys.stderr)
+            shown = file if i.file == str(path) else i.file
+            print(f"{shown}:{i.line}:{i.col}: {i.path}: {i.message}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as exc:
         print(f"edge-agent: cannot read {file}: {exc.strerror or exc}", file=sys.stderr)

@@ -162,7 +162,7 @@ def _duplicates(
         if name in first:
             issues.append(loc.at_value(path, f"duplicate {what} {name!r} ({first[name]})"))
         else:
-            first[name] = f"first at {loc.where(path)}"
+            first[name] = f"first at line {loc.line(path)}"  # a repeat is in the same file
     return issues
 
 

@@ -32,7 +32,8 @@ class ConfigIssue:
 
 
 class ConfigErrors(Exception):
-    """Every problem found in one file, sorted by position so the output reads top to bottom.
+    """Every problem found in one file (and the profile files it uses), sorted by file and then
+    by position so the output reads top to bottom.
 
     Raised only after all checks ran: fixing a config should take one round trip, not one per
     error.
@@ -40,5 +41,5 @@ class ConfigErrors(Exception):
 
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:
         unique = dict.fromkeys(issues)  # identical issues from two layers are shown once
-        self.issues: list[ConfigIssue] = sorted(unique, key=lambda i: (i.line, i.col))
+        self.issues: list[ConfigIssue] = sorted(unique, key=lambda i: (i.file, i.line, i.col))
         super().__init__("\n".join(str(i) for i in self.issues))

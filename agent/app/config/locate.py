@@ -63,6 +63,11 @@ class Locator:
         line = positions.value(inner).line
         return f"line {line}" if file == self.file else f"{file} line {line}"
 
+    def line(self, path: DataPath) -> int:
+        """The line of ``path``'s value in whichever file it was written."""
+        _, positions, inner = self._source(path)
+        return positions.value(inner).line
+
     def _source(self, path: DataPath) -> tuple[str, Positions, DataPath]:
         for end in range(len(path), 0, -1):
             origin = self.origins.get(path[:end])
