@@ -345,3 +345,18 @@ async def test_calculated_tags_end_to_end_through_mosquitto(
             "high": True,
         }
         assert d["quality"] == {"per_zero": "bad: division by zero"}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("-" * 1990 + "1", "nests deeper than 50"),
+        ("(" * 300 + "1" + ")" * 300, "too many nested parentheses"),
+        ("1" + "+1" * 1500, "longer than 2000 characters"),
+        ("a\x00b", "not an expression"),
+        ("", "empty"),
+    ],
+)
+def test_hostile_expressions_are_refused_not_crashing(text: str, reason: str) -> None:
+    with pytest.raises(ExprError, match=reason):
+        parse(text)

@@ -91,7 +91,7 @@ def _hide_if(text: str) -> str:
     parse as a function name; other tokens, string contents included, are left alone."""
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
+    except (tokenize.TokenError, SyntaxError, ValueError):
         return text  # ast.parse reports the problem with its position
     lines = text.split("\n")
     for tok, nxt in itertools.pairwise(tokens):
@@ -112,6 +112,8 @@ def parse(text: str) -> Expression:
         tree = ast.parse(_hide_if(text.strip("\n")), mode="eval")
     except SyntaxError as exc:
         raise ExprError(f"not an expression: {exc.msg}", exc.offset or 1) from None
+    except (ValueError, RecursionError, MemoryError):  # the parser's own limits
+        raise ExprError("the expression is too complex", 1) from None
     inputs: list[str] = []
     _check(tree.body, inputs, 0)
     return Expression(text, tree.body, tuple(dict.fromkeys(inputs)))
