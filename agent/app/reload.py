@@ -149,10 +149,8 @@ async def apply_reload(agent: Agent, path: Path) -> bool:
         new = await _off_loop(load_config, path, agent.drivers, resolve_secrets=True)
     except ConfigErrors as exc:
         for i in exc.issues:
-            log.error(
-                "reload refused",
-                extra={"problem": f"{path}:{i.line}:{i.col}: {i.path}: {i.message}"},
-            )
+            # str(i) names the file the problem is in: the config, or a profile file it uses.
+            log.error("reload refused", extra={"problem": str(i)})
         agent.metrics.config_reloads.labels("refused").inc()
         return False
     except Exception as exc:  # unreadable file, a driver's validator failing
