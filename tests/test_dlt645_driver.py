@@ -15,9 +15,11 @@ import pytest
 
 from agent.ops.metrics import Metrics
 from agent.south.lines import LinePoller
-from drivers.base import DeviceError, Driver, Quality, Reading
+from drivers.base import DeviceBase, DeviceError, Driver, Quality, Reading
 from drivers.dlt645.config import Dlt645Device
 from drivers.dlt645.driver import Dlt645Driver
+from drivers.serial.config import SerialDevice
+from drivers.serial.driver import SerialDriver
 from simulators.dlt645_meters import MeterLine, frame, three_meters
 from simulators.serial_instruments import PtyInstrument
 from tests.brokers import Mosquitto, Subscriber
@@ -354,3 +356,45 @@ async def test_a_slow_rate_group_asks_only_for_its_own_items() -> None:
     got = [r for b in sink.of("m") for r in b.readings]
     assert {r.value for r in got if r.tag == "v"} == {230.1}
     assert {r.value for r in got if r.tag == "e"} == {12345.67}
+
+
+class MetersAndOven(MeterLine):
+    """The meters, and an ASCII oven controller answering ``01PV?`` on the same pty."""
+
+    def on_request_bytes(self, data: bytes) -> None:
+        if data == b"01PV?\r":
+            self.send_frame(b"01PV=182.5\r")
+            return
+        super().on_request_bytes(data)
+
+
+async def test_a_meter_shares_its_port_with_a_serial_instrument() -> None:
+    sink, status, metrics = Sink(), Status(), Metrics()
+    async with MetersAndOven(three_meters()) as line:
+        oven = SerialDevice.model_validate(
+            {
+                "name": "oven",
+                "driver": "serial",
+                "mode": "poll",
+                "poll_interval": "100ms",
+                "connection": {"port": line.path, "timeout": "200ms"},
+                "framing": {"terminator": "\\r"},
+                "requests": [{"send": "01PV?\\r", "match": r"^01PV=(?P<pv>[\d.]+)$"}],
+                "tags": [{"name": "pv", "type": "float64"}],
+            }
+        )
+        meter_1 = meter(line.path, "210220003011", [("v", "voltage_a")])
+        both: list[tuple[DeviceBase, Driver]] = [
+            (oven, SerialDriver(oven)),
+            (meter_1, Dlt645Driver(meter_1)),
+        ]
+        poller = LinePoller(both[0][1].make_line(), both, sink, status, metrics)
+        task = asyncio.create_task(poller.run())
+        try:
+            await sink.until(lambda: len(sink.of("oven")) >= 3 and len(sink.of("m-3011")) >= 3)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert all(values(b.readings) == {"pv": 182.5} for b in sink.of("oven"))
+    assert all(values(b.readings) == {"v": 230.1} for b in sink.of("m-3011"))

@@ -145,6 +145,9 @@ class Dlt645Driver(Driver):
             return None
         agree: dict[str, object] = {f"connection.{k}": getattr(conn, k) for k in LINE_SETTINGS}
         agree["connection.bytesize"] = 8
+        # Modbus RTU devices say "driver: modbus" here (pymodbus owns their port): a meter on
+        # their port is refused at its driver key instead of failing when the agent starts.
+        agree["driver"] = "dlt645"
         return LineSettings(key=conn.port, agree=agree)
 
     def line_key(self) -> str | None:
