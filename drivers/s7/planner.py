@@ -35,7 +35,7 @@ ITEM_REQUEST: Final = 12  # one address specification
 ITEM_REPLY: Final = 4  # return code, transport size, bit length
 MAX_ITEMS: Final = 20
 #: Nodes the exact packing may visit before it keeps the best packing found.
-NODE_BUDGET: Final = 200_000
+NODE_BUDGET: Final = 50_000
 
 
 class PlanTag(Protocol):
@@ -193,6 +193,11 @@ def pack(costs: Sequence[int], room: int, slots: int) -> tuple[list[list[int]], 
         return best, True
     bins: list[list[int]] = []
     left: list[int] = []
+    # Bytes still to place from position k on, so a node whose open bins cannot take them in
+    # fewer bins than the best so far is cut.
+    tail = [0] * (len(order) + 1)
+    for k in range(len(order) - 1, -1, -1):
+        tail[k] = tail[k + 1] + costs[order[k]]
     nodes = 0
     exhausted = False
 
@@ -206,6 +211,9 @@ def pack(costs: Sequence[int], room: int, slots: int) -> tuple[list[list[int]], 
             return
         if k == len(order):
             best = [list(b) for b in bins]
+            return
+        free = sum(f for f, b in zip(left, bins, strict=True) if len(b) < slots)
+        if len(bins) + math.ceil(max(0, tail[k] - free) / room) >= len(best):
             return
         i = order[k]
         tried: set[tuple[int, int]] = set()
