@@ -420,6 +420,10 @@ class OpcuaDevice(DeviceBase):
             )
         return None
 
+    def method_names(self) -> list[str]:
+        names = [m.name for m in self.methods]
+        return [*names, *CONDITION_METHODS] if self.events else names
+
     @model_validator(mode="after")
     def _unique_names(self) -> OpcuaDevice:
         for key in ("methods", "events"):

@@ -503,6 +503,11 @@ class OpcuaDriver(Driver):
 
     def _condition_request(self, method: str, args: Any) -> ua.CallMethodRequest:
         """Acknowledge or Confirm of a condition named by its condition id or alarm name."""
+        if isinstance(args, Mapping):  # by name, as platforms with named inputs send them
+            unknown = sorted(str(k) for k in args if k not in ("condition", "comment"))
+            if unknown:
+                raise WriteError(f"{method} has no input {', '.join(unknown)}")
+            args = [args.get("condition"), args.get("comment", "")]
         if not isinstance(args, list) or not 1 <= len(args) <= 2:
             raise WriteError(f"{method} takes [condition, comment]: a condition_id or alarm name")
         which, comment = args[0], args[1] if len(args) == 2 else ""

@@ -6,9 +6,11 @@ events of the configured types and their subtypes (asyncua's ``where_clause_from
 event becomes a document shaped like the agent's own alarm events, so every format publishes it
 on the device's event stream without knowing where it came from::
 
-    {"ts", "event": "raise" | "clear", "alarm", "source", "severity", "message",
-     "condition_id", "type", "acked", "confirmed", "retain", "events", ["fields"]}
+    {"ts", "event": "raise" | "clear", "alarm", "source", "tag", "severity", "message",
+     "condition_id", "type", "acked", "confirmed", "retain", "events", "values": [], ["fields"]}
 
+``tag`` (what the agent's alarms watch) is the source here too; ``values``, the agent's alarms'
+evidence, is empty (the server judged the condition): a consumer reads both kinds alike.
 ``event`` is ``raise`` while the condition's ActiveState is true and ``clear`` when it is false;
 an event without an ActiveState (a plain event, not an alarm) says ``event``. A hostile server
 cannot make a document unbounded: text is cut at ``MAX_TEXT`` characters and the severity is
@@ -159,6 +161,7 @@ def event_doc(
         "event": "raise" if active is True else "clear" if active is False else "event",
         "alarm": _text(values.get("ConditionName")) or _text(source) or selection.entry.name,
         "source": _text(source),
+        "tag": _text(source) or selection.entry.name,
         "severity": min(1000, max(1, int(severity)))
         if isinstance(severity, int) and not isinstance(severity, bool)
         else None,
@@ -169,6 +172,7 @@ def event_doc(
         "confirmed": _bool(values.get("ConfirmedState/Id")),
         "retain": _bool(values.get("Retain")),
         "events": selection.entry.name,
+        "values": [],
     }
     extra = {
         name: _field(values.get(name), fields, selection, name) for name in selection.entry.fields

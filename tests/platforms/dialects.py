@@ -697,6 +697,8 @@ class AlibabaDialect(Dialect):
             f"topic readwrite /ext/session/{GW_PK}/{GW_DN}/#\n"
             f"topic read /sys/{SUB_PK}/+/thing/service/property/set\n"
             f"topic write /sys/{SUB_PK}/+/thing/service/property/set_reply\n"
+            # services (method calls, docs/platforms/alibaba.md) and their <method>_reply
+            f"topic readwrite /sys/{SUB_PK}/+/thing/service/+\n"
             "\nuser platform\ntopic readwrite #\n"
         )
         return acl_broker(self.workdir / "broker", acl)

@@ -16,6 +16,9 @@ What the platform documents and this implements:
   sub-devices per message (``{"value", "time"}`` per property), within the message size limit.
 * Writes: ``thing.service.property.set`` on a sub-device's topic goes through the command path;
   the ``set_reply`` carries code 200, or 460 (request parameter error) with the reason.
+* Method calls: a service ``thing.service.<method>`` (topic ``.../thing/service/<method>``, its
+  ``params`` the method's inputs by name) calls the device's method of that name; the
+  ``<method>_reply`` carries code 200 with ``data: {"status", "outputs"}``, or 460 and the reason.
 """
 
 from __future__ import annotations
@@ -200,6 +203,7 @@ class AlibabaFormat(Format):
         subs = [f"{self._sys}thing/sub/register_reply", f"{self._sys}thing/topo/add_reply"]
         subs.append(f"{self._session}combine/login_reply")
         subs += [f"/sys/{pk}/{dn}/thing/service/property/set" for pk, dn in self.subs.values()]
+        subs += [f"/sys/{pk}/{dn}/thing/service/+" for pk, dn in self.subs.values()]
         return subs
 
     def online(self) -> list[Message]:
@@ -273,6 +277,9 @@ class AlibabaFormat(Format):
             return self._acknowledged(topic, doc)
         if topic.endswith("/thing/service/property/set"):
             return self._property_set(topic, doc)
+        levels = topic.split("/")
+        if len(levels) == 7 and levels[4:6] == ["thing", "service"]:
+            return self._service(levels, doc)
         return None
 
     def _registered(self, doc: dict[str, Any]) -> Reaction | None:
@@ -314,10 +321,39 @@ class AlibabaFormat(Format):
             command=Command(device, writes=params, cmd_id=str(request_id), context=request_id)
         )
 
+    def _service(self, levels: list[str], doc: dict[str, Any]) -> Reaction | None:
+        """A service call (``thing.service.<method>``): the device's method of that name."""
+        method = levels[6]
+        device = self._ours.get((levels[2], levels[3]))
+        if device is None or method.endswith("_reply"):
+            return None  # our own answer, which a broker without no-local hands back
+        request_id = doc.get("id")
+        params = doc.get("params", {})
+        context = (request_id, method)
+        if not isinstance(params, dict):
+            reply = self._service_reply(device, context, 460, "params must be an object", {})
+            return Reaction(publish=[reply])
+        return Reaction(
+            command=Command(device, call={method: params}, cmd_id=str(request_id), context=context)
+        )
+
     def reply(self, command: Command, reply: dict[str, object]) -> Message | None:
         ok = bool(reply.get("ok"))
         message = "success" if ok else str(reply.get("error"))
+        if command.call is not None:
+            data: dict[str, Any] = {k: reply[k] for k in ("status", "outputs") if k in reply}
+            return self._service_reply(
+                command.device, command.context, 200 if ok else 460, message, data
+            )
         return self._set_reply(command.device, command.context, 200 if ok else 460, message)
+
+    def _service_reply(
+        self, device: str, context: Any, code: int, message: str, data: dict[str, Any]
+    ) -> Message:
+        request_id, method = context
+        pk, dn = self.subs[device]
+        doc = {"id": request_id, "code": code, "data": data, "message": message, "version": "1.0"}
+        return Message(f"/sys/{pk}/{dn}/thing/service/{method}_reply", _dumps(doc).encode())
 
     def _set_reply(self, device: str, request_id: Any, code: int, message: str) -> Message:
         pk, dn = self.subs[device]

@@ -14,7 +14,9 @@ protocol"):
   and Stream Analytics can filter without parsing; 256 KB per message.
 * no retained messages; the will (sent as a message with the gateway status) is supported.
 * direct methods on ``$iothub/methods/POST/{method}/?$rid={id}``, answered on
-  ``$iothub/methods/res/{status}/?$rid={id}``.
+  ``$iothub/methods/res/{status}/?$rid={id}``: ``write`` with ``{"device", "write": {tag:
+  value}}``, ``call`` with ``{"device", "call": {"<method>": [arguments]}}``; the answer's body is
+  the agent's reply (``{"id", "ok"[, "error"][, "status", "outputs"]}``).
 """
 
 from __future__ import annotations
@@ -220,19 +222,24 @@ class AzureIotFormat(JsonFormat):
         if not rid:
             log.warning("direct method without $rid ignored", extra={"topic": topic})
             return None
-        if method != "write":
+        if method not in ("write", "call"):
             return Reaction(
                 publish=[self._method_reply(rid, 404, {"error": f"no method {method!r}"})]
             )
         try:
             doc = json.loads(payload)
             device = doc["device"]
-            writes = doc["write"]
-            if not isinstance(device, str) or not isinstance(writes, dict) or not writes:
-                raise ValueError('expected {"device": name, "write": {tag: value}}')
+            body = doc[method]
+            if not isinstance(device, str) or not isinstance(body, dict) or not body:
+                raise ValueError(
+                    f'expected {{"device": name, "{method}": '
+                    + ("{tag: value}}" if method == "write" else "{method: [arguments]}}")
+                )
         except (ValueError, KeyError, TypeError) as exc:
             return Reaction(publish=[self._method_reply(rid, 400, {"error": str(exc)})])
-        return Reaction(command=Command(device, writes=writes, cmd_id=rid, context=rid))
+        if method == "call":
+            return Reaction(command=Command(device, call=body, cmd_id=rid, context=rid))
+        return Reaction(command=Command(device, writes=body, cmd_id=rid, context=rid))
 
     def reply(self, command: Command, reply: dict[str, object]) -> Message | None:
         return self._method_reply(str(command.context), 200 if reply.get("ok") else 400, reply)

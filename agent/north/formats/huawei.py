@@ -13,7 +13,9 @@ From IoTDA's MQTT interface reference:
   a device is OFFLINE until it answered.
 * Commands: ``$oc/devices/{gateway}/sys/commands/request_id={id}`` with ``object_device_id``,
   ``command_name`` (``write``) and ``paras`` (tag: value), answered on
-  ``.../sys/commands/response/request_id={id}`` with ``result_code`` 0 or 1.
+  ``.../sys/commands/response/request_id={id}`` with ``result_code`` 0 or 1. Any other
+  ``command_name`` calls the device's method of that name with ``paras`` as its inputs by name;
+  the response's ``paras`` add ``status`` and ``outputs``.
 """
 
 from __future__ import annotations
@@ -249,8 +251,19 @@ class HuaweiFormat(Format):
         device = self._ours.get(target)
         if device is None:
             return Reaction(publish=[self._response(request_id, False, f"unknown {target}")])
+        if isinstance(name, str) and name and name != "write":
+            # Any other command is a call of the device's method of that name, its paras the
+            # method's inputs by name (IoTDA commands carry named paras).
+            if paras is not None and not isinstance(paras, dict):
+                why = "paras must be an object of the method's inputs"
+                return Reaction(publish=[self._response(request_id, False, why)])
+            return Reaction(
+                command=Command(
+                    device, call={name: paras or {}}, cmd_id=request_id, context=request_id
+                )
+            )
         if name != "write" or not isinstance(paras, dict) or not paras:
-            why = f"unknown command {name!r} (use write with paras tag: value)"
+            why = f"unknown command {name!r} (use write with paras tag: value, or a method)"
             return Reaction(publish=[self._response(request_id, False, why)])
         return Reaction(
             command=Command(device, writes=paras, cmd_id=request_id, context=request_id)
@@ -258,10 +271,18 @@ class HuaweiFormat(Format):
 
     def reply(self, command: Command, reply: dict[str, object]) -> Message | None:
         ok = bool(reply.get("ok"))
-        return self._response(str(command.context), ok, None if ok else str(reply.get("error")))
+        result: dict[str, object] = {k: reply[k] for k in ("status", "outputs") if k in reply}
+        error = None if ok else str(reply.get("error"))
+        return self._response(str(command.context), ok, error, result)
 
-    def _response(self, request_id: str, ok: bool, error: str | None) -> Message:
-        paras: dict[str, Any] = {"result": "success" if ok else "failed"}
+    def _response(
+        self,
+        request_id: str,
+        ok: bool,
+        error: str | None,
+        result: dict[str, object] | None = None,
+    ) -> Message:
+        paras: dict[str, Any] = {"result": "success" if ok else "failed", **(result or {})}
         if error is not None:
             paras["error"] = error
         doc = {"result_code": 0 if ok else 1, "response_name": "COMMAND_RESPONSE", "paras": paras}

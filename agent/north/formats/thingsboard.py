@@ -15,8 +15,9 @@ and payloads follow ThingsBoard's "MQTT Gateway API" reference:
   state changes: disjoint client attributes, so neither overwrites the other. Both are sent again
   after each connect (ThingsBoard keeps no retained messages);
 * ``v1/gateway/rpc``: ``{"device", "data": {"id", "method", "params"}}`` in, with method
-  ``write`` (params: tag → value) going through the command path; the reply is
-  ``{"device", "id", "data": {"success": bool[, "error"]}}``.
+  ``write`` (params: tag → value) or ``call`` (params: ``{"<method>": [arguments]}``, a method
+  of the device) going through the command path; the reply is
+  ``{"device", "id", "data": {"success": bool[, "error"][, "status", "outputs"]}}``.
 
 Authentication, as the gateway device's credentials in ThingsBoard say: an access token (from
 ``password_env``/``password_file`` without ``username``: sent as the MQTT user name, no
@@ -340,9 +341,14 @@ class ThingsBoardFormat(Format):
         if not isinstance(device, str):
             return None
         cmd_id = str(request_id)
+        if method == "call":
+            if not isinstance(params, dict) or len(params) != 1:
+                why = "params must be an object of one method: [arguments]"
+                return Reaction(publish=[_reply(device, request_id, False, why)])
+            return Reaction(command=Command(device, call=params, cmd_id=cmd_id, context=request_id))
         if method != "write":
-            reply = _reply(device, request_id, False, f"unknown method {method!r} (use write)")
-            return Reaction(publish=[reply])
+            why = f"unknown method {method!r} (use write or call)"
+            return Reaction(publish=[_reply(device, request_id, False, why)])
         if not isinstance(params, dict) or not params:
             reply = _reply(device, request_id, False, "params must be an object of tag: value")
             return Reaction(publish=[reply])
@@ -351,12 +357,23 @@ class ThingsBoardFormat(Format):
     def reply(self, command: Command, reply: dict[str, object]) -> Message | None:
         error = reply.get("error")
         return _reply(
-            command.device, command.context, bool(reply.get("ok")), str(error) if error else None
+            command.device,
+            command.context,
+            bool(reply.get("ok")),
+            str(error) if error else None,
+            {k: reply[k] for k in ("status", "outputs") if k in reply},
         )
 
 
-def _reply(device: str, request_id: Any, ok: bool, error: str | None) -> Message:
+def _reply(
+    device: str,
+    request_id: Any,
+    ok: bool,
+    error: str | None,
+    result: Mapping[str, object] | None = None,
+) -> Message:
     data: dict[str, Any] = {"success": ok}
     if error is not None:
         data["error"] = error
+    data.update(result or {})
     return Message(RPC, _dumps({"device": device, "id": request_id, "data": data}).encode())

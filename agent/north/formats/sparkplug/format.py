@@ -43,6 +43,11 @@ TCK is checked on the wire in tests/test_sparkplug_tck.py (one test per ``tck-id
   which the device's DBIRTH carries.
 * Quality property codes are the specification's: 0 for a bad reading, 500 (stale) for an
   uncertain one.
+* Methods a device declares (``DeviceBase.method_names``) are String metrics ``Methods/<name>``
+  and ``Methods/<name>/Result`` in its DBIRTH. A DCMD setting ``Methods/<name>`` (alone) to a
+  JSON array of arguments calls the method; the agent's reply (``{"id", "ok", "status",
+  "outputs"}`` or ``{"id", "ok": false, "error"}``) comes back as JSON in a DDATA of
+  ``Methods/<name>/Result``. Writes are answered by the data itself, as before.
 
 Deliberate choice: data (DDATA) uses ``mqtt.qos`` (1 by default) rather than the specification's
 QoS 0, because a batch leaves the buffer only on PUBACK; set ``qos: 0`` for the letter of the
@@ -77,7 +82,7 @@ from agent.north.formats.base import (
 from agent.north.formats.sparkplug import sparkplug_b_pb2
 from agent.north.formats.sparkplug.bdseq import BdSeq
 from agent.north.formats.sparkplug.values import choose, fits, get_value, set_value
-from drivers.base import Name, StrictModel
+from drivers.base import DeviceBase, Name, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
     from agent.app.config.models import Config
@@ -204,6 +209,17 @@ def _quality_property(metric: Any, code: int) -> None:
     metric.properties.values.add(type=pb.Int32, int_value=code)
 
 
+#: The metric folder of a device's methods: ``Methods/<name>`` and ``Methods/<name>/Result``.
+METHODS = "Methods/"
+RESULT = "/Result"
+
+
+def method_metrics(device: DeviceBase) -> dict[str, str]:
+    """The String metrics a device's methods add to its births."""
+    names = device.method_names()
+    return {f"{METHODS}{n}{suffix}": "string" for n in names for suffix in ("", RESULT)}
+
+
 class SparkplugOptions(StrictModel):
     """Options of ``format: sparkplug`` (Sparkplug B 3.0)."""
 
@@ -230,7 +246,9 @@ class SparkplugFormat(Format):
             sp.edge_node_id or agent.id,
             Path(agent.data_dir),
             primary_host_id=sp.primary_host_id,
-            tag_types={d.name: tag_types(d) for d in config.active_devices()},
+            tag_types={
+                d.name: {**tag_types(d), **method_metrics(d)} for d in config.active_devices()
+            },
             topic_prefix=topic_prefix(config),
         )
 
@@ -596,4 +614,38 @@ class SparkplugFormat(Format):
         except ValueError as exc:
             log.warning("sparkplug DCMD refused", extra={"device": device, "error": str(exc)})
             return None
+        if any(name.startswith(METHODS) for name in writes):
+            return self._call(device, cmd_id, writes)
         return Reaction(command=Command(device, writes=writes, cmd_id=cmd_id))
+
+    def _call(self, device: str, cmd_id: str, metrics: dict[str, Any]) -> Reaction | None:
+        """A DCMD of ``Methods/<name>`` (a JSON array of arguments): a method call."""
+        try:
+            ((metric, text),) = metrics.items()
+            method = metric[len(METHODS) :]
+            if not method or method.endswith(RESULT):
+                raise ValueError(f"{metric} is not a method to call")
+            args = json.loads(text) if isinstance(text, str) and text else []
+        except (ValueError, TypeError) as exc:
+            why = f"a method call is one metric {METHODS}<name> holding JSON arguments: {exc}"
+            log.warning("sparkplug DCMD refused", extra={"device": device, "error": why})
+            return None
+        return Reaction(command=Command(device, call={method: args}, cmd_id=cmd_id, context=method))
+
+    def reply(self, command: Command, reply: dict[str, object]) -> Message | None:
+        """A call's reply as a DDATA of ``Methods/<name>/Result``; writes need none (the value
+        written comes back in the device's data)."""
+        if command.call is None or not isinstance(command.context, str):
+            return None
+        dev = self._devices.get(command.device)
+        metric = f"{METHODS}{command.context}{RESULT}"
+        if dev is None or not dev.born or metric not in dev.types or not self._node_born:
+            return None  # the host learns the outcome from the next birth's current value
+        text = json.dumps(reply, ensure_ascii=False, separators=(",", ":"))
+        dev.latest[metric] = text
+        payload = self._payload()
+        m = payload.metrics.add(
+            alias=self._alias(command.device, metric), timestamp=payload.timestamp
+        )
+        set_value(m, dev.types[metric], text)
+        return Message(self.topic("DDATA", command.device), payload.SerializeToString())
