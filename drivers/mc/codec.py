@@ -60,13 +60,20 @@ def make_decoder(type_: str) -> Decoder:
         return _decode_string
     if type_ == "bool":
         return lambda words: bool(words[0])
-    fmt = _STRUCT[type_]
-    unpack = struct.Struct(fmt).unpack
+    # Integers by arithmetic on the words (this runs for every tag of every poll: no bytes).
+    if type_ == "uint16":
+        return lambda words: int(words[0])
+    if type_ == "int16":
+        return lambda words: words[0] - 0x10000 if words[0] & 0x8000 else int(words[0])
+    if type_ == "uint32":
+        return lambda words: words[0] | words[1] << 16
+    if type_ == "int32":
+        return lambda words: (words[0] | words[1] << 16) - (0x100000000 if words[1] & 0x8000 else 0)
+    pack, unpack = struct.Struct("<HH").pack, struct.Struct("<f").unpack
     if type_ == "float32":  # what the HMI shows (229.8), not the double's 229.8000030517578
-        return lambda words: shortest_float32(unpack(words_to_bytes(words))[0])
-    if type_ == "float64":
-        return lambda words: float(unpack(words_to_bytes(words))[0])
-    return lambda words: int(unpack(words_to_bytes(words))[0])
+        return lambda words: shortest_float32(unpack(pack(words[0], words[1]))[0])
+    unpack64 = struct.Struct(_STRUCT[type_]).unpack
+    return lambda words: float(unpack64(words_to_bytes(words))[0])
 
 
 def _decode_string(words: Sequence[int]) -> Value:

@@ -80,6 +80,11 @@ class McDriver(Driver):
         conn = device.connection
         self._frames = [self._read_frame(r) for r in self.requests]
         self._decoders: dict[str, Decoder] = {t.name: make_decoder(t.type) for t in device.tags}
+        # Per request, how its answer becomes readings: worked out once, run every poll.
+        self._reads = [
+            tuple((s.tag, s.start, s.start + s.count, self._decoders[s.tag]) for s in r.slices)
+            for r in self.requests
+        ]
         self._client: McClient | None = None
         self._answers: dict[int, Words] = {}
         self._errors: Counter[str] = Counter()
@@ -167,9 +172,10 @@ class McDriver(Driver):
                 continue
             words = await self._words(req, ans)
             self._answers[i] = words
-            for s in req.slices:
-                value = self._decoders[s.tag](words[s.start : s.start + s.count])
-                readings.append(Reading(s.tag, value, now))
+            readings += [
+                Reading(name, decode(words[start:end]), now)
+                for name, start, end, decode in self._reads[i]
+            ]
         return readings
 
     async def _words(self, req: Request, ans: Answer) -> Words:

@@ -16,6 +16,7 @@ connection instead of guessing which answer comes next.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -73,6 +74,18 @@ def _hex(text: bytes) -> int:
     if not text or any(c not in b"0123456789ABCDEFabcdef" for c in text):
         raise FrameError(f"not hexadecimal: {text[:16]!r}")
     return int(text, 16)
+
+
+def _from_hex(text: bytes) -> bytes:
+    """ASCII hexadecimal text as the bytes it spells; ``FrameError`` for anything but hex
+    digits (``bytes.fromhex`` alone would skip spaces)."""
+    try:
+        data = bytes.fromhex(text.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise FrameError(f"not hexadecimal: {text[:16]!r}") from None
+    if 2 * len(data) != len(text):
+        raise FrameError(f"not hexadecimal: {text[:16]!r}")
+    return data
 
 
 class Writer:
@@ -171,17 +184,13 @@ class Reader:
 
     def words(self, n: int) -> list[int]:
         if self.ascii:
-            raw = self._take(4 * n)
-            return [_hex(raw[i : i + 4]) for i in range(0, 4 * n, 4)]
-        raw = self._take(2 * n)
-        return [int.from_bytes(raw[i : i + 2], "little") for i in range(0, 2 * n, 2)]
+            return list(struct.unpack(f">{n}H", _from_hex(self._take(4 * n))))
+        return list(struct.unpack(f"<{n}H", self._take(2 * n)))
 
     def dwords(self, n: int) -> list[int]:
         if self.ascii:
-            raw = self._take(8 * n)
-            return [_hex(raw[i : i + 8]) for i in range(0, 8 * n, 8)]
-        raw = self._take(4 * n)
-        return [int.from_bytes(raw[i : i + 4], "little") for i in range(0, 4 * n, 4)]
+            return list(struct.unpack(f">{n}I", _from_hex(self._take(8 * n))))
+        return list(struct.unpack(f"<{n}I", self._take(4 * n)))
 
     def bits(self, n: int) -> list[bool]:
         if self.ascii:
