@@ -90,6 +90,7 @@ bench: venv system-deps
 	$(PY) -m bench.bench_buffer
 	$(PY) -m bench.bench_processing
 	$(PY) -m bench.bench_rtu
+	$(PY) -m bench.bench_dlt645
 	$(PY) -m bench.bench_modbus_requests
 	$(PY) -m bench.bench_opcua
 
