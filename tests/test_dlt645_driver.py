@@ -219,6 +219,14 @@ def endless(request: bytes) -> bytes:
             lambda r: frame(bytes.fromhex("123000200221"), 0x91, VOLTS) + frame(ADDR, 0x91, VOLTS),
             None,
         ),
+        (
+            "a late answer to another item, then ours",
+            lambda r: (
+                frame(ADDR, 0x91, bytes.fromhex("00000100") + b"\x00\x00\x00\x00")
+                + frame(ADDR, 0x91, VOLTS)
+            ),
+            None,
+        ),
         ("corrupted", lambda r: frame(ADDR, 0x91, VOLTS)[:-2] + b"\x00\x16", "checksum"),
         ("wrong identifier", lambda r: frame(ADDR, 0x91, b"\x00\x02\x01\x02\x01\x23"), None),
         ("not BCD", lambda r: frame(ADDR, 0x91, VOLTS[:4] + b"\xfa\xff"), "bad value"),

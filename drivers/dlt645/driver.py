@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 #: Function codes of a master's requests, per edition: read data, read follow-up data.
 READ: Mapping[Protocol, int] = {"2007": 0x11, "1997": 0x01}
 READ_MORE: Mapping[Protocol, int] = {"2007": 0x12, "1997": 0x02}
+#: Bytes of an identifier in each edition.
+DI_BYTES: Mapping[Protocol, int] = {"2007": 4, "1997": 2}
 #: Follow-up frames taken for one item at most: a meter that keeps saying "more" is broken.
 MAX_FOLLOW_UPS = 16
 #: Line settings every meter on one port must share: the port is configured once.
@@ -123,6 +125,10 @@ class Dlt645Driver(Driver):
         self._reader = FrameReader()
         self._line: SerialLine | None = None
         self._answer: asyncio.Future[Frame | str] | None = None
+        # The answer waited for (function code, identifier), and what an answer of the meter
+        # that was not it said instead: a late answer to an earlier request is passed over.
+        self._expect: tuple[int, bytes] = (0, b"")
+        self._mismatch: str | None = None
         self._raw: dict[str, str] = {}
 
     # -- the line ---------------------------------------------------------------------------------
@@ -216,13 +222,27 @@ class Dlt645Driver(Driver):
                     self._answer.set_result("checksum")
             elif waiting and self._mine(event):
                 assert self._answer is not None
-                self._answer.set_result(event)
+                why = self._unexpected(event)
+                if why is None:
+                    self._answer.set_result(event)
+                else:
+                    self._mismatch = why
+                    self._report(why, bytes([event.control]) + event.data[:16])
 
     def _mine(self, frame: Frame) -> bool:
         """An answer (not an echoed request) from the meter asked."""
         if not frame.from_meter:
             return False
         return self.config.address == ANY_ADDRESS or frame.address == self._address
+
+    def _unexpected(self, frame: Frame) -> str | None:
+        """Why the meter's frame is not the answer waited for (None when it is)."""
+        function, di = self._expect
+        if frame.function != function:
+            return "wrong answer"
+        if not frame.error and not frame.data.startswith(di):
+            return "wrong identifier"
+        return None
 
     def _report(self, kind: str, sample: bytes) -> None:
         self.errors[kind] += 1
@@ -240,16 +260,20 @@ class Dlt645Driver(Driver):
     # -- requests ---------------------------------------------------------------------------------
 
     async def _exchange(self, port: SerialPort, control: int, data: bytes) -> Frame | str:
-        """Send one request; the meter's answer, or why there is none (``timeout``,
-        ``checksum``)."""
+        """Send one request (``data`` starts with the identifier); the meter's answer to it, or
+        why there is none: ``timeout``, ``checksum``, or what the meter sent instead (``wrong
+        identifier``, ``wrong answer``) when nothing else came in time."""
         port.drain_input()
         self._reader.discard()
         self._answer = asyncio.get_running_loop().create_future()
+        self._expect, self._mismatch = (control, data[: DI_BYTES[self.config.protocol]]), None
         request = encode(self._address, control, data, preamble=self.config.connection.preamble)
         try:
             await port.write(request)
             return await asyncio.wait_for(self._answer, self.config.connection.timeout)
         except TimeoutError:
+            if self._mismatch is not None:
+                return self._mismatch
             self._report("timeout", request)
             return "timeout"
         finally:
@@ -266,16 +290,9 @@ class Dlt645Driver(Driver):
             answer = await self._exchange(port, function, request)
             if isinstance(answer, str):
                 return answer
-            if answer.function != function:
-                self._report("wrong answer", bytes([answer.control]) + answer.data[:16])
-                return "wrong answer"
             if answer.error:
                 return error_reason(protocol, answer.data)
-            data = answer.data
-            if not data.startswith(di):
-                self._report("wrong identifier", data[:16])
-                return "wrong identifier"
-            data = data[len(di) :]
+            data = answer.data[len(di) :]  # the identifier, checked by _unexpected
             if seq > 0 and protocol == "2007":
                 data = data[:-1]  # the frame's sequence number (SEQ) closes a follow-up answer
             payload += data
