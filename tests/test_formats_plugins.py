@@ -193,7 +193,8 @@ def test_it_appears_in_the_schema_and_the_reference(
     assert options["properties"]["keep_days"]["minimum"] == 1
     assert main(["schema", "--markdown"]) == 0
     page = capsys.readouterr().out
-    assert "### `mqtt.historian`" in page and "| `keep_days` | integer | `30` |" in page
+    assert "| `historian` | [historian](#historian) |" in page
+    assert "### `historian`" in page and "| `keep_days` | integer | `30` |" in page
 
 
 def test_a_config_imports_only_the_formats_it_uses(

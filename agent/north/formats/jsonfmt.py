@@ -10,7 +10,7 @@ import json
 import string
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import Field, field_validator
 
@@ -26,6 +26,7 @@ from agent.north.formats.base import (
     stream_of,
     topic_prefix,
 )
+from agent.north.formats.meta import Meta, TagMeta, config_meta, meta_document
 from drivers.base import Name, StrictModel
 
 if TYPE_CHECKING:  # the config is built in app; a format reads it, never imports app at run time
@@ -165,6 +166,13 @@ class JsonFormat(Format):
     name = "json"
     Options: ClassVar[type[StrictModel] | None] = JsonOptions
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> JsonFormat:
+        self = cast(JsonFormat, super().__new__(cls, *args, **kwargs))
+        # The metadata is no reason for a new session (a device added on plain json keeps its
+        # session): a reload hands it over through ``refresh``.
+        self.spec = (cls, args, {k: v for k, v in kwargs.items() if k != "meta"})
+        return self
+
     @classmethod
     def check(cls, data: Mapping[str, Any], section: Mapping[str, Any]) -> list[Issue]:
         return placement_issues(data, section)
@@ -175,7 +183,7 @@ class JsonFormat(Format):
         prefix = topic_prefix(config)
         options = options_of(config.mqtt, cls.section_key(), JsonOptions)
         if options is None:
-            return cls(agent.id, prefix)
+            return cls(agent.id, prefix, meta=config_meta(config))
         placement = {}
         for d in config.active_devices():
             own = options.placement.get(d.name)
@@ -192,6 +200,7 @@ class JsonFormat(Format):
             placement=placement,
             user_properties=options.user_properties,
             default_placement={k: v for k in PLACEMENT_FIELDS if (v := getattr(agent, k, None))},
+            meta=config_meta(config),
         )
 
     def __init__(
@@ -202,7 +211,10 @@ class JsonFormat(Format):
         placement: Mapping[str, Mapping[str, str]] | None = None,
         user_properties: bool = True,
         default_placement: Mapping[str, str] | None = None,
+        meta: Meta | None = None,
     ) -> None:
+        """``meta`` (device: tag: type, unit, description) goes out as each device's retained
+        ``meta`` message after every connect."""
         self.agent_id = agent_id
         self.prefix = topic_prefix
         self._head = b'{"agent":' + _dumps(agent_id).encode() + b',"device":'
@@ -214,6 +226,7 @@ class JsonFormat(Format):
         self._default_placement = dict(default_placement or {})
         self._user_properties = user_properties
         self._topics: dict[str, str] = {}
+        self._meta = {d: dict(tags) for d, tags in (meta or {}).items()}
 
     def data_topic(self, stream: str) -> str:
         """A buffered stream is a device (``press-1`` → ``.../press-1/data``) or a device's
@@ -277,7 +290,33 @@ class JsonFormat(Format):
         return (self.command_filter,)
 
     def online(self) -> list[Message]:
-        return [Message(self.gateway_status_topic, self.gateway_status(True), 1, True)]
+        return [
+            Message(self.gateway_status_topic, self.gateway_status(True), 1, True),
+            *self.meta_messages(),
+        ]
+
+    def refresh(self, new: Format) -> list[Message]:
+        """Take ``new``'s metadata; the meta message of each device whose metadata changed, and
+        an empty retained message (which deletes the broker's copy) for each device gone."""
+        if not isinstance(new, JsonFormat):
+            return []
+        old, self._meta = self._meta, dict(new._meta)
+        out = [Message(self._meta_topic(d), b"", 1, True) for d in old if d not in self._meta]
+        out += [self._meta_message(d, tags) for d, tags in self._meta.items() if old.get(d) != tags]
+        return out
+
+    def meta_messages(self) -> list[Message]:
+        """Each device's retained ``<prefix>/<device>/meta``: what its tags are (type, unit,
+        description). Sent after every connect, so a reload that changed them (a new format,
+        a new session) replaces what the broker keeps."""
+        return [self._meta_message(d, tags) for d, tags in self._meta.items()]
+
+    def _meta_topic(self, device: str) -> str:
+        return self.device_topic(device, "meta")
+
+    def _meta_message(self, device: str, tags: Mapping[str, TagMeta]) -> Message:
+        payload = meta_document(self.agent_id, device, tags)
+        return Message(self._meta_topic(device), payload, 1, True)
 
     def offline(self) -> list[Message]:
         return [self.will()]
