@@ -79,7 +79,8 @@ def test_config_page_shows_types_defaults_and_allowed_values() -> None:
     # A section several drivers share is written once, and says where it is used.
     assert page.count("### `window`\n") == 1
     window = page[page.index("### `window`\n") :]
-    assert "Used in: [`devices[].tags[]` (driver: modbus)](#devicestags-driver-modbus)" in window
+    used_in = window.split("Used in: ", 1)[1].split("\n", 1)[0]  # every driver's tags, by name
+    assert "[`devices[].tags[]` (driver: modbus)](#devicestags-driver-modbus)" in used_in
 
 
 # -- cli.md ---------------------------------------------------------------------------------------
