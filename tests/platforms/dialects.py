@@ -627,7 +627,9 @@ class ThingsBoardDialect(Dialect):
                         arrived.add(device, StreamKind.DEVICE_STATUS, status)
                     if "machine_state" in attrs:
                         arrived.add(device, StreamKind.STATE, attrs["machine_state"])
-                    if not {"state", "machine_state"} & set(attrs):
+                    # tag metadata after each connect: <tag>.unit, <tag>.description
+                    meta = {k for k in attrs if k.endswith((".unit", ".description"))}
+                    if not {"state", "machine_state"} & set(attrs) and set(attrs) != meta:
                         arrived.problems.append(f"attributes of {device}: {attrs}")
             elif m.topic == "v1/gateway/telemetry" and isinstance(doc, dict):
                 self._telemetry(m, doc, arrived)

@@ -48,6 +48,7 @@ from agent.north.formats.base import (
     options_of,
     stream_of,
 )
+from agent.north.formats.meta import Meta, config_meta
 from agent.north.formats.split import chunks
 from drivers.base import Name, Size, StrictModel
 
@@ -185,6 +186,7 @@ class ThingsBoardFormat(Format):
             device_type=tb.device_type if tb else None,
             max_payload=tb.max_payload if tb else DEFAULT_MAX_PAYLOAD,
             device_types=types,
+            meta=config_meta(config),
         )
 
     def __init__(
@@ -193,10 +195,13 @@ class ThingsBoardFormat(Format):
         device_type: str | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         device_types: Mapping[str, str] | None = None,
+        meta: Meta | None = None,
     ) -> None:
         """``device_type`` is the type of every device ``device_types`` (device → type, already
-        resolved from the profile maps by ``build_format``) does not name."""
+        resolved from the profile maps by ``build_format``) does not name; ``meta`` (device:
+        tag: unit, description) becomes client attributes after each connect."""
         self.devices = list(devices)
+        self._meta = {d: dict(tags) for d, tags in (meta or {}).items()}
         self.device_type = device_type
         self.device_types = dict(device_types or {})
         self.max_payload: int = max_payload
@@ -213,7 +218,28 @@ class ThingsBoardFormat(Format):
         return (RPC,)
 
     def online(self) -> list[Message]:
-        return [Message(CONNECT, _dumps(self._connect_doc(d)).encode()) for d in self.devices]
+        connects = [Message(CONNECT, _dumps(self._connect_doc(d)).encode()) for d in self.devices]
+        return [*connects, *self.meta_attributes()]
+
+    def meta_attributes(self) -> list[Message]:
+        """Client attributes ``<tag>.unit`` and ``<tag>.description`` of each device that has
+        any (named like the telemetry's ``<tag>.quality``), within ``max_payload`` per message.
+        ThingsBoard merges attributes key by key, so they sit beside the status attributes."""
+        out = []
+        for device, tags in self._meta.items():
+            attrs = {}
+            for tag, meta in tags.items():
+                if meta.unit is not None:
+                    attrs[f"{tag}.unit"] = meta.unit
+                if meta.description is not None:
+                    attrs[f"{tag}.description"] = meta.description
+            if not attrs:
+                continue
+            # room for {"<device>":...} around each chunk
+            room = self.max_payload - len(_dumps(device).encode()) - 3
+            for part in chunks(attrs, room):
+                out.append(Message(ATTRIBUTES, _dumps({device: part}).encode()))
+        return out
 
     def _connect_doc(self, device: str) -> dict[str, str]:
         """ThingsBoard uses ``type`` only when it creates the device (making a device profile of

@@ -79,6 +79,7 @@ from agent.north.formats.base import (
     tag_types,
     topic_prefix,
 )
+from agent.north.formats.meta import Meta, TagMeta, config_meta
 from agent.north.formats.sparkplug import sparkplug_b_pb2
 from agent.north.formats.sparkplug.bdseq import BdSeq
 from agent.north.formats.sparkplug.values import choose, fits, get_value, set_value
@@ -209,6 +210,20 @@ def _quality_property(metric: Any, code: int) -> None:
     metric.properties.values.add(type=pb.Int32, int_value=code)
 
 
+#: Metric property names of a tag's unit and description in births (the names Ignition and
+#: other Sparkplug hosts read; the specification reserves only ``Quality``).
+ENG_UNIT = "engUnit"
+DESCRIPTION = "description"
+
+
+def _meta_properties(metric: Any, meta: TagMeta) -> None:
+    """``engUnit`` and ``description`` (String) where the config gives them."""
+    for key, text in ((ENG_UNIT, meta.unit), (DESCRIPTION, meta.description)):
+        if text is not None:
+            metric.properties.keys.append(key)
+            metric.properties.values.add(type=pb.String, string_value=text)
+
+
 #: The metric folder of a device's methods: ``Methods/<name>`` and ``Methods/<name>/Result``.
 METHODS = "Methods/"
 RESULT = "/Result"
@@ -250,6 +265,10 @@ class SparkplugFormat(Format):
                 d.name: {**tag_types(d), **method_metrics(d)} for d in config.active_devices()
             },
             topic_prefix=topic_prefix(config),
+            meta={
+                d: {t: m for t, m in tags.items() if m.described}
+                for d, tags in config_meta(config).items()
+            },
         )
 
     def __init__(
@@ -261,12 +280,16 @@ class SparkplugFormat(Format):
         tag_types: Mapping[str, Mapping[str, str]] | None = None,
         topic_prefix: str | None = None,
         history_grace: float = 2.0,
+        meta: Meta | None = None,
     ) -> None:
+        """``meta`` (device: tag: unit, description) becomes metric properties ``engUnit``
+        and ``description`` in the device's births."""
         self.group_id = group_id
         self.node_id = edge_node_id
         self.host_id = primary_host_id
         self.prefix = topic_prefix or f"edge/{edge_node_id}"
         self._declared = {d: dict(t) for d, t in (tag_types or {}).items()}
+        self._meta = {d: dict(tags) for d, tags in (meta or {}).items()}
         self.bdseq = BdSeq(state_dir / "sparkplug-bdseq")
         self._seq = 0
         # Node Control/Rebirth has no alias (tck-id-operational-behavior-data-commands-rebirth-
@@ -328,6 +351,7 @@ class SparkplugFormat(Format):
     def _dbirth(self, name: str, dev: _Device) -> Message:
         payload = self._payload()
         declared = self._declared.get(name, {})
+        meta = self._meta.get(name, {})
         for metric, tag_type in declared.items():
             if metric not in dev.types:
                 dev.types[metric] = choose(tag_type, dev.latest.get(metric))
@@ -343,6 +367,8 @@ class SparkplugFormat(Format):
             code = dev.quality.get(metric)
             if code is not None:
                 _quality_property(m, code)
+            if metric in meta:
+                _meta_properties(m, meta[metric])
         dev.born = True
         dev.reborn = False
         return Message(self.topic("DBIRTH", name), payload.SerializeToString(), qos=0)
