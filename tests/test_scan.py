@@ -78,3 +78,14 @@ def test_a_port_that_does_not_exist_is_a_runtime_failure(
 ) -> None:
     assert cli.main(["scan", "dlt645", "--port", "/dev/no-such-port"]) == 1
     assert "port not found" in capsys.readouterr().err
+
+
+async def test_the_only_meter_of_a_line_is_found_at_once() -> None:
+    """One clean answer to AAAAAAAAAAAA: no search rounds."""
+    async with MeterLine([Meter("210220003011", values={"00010000": 1.0})]) as line:
+        code, out, err = await run(
+            "scan", "dlt645", "--port", line.path, "--parity", "N", "--timeout", "0.1"
+        )
+    assert code == 0, err
+    assert out.splitlines()[1:] == ["found 210220003011", "1 meter: 210220003011"]
+    assert "byte 1" not in err

@@ -1,17 +1,21 @@
 """``edge-agent scan dlt645``: which meters a line holds, found by their shortened addresses.
 
-A meter answers a request whose address is its own with ``AA`` standing for any byte (the
-standard's shortened address). So the scan asks for each value 00..99 of the lowest address byte
-with the five others ``AA``: a clean answer carries the whole address of the one meter whose last
-two digits those are; a garbled one (a checksum error) means several answered at once, and the
-scan repeats the round one byte further up under that value. Every valid frame heard, even one
-arriving late, names a meter by the address it carries, so a slow meter is not lost.
+First the address every meter hears, ``AAAAAAAAAAAA``: one clean answer within the whole
+timeout is the line's only meter, and the scan is done. Otherwise (silence, several answers, a
+garbled one) it searches. A meter answers a request whose address is its own with ``AA``
+standing for any byte (the standard's shortened address), so the scan asks for each value 00..99
+of the lowest address byte with the five others ``AA``: a clean answer carries the whole address
+of the one meter whose last two digits those are; a garbled one (a checksum error) means several
+answered at once, and the scan repeats the round one byte further up under that value. Every
+valid frame heard, even one arriving late, names a meter by the address it carries, so a slow
+meter is not lost.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -71,19 +75,20 @@ async def scan(
     control, di = PROBE[protocol]
     shown: set[str] = set()
 
-    async def ask(address: bytes) -> bool:
+    async def ask(address: bytes, *, whole_timeout: bool = False) -> bool:
         """Whether several meters answered at once (the round must go one byte further)."""
         listener.collided = listener.heard = False
         listener.event.clear()
         port.drain_input()
         listener.reader.discard()
         await port.write(encode(address, control, di_bytes(di), preamble=4))
-        try:
-            await asyncio.wait_for(listener.event.wait(), timeout)
-            # A clean answer may be followed by others: give them the rest of a short while.
-            await asyncio.sleep(min(timeout, 0.05))
-        except TimeoutError:
-            pass
+        if whole_timeout:
+            await asyncio.sleep(timeout)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.event.wait(), timeout)
+                # A clean answer may be followed by others: give them a short while more.
+                await asyncio.sleep(min(timeout, 0.05))
         for meter in listener.found:
             if meter not in shown:
                 shown.add(meter)
@@ -103,7 +108,11 @@ async def scan(
         print(f"\rbyte {depth}: 100/100", file=err, flush=True)
 
     try:
-        await round_under(b"")
+        # Every meter hears AAAAAAAAAAAA: silence may only mean meters that ignore it, and
+        # garbage means several, but one clean answer in a whole timeout is the line's one meter.
+        several = await ask(b"\xaa" * 6, whole_timeout=True)
+        if several or len(listener.found) != 1:
+            await round_under(b"")
     finally:
         port.close()
     return list(listener.found)
