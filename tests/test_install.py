@@ -113,6 +113,14 @@ def test_install_upgrade_uninstall_in_a_throwaway_root(tmp_path: Path, wheelhous
     # The installed program works and accepts the example it installed.
     checked = run(exe, "validate", config)
     assert checked.returncode == 0, checked.stderr
+    # ... and finds a bundled profile by name (share/edge-agent/profiles beside the program).
+    meter = tmp_path / "meter.yaml"
+    meter.write_text(
+        "agent: {id: t}\ndevices:\n  - {name: m, driver: modbus, profile: eastron-sdm630, "
+        "connection: {host: 127.0.0.1}}\n"
+    )
+    found = run(exe, "validate", meter)
+    assert found.returncode == 0 and "45 tags" in found.stdout, found.stdout + found.stderr
 
     # Again (an upgrade): the integrator's config is kept, nothing fails.
     config.write_text(config.read_text().replace("line1-gw", "hall2-gw"))
