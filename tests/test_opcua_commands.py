@@ -32,7 +32,8 @@ from agent.north.formats.registry import available_formats
 from agent.south.registry import load_drivers
 from simulators.opcua_cnc import NAMESPACE, CncSimulator
 from tests.brokers import Received, free_port
-from tests.e2e import local_mqtt
+from tests.e2e import local_mqtt, until
+from tests.faultproxy import FaultProxy
 from tests.platforms.alibaba import SUB_PK, AlibabaResponder
 from tests.platforms.cloud import IotHubResponder
 from tests.platforms.dialects import (
@@ -491,3 +492,29 @@ async def test_writes_calls_and_alarms_through_the_platform(rig: Rig) -> None:
         reply = await rig.reply(ch.call("start_job", ["JOB-44", 1], {"Job": "JOB-44", "Count": 1}))
         assert not reply.ok and "rate limited" in str(reply.error), reply
         assert len(rig.sim.calls) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rig", ["json"], indirect=True)
+async def test_a_call_cut_off_is_answered_and_alarms_raised_meanwhile_arrive(rig: Rig) -> None:
+    """The machine's link dies while it works on a call: the reply says so (an error, not
+    silence). An alarm raised while the agent cannot reach the machine arrives after the
+    reconnect, from the ConditionRefresh. The command channel does not matter here (the json
+    one stands for all: the per-format test above shows each reaches the same handler)."""
+    async with FaultProxy(rig.sim.port) as proxy:
+        entry = cnc_device(rig.sim)
+        entry["connection"]["endpoint"] = f"opc.tcp://127.0.0.1:{proxy.port}/cnc"
+        rig.write_config(entry)
+        async with rig.agent():
+            await rig.data()
+            rig.sim.call_delay = 1.0
+            cmd = rig.channel.call("start_job", ["JOB-50", 1])
+            await until(lambda: bool(rig.sim.calls), timeout=10)
+            proxy.set("reset")
+            reply = await rig.reply(cmd)
+            assert not reply.ok and "device down" in str(reply.error), reply
+            rig.sim.call_delay = 0.0
+            await rig.sim.raise_alarm("DoorOpen")
+            proxy.set("pass")
+            event = await rig.event(lambda e: e.get("alarm") == "DoorOpen")
+            assert event["event"] == "raise" and event["severity"] == 300
