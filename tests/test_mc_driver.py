@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.base import DeviceError, Quality, WriteError
 from drivers.mc.config import McDevice
@@ -124,6 +126,36 @@ async def test_an_end_code_makes_its_tags_bad_and_the_others_stay_good(
     assert readings["beyond"].reason == "end code 0xC056 (address out of range)"
     assert readings["ok"].quality is Quality.GOOD and readings["bits"].quality is Quality.GOOD
     assert d.error_counts() == {"end code 0xC056": 1}
+
+
+async def test_one_wrong_address_in_a_random_read_costs_its_own_tag_only(
+    sim: McPressSimulator,
+) -> None:
+    """The random read of six scattered words is refused (C056) for the one past the CPU's
+    D range: it is split and planned again until that tag is alone, in the same poll; the
+    split plan is kept, and the whole plan is tried again after a reconnect."""
+    tags = [{"name": f"w{n}", "address": f"D{n}", "type": "int16"} for n in (0, 900, 3000)]
+    tags += [{"name": "beyond", "address": "D20000", "type": "int16"}]
+    tags += [{"name": f"z{n}", "address": f"ZR{n}", "type": "int16"} for n in (0, 5000)]
+    d = McDriver(device(sim.port, tags))
+    assert [r.kind for r in d.requests] == ["random"]
+    await d.connect()
+    try:
+        first = {r.tag: r for r in await d.poll()}
+        assert first["beyond"].reason == "end code 0xC056 (address out of range)"
+        assert all(r.quality is Quality.GOOD for n, r in first.items() if n != "beyond")
+        assert d.splits >= 2
+        before = sum(sim.requests.values())
+        second = {r.tag: r.quality for r in await d.poll()}
+        learned = sum(sim.requests.values()) - before
+        assert second == {r: first[r].quality for r in first}
+        assert 1 < learned <= 4  # the good tags' reads and the lone bad one, no new splits
+        await d.connect()
+        before = sum(sim.requests.values())
+        await d.poll()
+        assert sum(sim.requests.values()) - before > learned  # the full plan, probed again
+    finally:
+        await d.close()
 
 
 async def test_writes_reach_the_plc_and_are_read_back(
@@ -251,3 +283,60 @@ async def test_the_other_code_is_never_taken_for_an_answer() -> None:
         finally:
             await d.close()
     assert exc.value.reason in ("connection lost", "timeout")
+
+
+# -- property: any answer of the right size decodes into a value of the tag's type -------------
+
+_RANGES = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+}
+_TYPES = ["int16", "uint16", "int32", "uint32", "float32", "float64", "string", "bool"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    spec=st.lists(
+        st.tuples(st.sampled_from(_TYPES), st.integers(0, 3000), st.sampled_from("DWRZ")),
+        min_size=1,
+        max_size=12,
+    ),
+    data=st.data(),
+)
+def test_any_answer_decodes_to_values_of_each_tags_type(
+    spec: list[tuple[str, int, str]], data: st.DataObject
+) -> None:
+    tags: list[dict[str, Any]] = []
+    for i, (type_, number, which) in enumerate(spec):
+        if type_ == "bool":
+            address = f"M{number}"
+        else:
+            address = {"D": f"D{number}", "W": f"W{number:X}", "R": f"R{number}"}.get(
+                which, f"ZR{number}"
+            )
+        tag: dict[str, Any] = {"name": f"t{i}", "address": address, "type": type_}
+        if type_ == "string":
+            tag["length"] = 3
+        tags.append(tag)
+    d = McDriver(device(5007, tags))
+    by_name = {t["name"]: t["type"] for t in tags}
+    for planned in d._plan:
+        size = planned.request.size
+        if planned.request.kind == "bits":
+            words: list[Any] = data.draw(st.lists(st.booleans(), min_size=size, max_size=size))
+        else:
+            words = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=size, max_size=size))
+        for name, start, end, decode in planned.reads:
+            value = decode(words[start:end])
+            type_ = by_name[name]
+            if type_ in _RANGES:
+                low, high = _RANGES[type_]
+                assert isinstance(value, int) and low <= value <= high
+            elif type_.startswith("float"):
+                assert isinstance(value, float)
+            elif type_ == "string":
+                assert isinstance(value, str) and len(value) <= 6
+            else:
+                assert isinstance(value, bool)

@@ -2,7 +2,12 @@
 
 Each request's answer either carries its tags' words (decoded into good readings) or an end code
 (the PLC or its Ethernet module refused: every tag of that request is bad with the end code and
-its meaning; the other requests of the cycle still go). A timeout, a broken frame or a lost
+its meaning; the other requests of the cycle still go). An end code that names an address the
+CPU does not have (C056, 4031, C05B, C05C) on a request that joins several tags means one of
+them is wrong: the request is split in two, both halves planned again and sent at once,
+recursively, until every tag that still fails is alone and bad with the end code, and the split
+plan is kept, so one mistyped address costs its own tag only, not the 150 others of its random
+read. The full plan is tried again after every reconnect. A timeout, a broken frame or a lost
 connection loses the device as a whole (``DeviceError``): the 3E frame cannot tell a late answer
 from the next one, so the connection is closed and the agent reconnects with backoff.
 
@@ -15,6 +20,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import DeviceBase, DeviceError, Driver, Reading, WriteError
@@ -53,8 +59,23 @@ def end_code_reason(code: int) -> str:
     return f"end code 0x{code:04X} ({END_CODES.get(code, 'unknown')})"
 
 
+#: End codes that say an address is not on this CPU: a request joining several tags is split.
+ADDRESS_END_CODES = frozenset({0xC056, 0x4031, 0xC05B, 0xC05C})
+
 #: Answer words per request kind: batch words/bits and random reads.
 Words = Sequence[int] | Sequence[bool]
+
+#: How one tag of a request's answer becomes its value: (tag, start, end, decoder).
+_Read = tuple[str, int, int, Decoder]
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A request as the poll sends it: the request, its frame, how its answer decodes."""
+
+    request: Request
+    frame: bytes
+    reads: tuple[_Read, ...]
 
 
 class McDriver(Driver):
@@ -69,26 +90,25 @@ class McDriver(Driver):
         if not isinstance(device, McDevice):
             device = McDevice.model_validate(device.model_dump())
         self.config: McDevice = device
-        self.requests = plan(
-            device.tags,
-            max_gap=device.max_gap,
-            max_words=device.max_words,
-            max_bits=device.max_bits,
-            random_reads=device.random_reads,
-            max_random_points=device.max_random_points,
-        )
+        self.requests = self._plan_of(device.tags)
         conn = device.connection
-        self._frames = [self._read_frame(r) for r in self.requests]
         self._decoders: dict[str, Decoder] = {t.name: make_decoder(t.type) for t in device.tags}
-        # Per request, how its answer becomes readings: worked out once, run every poll.
-        self._reads = [
-            tuple((s.tag, s.start, s.start + s.count, self._decoders[s.tag]) for s in r.slices)
-            for r in self.requests
-        ]
+        self._full = [self._planned(r) for r in self.requests]
+        self._plan: list[_Planned] = list(self._full)  # split where the CPU refused addresses
         self._client: McClient | None = None
-        self._answers: dict[int, Words] = {}
+        # The last answer to each planned request (by identity; the entry keeps it alive).
+        self._answers: dict[int, tuple[_Planned, Words]] = {}
         self._errors: Counter[str] = Counter()
         self._timer = conn.timer
+        self.splits = 0  # requests split on an address end code since start (tests, logs)
+
+    def _planned(self, req: Request) -> _Planned:
+        """A request with its frame and how its answer becomes readings: worked out once, run
+        every poll."""
+        reads = tuple(
+            (s.tag, s.start, s.start + s.count, self._decoders[s.tag]) for s in req.slices
+        )
+        return _Planned(req, self._read_frame(req), reads)
 
     def _read_frame(self, req: Request) -> bytes:
         enc = self.config.connection.encoding
@@ -116,9 +136,9 @@ class McDriver(Driver):
     def raw_values(self) -> Mapping[str, Any]:
         """The words (or bits) each tag was cut from in the last poll's answers."""
         out: dict[str, Any] = {}
-        for i, words in list(self._answers.items()):
-            for s in self.requests[i].slices:
-                out[s.tag] = list(words[s.start : s.start + s.count])
+        for planned, words in list(self._answers.values()):
+            for name, start, end, _ in planned.reads:
+                out[name] = list(words[start:end])
         return out
 
     @property
@@ -141,6 +161,7 @@ class McDriver(Driver):
         await client.open()
         self._client = client
         self._answers.clear()
+        self._plan = list(self._full)  # a replaced CPU or a changed program: probe everything
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -161,22 +182,53 @@ class McDriver(Driver):
 
     async def poll(self) -> list[Reading]:
         readings: list[Reading] = []
-        for i, (req, frame) in enumerate(zip(self.requests, self._frames, strict=True)):
-            ans = await self._exchange(frame)
+        pending = list(self._plan)
+        while pending:
+            planned = pending.pop(0)
+            req = planned.request
+            ans = await self._exchange(planned.frame)
             now = time.time()
             if ans.end_code:
-                reason = end_code_reason(ans.end_code)
                 self._errors[f"end code 0x{ans.end_code:04X}"] += 1
-                self._answers.pop(i, None)
+                self._answers.pop(id(planned), None)
+                if ans.end_code in ADDRESS_END_CODES and len(set(req.tags)) > 1:
+                    pending[:0] = self._split(planned)
+                    continue
+                reason = end_code_reason(ans.end_code)
                 readings.extend(Reading.bad(name, now, reason) for name in req.tags)
                 continue
             words = await self._words(req, ans)
-            self._answers[i] = words
+            self._answers[id(planned)] = (planned, words)
             readings += [
                 Reading(name, decode(words[start:end]), now)
-                for name, start, end, decode in self._reads[i]
+                for name, start, end, decode in planned.reads
             ]
         return readings
+
+    def _split(self, planned: _Planned) -> list[_Planned]:
+        """``planned`` refused for an address: its tags in two halves, each planned again
+        (batch or random, as fits), in the plan instead of it; the halves, to send next."""
+        names = list(dict.fromkeys(planned.request.tags))
+        half = len(names) // 2
+        halves: list[_Planned] = []
+        for part in (names[:half], names[half:]):
+            tags = [t for t in self.config.tags if t.name in part]
+            halves += [self._planned(r) for r in self._plan_of(tags)]
+        i = next(i for i, p in enumerate(self._plan) if p is planned)
+        self._plan[i : i + 1] = halves
+        self.splits += 1
+        return halves
+
+    def _plan_of(self, tags: Sequence[McTag]) -> tuple[Request, ...]:
+        c = self.config
+        return plan(
+            tags,
+            max_gap=c.max_gap,
+            max_words=c.max_words,
+            max_bits=c.max_bits,
+            random_reads=c.random_reads,
+            max_random_points=c.max_random_points,
+        )
 
     async def _words(self, req: Request, ans: Answer) -> Words:
         """The answer's data as the request's flat list of words (bits for a bit read); a data
