@@ -22,13 +22,16 @@ from agent.core.processing.calculated import Calculator, calculated_types
 from agent.core.processing.config import CalculatedTag
 from agent.core.processing.expr import EvalError, ExprError, evaluate, infer, parse
 from agent.north.formats.base import tag_types
+from agent.north.formats.sparkplug.format import SparkplugFormat
 from agent.south.registry import load_drivers
 from drivers.base import Quality, Reading
 from simulators.modbus_tcp import ModbusSimulator
 from tests.brokers import Mosquitto, Subscriber, free_port
 from tests.e2e import AgentRig, write_config
+from tests.platforms.sparkplug_host import Decoded
 
 DRIVERS = load_drivers()
+DOUBLE, BOOLEAN = 10, 11  # Sparkplug B datatypes
 
 # -- the grammar, against a reference built beside the text ---------------------------------------
 
@@ -234,11 +237,21 @@ def _load(tmp_path: Path, calculated: str) -> list[str]:
 
 
 def test_a_valid_calculated_tag_loads_with_its_type(tmp_path: Path) -> None:
-    assert _load(tmp_path, "- {name: apparent, expr: voltage * current, unit: VA}\n") == []
+    calculated = """\
+    - {name: apparent, expr: voltage * current, unit: VA}
+    - {name: loaded, expr: running and apparent > 10}
+    """
+    assert _load(tmp_path, calculated) == []
     config = load_config(tmp_path / "c.yaml", DRIVERS)
     device = config.devices[0]
-    assert calculated_types(device) == {"apparent": "float64"}
+    assert calculated_types(device) == {"apparent": "float64", "loaded": "bool"}
     assert tag_types(device)["apparent"] == "float64"
+    # Sparkplug declares them in the device's birth, before any value: Double and Boolean.
+    fmt = SparkplugFormat("plant1", "gw", tmp_path / "state", tag_types={"m": tag_types(device)})
+    fmt.connect_sent()
+    birth = next(Decoded(m.topic, m.payload) for m in fmt.online() if "/DBIRTH/" in m.topic)
+    assert birth.metric("apparent")["datatype"] == DOUBLE
+    assert birth.metric("loaded")["datatype"] == BOOLEAN
 
 
 @pytest.mark.parametrize(
