@@ -16,7 +16,7 @@ import pytest
 from agent.ops.metrics import Metrics
 from agent.south.lines import LinePoller
 from drivers.base import DeviceBase, DeviceError, Driver, Quality, Reading
-from drivers.dlt645.config import Dlt645Device
+from drivers.dlt645.config import Dlt645Device, Dlt645Tag
 from drivers.dlt645.driver import Dlt645Driver
 from drivers.serial.config import SerialDevice
 from drivers.serial.driver import SerialDriver
@@ -406,3 +406,14 @@ async def test_a_meter_shares_its_port_with_a_serial_instrument() -> None:
                 await task
     assert all(values(b.readings) == {"pv": 182.5} for b in sink.of("oven"))
     assert all(values(b.readings) == {"v": 230.1} for b in sink.of("m-3011"))
+
+
+async def test_a_profile_tag_the_edition_lacks_is_bad_and_the_others_read() -> None:
+    """Profile tags join a device after validation (``frequency`` has no -1997 identifier):
+    that tag is bad with the reason, the meter's other tags read."""
+    async with MeterLine(three_meters()) as line:
+        old = meter(line.path, "000000001997", [("v", "voltage_a")], protocol="1997")
+        merged = old.model_copy(update={"tags": [Dlt645Tag(name="hz", di="frequency"), *old.tags]})
+        async with alone(merged) as driver:
+            got = values(await driver.poll())
+    assert got == {"hz": "not a -1997 identifier", "v": 231.0}

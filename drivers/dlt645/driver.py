@@ -36,7 +36,12 @@ from drivers.base import (
 )
 from drivers.dlt645.bcd import BadValue, Format
 from drivers.dlt645.catalogue import Protocol, di_bytes
-from drivers.dlt645.config import Dlt645Device, Dlt645Profile, line_settings_of
+from drivers.dlt645.config import (
+    Dlt645Connection,
+    Dlt645Device,
+    Dlt645Profile,
+    line_settings_of,
+)
 from drivers.dlt645.frame import ANY_ADDRESS, Frame, FrameReader, Trouble, address_bytes, encode
 from drivers.serial.config import SerialConnection
 from drivers.serial.port import SerialLine, SerialPort
@@ -120,6 +125,14 @@ class Dlt645Driver(Driver):
                 continue
             self._items.setdefault(di, Item(di, fmt))
             self._tags.append((tag.name, di, None))
+        lacking = [name for name, di, _ in self._tags if di is None]
+        if lacking:
+            log.warning(
+                "dlt645 tags %s (from a profile) name what DL/T 645-%s meters lack: always bad",
+                ", ".join(lacking),
+                device.protocol,
+                extra={"device": device.name},
+            )
         self.errors: collections.Counter[str] = collections.Counter()
         self._logged: set[str] = set()
         self._reader = FrameReader()
@@ -134,7 +147,8 @@ class Dlt645Driver(Driver):
     # -- the line ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _serial(conn: Any) -> SerialConnection:
+    def _serial(conn: Dlt645Connection) -> SerialConnection:
+        """The port settings as the serial driver's line opens a port."""
         return SerialConnection(
             port=conn.port,
             baudrate=conn.baudrate,
