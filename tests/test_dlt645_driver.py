@@ -417,3 +417,29 @@ async def test_a_profile_tag_the_edition_lacks_is_bad_and_the_others_read() -> N
         async with alone(merged) as driver:
             got = values(await driver.poll())
     assert got == {"hz": "not a -1997 identifier", "v": 231.0}
+
+
+async def test_a_dead_meter_is_down_on_the_broker_and_the_others_keep_publishing(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    meters = three_meters()
+    meters[1].silent = True
+    async with MeterLine(meters) as line:
+        cfg = agent_config(tmp_path, broker.port, line.path)
+        sub = Subscriber(broker.port, ["edge/meters-gw/#"]).start()
+        try:
+            async with AgentRig(cfg):
+                msgs = await sub.wait_for(
+                    lambda m: (
+                        sum(x.topic.endswith("/meter-1/data") for x in m) >= 5
+                        and any(x.topic.endswith("/meter-2/status") for x in m)
+                    )
+                )
+        finally:
+            sub.stop()
+    down = [m.json() for m in msgs if m.topic == "edge/meters-gw/meter-2/status"]
+    assert down[-1]["state"] == "down" and down[-1]["reason"] == "timeout", down
+    alive = [m.json() for m in msgs if m.topic == "edge/meters-gw/meter-1/data"]
+    assert all(doc["values"]["voltage_a"] == 230.1 for doc in alive)
+    dead = [m.json() for m in msgs if m.topic == "edge/meters-gw/meter-2/data"]
+    assert all(doc.get("values", {}).get("voltage_a") is None for doc in dead), dead
