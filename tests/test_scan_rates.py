@@ -15,6 +15,7 @@ import pytest
 
 from agent.app.config import ConfigErrors, load_config
 from agent.ops.metrics import Metrics
+from agent.ops.status import StatusView, build_snapshot
 from agent.south.registry import load_drivers
 from agent.south.scheduler import DevicePoller
 from drivers.base import Batch, rate_groups
@@ -287,3 +288,40 @@ async def test_rates_end_to_end_through_mosquitto(tmp_path: Path, broker: Mosqui
     at = [i for i, d in enumerate(docs) if "energy" in d]
     between = sum("voltage" in d for d in docs[at[0] : at[2]])
     assert 9 <= between <= 13, between
+
+
+async def test_read_and_the_status_page_show_every_group_and_calculated_tags(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """``edge-agent read`` on a running agent waits for the next batch of each rate group (not
+    only the next batch, which holds one group); the status snapshot lists calculated tags with
+    their units."""
+    async with ModbusSimulator(port=free_port(), units=(1,), update_interval=None) as sim:
+        sim.set_registers(1, "holding", FAST, [2301])
+        sim.set_registers(1, "holding", SLOW, [500])
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            broker_port=broker.port,
+            modbus_port=sim.port,
+            devices=[
+                {
+                    "name": "meter",
+                    "poll_interval": "100ms",
+                    "tags": [
+                        _reg("voltage", FAST, scale=0.1),
+                        _reg("current", SLOW, scale=0.01, every="700ms"),
+                    ],
+                    "calculated": [{"name": "va", "expr": "voltage * current", "unit": "VA"}],
+                }
+            ],
+        )
+        async with AgentRig(cfg) as agent:
+            view = StatusView(agent)
+            answer = await view.read_device("meter", [])
+            snapshot = build_snapshot(agent)
+    assert answer["ok"], answer
+    got = {r["tag"]: r.get("value") for r in answer["readings"]}
+    assert got == {"voltage": 230.1, "current": 5.0, "va": 1150.5}
+    device = next(d for d in snapshot["devices"] if d["name"] == "meter")
+    assert device["units"] == {"va": "VA"}
+    assert device["values"]["va"]["value"] == 1150.5

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.core.buffer import BufferStats, OutputBacklog
+from agent.core.processing.calculated import calculated_of
 from agent.south.scheduler import BatchSink, StatusSink, all_good
 from drivers.base import Batch, Quality, Reading
 
@@ -209,10 +210,10 @@ def build_snapshot(agent: Agent) -> dict[str, Any]:
                 "timestamps_clamped": agent.pipeline_stamps.clamped(d.name),
                 "values": {
                     tag.name: reading_json(view.values[tag.name])
-                    for tag in d.tags
+                    for tag in (*d.tags, *calculated_of(d))
                     if tag.name in view.values
                 },
-                "units": {tag.name: tag.unit for tag in d.tags if tag.unit},
+                "units": {tag.name: tag.unit for tag in (*d.tags, *calculated_of(d)) if tag.unit},
             }
         )
     mqtt = config.mqtt
@@ -308,18 +309,30 @@ class StatusView:
         if polled is None:
             names = ", ".join(p.device.name for p in agent.polled)
             return {"ok": False, "error": f"no device {device!r} (devices: {names})"}
-        known = [t.name for t in polled.device.tags]
+        known = [t.name for t in (*polled.device.tags, *calculated_of(polled.device))]
         unknown = [t for t in tags if t not in known]
         if unknown:
             return {"ok": False, "error": f"unknown tag(s) {', '.join(unknown)} on {device}"}
-        timeout = 2 * polled.device.poll_interval + 10.0
+        wanted = tags or known
+        # Tags read at rates of their own come in batches of their rate group: wait for the
+        # next batch of each group a wanted tag is in (calculated tags come with their inputs).
+        groups = [g for g in polled.groups if set(g.tags) & set(wanted)] or list(polled.groups)
+        timeout = 2 * max(g.every for g in groups) + 10.0
+        readings: list[Reading] = []
+        missing = {t for g in groups for t in g.tags if t in wanted}
+        deadline = time.monotonic() + timeout
         try:
-            readings = await agent.board.next_readings(device, timeout)
+            while True:
+                batch = await agent.board.next_readings(device, deadline - time.monotonic())
+                readings += batch
+                missing -= {r.tag for r in batch}
+                if not missing or len(polled.groups) == 1:
+                    break
         except TimeoutError:
-            return {"ok": False, "error": f"no poll of {device} within {timeout:.0f} s"}
+            if not readings:
+                return {"ok": False, "error": f"no poll of {device} within {timeout:.0f} s"}
         except LookupError as exc:
             return {"ok": False, "error": str(exc)}
-        wanted = tags or known
         by_tag = {r.tag: r for r in readings}
         return {
             "ok": True,
