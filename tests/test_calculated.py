@@ -5,6 +5,7 @@ end to end through a real mosquitto against the Modbus simulator."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import math
 import operator
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.app import status_cli
 from agent.app.config import ConfigErrors, load_config
 from agent.core.processing.calculated import Calculator, calculated_types
 from agent.core.processing.config import CalculatedTag
@@ -373,3 +375,35 @@ async def test_calculated_tags_end_to_end_through_mosquitto(
 def test_hostile_expressions_are_refused_not_crashing(text: str, reason: str) -> None:
     with pytest.raises(ExprError, match=reason):
         parse(text)
+
+
+async def test_read_without_an_agent_shows_calculated_tags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``edge-agent read`` polling the device itself computes the calculated tags from that poll,
+    as the agent would."""
+    async with ModbusSimulator(port=free_port(), units=(1,), update_interval=None) as sim:
+        sim.set_registers(1, "holding", 1140, [2301, 1000])
+        reg = {"table": "holding", "type": "uint16"}
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            broker_port=free_port(),
+            modbus_port=sim.port,
+            devices=[
+                {
+                    "name": "meter",
+                    "tags": [
+                        {"name": "voltage", "address": 1140, "scale": 0.1, **reg},
+                        {"name": "current", "address": 1141, "scale": 0.01, **reg},
+                    ],
+                    "calculated": [{"name": "kva", "expr": "voltage * current / 1000"}],
+                }
+            ],
+        )
+        rows = await asyncio.to_thread(
+            status_cli.read_command, str(cfg), "meter", ["kva", "voltage"], None
+        )
+    assert rows == 0
+    out = capsys.readouterr().out
+    assert "polled directly" in out and "kva" in out and "2.301" in out, out
+    assert "current" not in out.split("polled directly", 1)[1], out

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from agent.app.config.models import parse_listen
 from agent.app.console import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, load_or_exit
+from agent.core.processing.calculated import Calculator, calculated_of
 from drivers.base import DeviceError, Driver, Quality, Reading
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/config.yaml")
@@ -255,7 +256,7 @@ def read_command(config_file: str, device: str, tags: list[str], url: str | None
         names = ", ".join(d.name for d in config.devices)
         print(f"edge-agent: no device {device!r} (devices: {names})", file=sys.stderr)
         return EXIT_CONFIG
-    known = [t.name for t in entry.tags]
+    known = [t.name for t in (*entry.tags, *calculated_of(entry))]
     unknown = [t for t in tags if t not in known]
     if unknown:
         print(f"edge-agent: unknown tag(s) on {device}: {', '.join(unknown)}", file=sys.stderr)
@@ -321,6 +322,9 @@ async def read_directly(driver: Driver, tags: list[str]) -> list[dict[str, Any]]
             await asyncio.sleep(driver.device.poll_interval)
             readings = await driver.poll() or readings
         raw = dict(driver.raw_values())
+        calculated = calculated_of(driver.device)
+        if calculated:  # what the agent would compute from this poll
+            readings = [*readings, *Calculator(calculated).readings(readings)]
     except DeviceError as exc:
         return f"{exc.reason} ({exc})"
     finally:
