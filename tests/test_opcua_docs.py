@@ -38,7 +38,7 @@ def _blocks(kind: str, page: Path = DOC) -> list[str]:
 
 def _examples(page: Path, folder: Path) -> list[OpcuaDevice]:
     blocks = _blocks("yaml", page)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     devices: list[OpcuaDevice] = []
     folder.mkdir(exist_ok=True)
     for i, block in enumerate(blocks):
@@ -54,7 +54,7 @@ async def test_every_yaml_example_validates(tmp_path: Path) -> None:
     devices = _examples(DOC, tmp_path)
     for d in devices:
         OpcuaDriver(d)  # and the driver takes it
-    assert [d.name for d in devices] == ["lathe-3", "lathe-3", "press-7"]
+    assert [d.name for d in devices] == ["lathe-3", "lathe-3", "press-7", "cnc-9"]
 
 
 async def test_the_chinese_page_shows_the_same_devices_and_commands(tmp_path: Path) -> None:
