@@ -251,6 +251,18 @@ async def test_a_value_the_program_overwrites_is_not_confirmed() -> None:
             await d.close()
 
 
+@pytest.mark.parametrize(("timeout", "timer"), [(0.1, 1), (0.3, 1), (1.0, 3), (2.0, 7)])
+def test_the_module_gives_up_on_the_cpu_before_the_agent_gives_up_on_the_module(
+    timeout: float, timer: int
+) -> None:
+    """The monitoring timer (250 ms units) sent in each request: a CPU that is slow to answer
+    is reported by the module with an end code before the agent's own timeout."""
+    conn = device(5007, connection={"timeout": timeout}).connection
+    assert conn.timer == timer
+    frame = McDriver(device(5007, connection={"timeout": timeout}))._plan[0].frame
+    assert int.from_bytes(frame[9:11], "little") == timer
+
+
 async def test_a_closed_port_is_connection_refused() -> None:
     d = McDriver(device(free_port()))
     with pytest.raises(DeviceError) as exc:

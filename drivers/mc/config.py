@@ -7,6 +7,7 @@ anything touches the network.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -57,9 +58,9 @@ class McConnection(StrictModel):
     @property
     def timer(self) -> int:
         """The monitoring timer sent in each request (250 ms units): the module gives up on the
-        CPU a little before we give up on the module, so a slow CPU answers with an end code
-        rather than silence."""
-        return max(1, min(0xFFFF, int(self.timeout / 0.25)))
+        CPU one unit before we give up on the module (1 s: 750 ms), so a slow CPU answers with
+        an end code rather than silence. 250 ms at least (0 would mean wait for ever)."""
+        return max(1, min(0xFFFF, math.ceil(self.timeout / 0.25) - 1))
 
 
 class McTag(WritableTag):
