@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 
 from agent.app.config import ConfigErrors, load_config
+from agent.core.processing import Processing
+from agent.core.processing.config import ProcessedDevice
 from agent.ops.metrics import Metrics
 from agent.ops.status import StatusView, build_snapshot
 from agent.south.registry import load_drivers
 from agent.south.scheduler import DevicePoller
-from drivers.base import Batch, rate_groups
+from drivers.base import Batch, Reading, rate_groups
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from simulators.modbus_tcp import ModbusSimulator
@@ -325,3 +327,56 @@ async def test_read_and_the_status_page_show_every_group_and_calculated_tags(
     device = next(d for d in snapshot["devices"] if d["name"] == "meter")
     assert device["units"] == {"va": "VA"}
     assert device["values"]["va"]["value"] == 1150.5
+
+
+# -- processing on batches of one rate group ------------------------------------------------------
+
+
+async def test_processing_takes_batches_of_one_group_at_a_time(tmp_path: Path) -> None:
+    """A fast tag with a window and a slow one with a deadband, in alternating batches of one
+    group each: the window counts only the fast tag's readings, the deadband holds the slow tag
+    back while it stands still, a calculated tag combines both, and a slow batch all bad does
+    not make the machine state 'stopped' (only a batch of every tag bad is the device down)."""
+    device = ProcessedDevice.model_validate(
+        {
+            "name": "meter",
+            "driver": "test",
+            "tags": [
+                {"name": "power", "window": {"length": 1.0, "stats": ["count", "mean"]}},
+                {"name": "energy", "deadband": 1, "every": 5.0},
+            ],
+            "calculated": [{"name": "per_kwh", "expr": "power / energy"}],
+            "state": {"rules": [{"state": "running", "when": "power > 1"}], "down": "stopped"},
+        }
+    )
+    processing = Processing([device], tmp_path)
+    await processing.start()
+    published: list[Reading] = []
+    try:
+        t = 1_000.0
+        for i in range(10):  # power each 0.25 s; energy at 1000.0, 1001.0 (same), 1002.0 (bad)
+            batches = [Batch("meter", t, [Reading("power", 10.0 + i, t)])]
+            if i % 4 == 0:
+                energy = (
+                    Reading.bad("energy", t, "timeout") if i == 8 else Reading("energy", 100.0, t)
+                )
+                batches.append(Batch("meter", t, [energy]))
+            for batch in batches:
+                out = await processing.process(batch)
+                assert out is not None
+                published += [r for b in out.batches for r in b.readings]
+            t += 0.25
+    finally:
+        await processing.stop()
+    by_tag: dict[str, list[Reading]] = {}
+    for r in published:
+        by_tag.setdefault(r.tag, []).append(r)
+    # The first window (1000.0-1001.0) had the four power readings, not the energy batches.
+    assert by_tag["power.count"][0].value == 4 and by_tag["power.mean"][0].value == 11.5
+    # energy: published at 1000.0, held back at 1001.0 (no change), bad at 1002.0.
+    assert [(r.ts, r.value) for r in by_tag["energy"]] == [(1000.0, 100.0), (1002.0, None)]
+    # Before the first energy reading it says what it lacks; then 10 / 100 when energy came.
+    assert by_tag["per_kwh"][0].reason == "no value of energy yet"
+    assert by_tag["per_kwh"][1].value == 0.1
+    assert by_tag["per_kwh"][-1].reason == "energy: timeout"
+    assert "stopped" not in [r.value for r in by_tag["state"]]
