@@ -92,6 +92,7 @@ bench: venv system-deps
 	$(PY) -m bench.bench_rtu
 	$(PY) -m bench.bench_dlt645
 	$(PY) -m bench.bench_modbus_requests
+	$(PY) -m bench.bench_mc
 	$(PY) -m bench.bench_opcua
 
 # Wheels of the agent and all its dependencies, for gateways without internet:
