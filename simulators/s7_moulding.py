@@ -21,13 +21,13 @@ is free for tests.
 
 Two things python-snap7's server does not do as a PLC does are done here: a bit write sets one
 bit (snap7 writes the whole byte), and ``stop()`` cuts open connections (snap7 lets them run
-until their next read times out), so a test's "PLC off" is felt at once. ``pdu`` caps the PDU
-the PLC grants (240 as an S7-300 or S7-1200, 480 as most S7-1500), and ``exchanges`` counts the
-requests answered.
+until their next read times out), so a test's "PLC off" is felt at once. ``pdu`` is the PDU
+the PLC grants (240 as an S7-300 or S7-1200, 480 or 960 as an S7-1500; snap7's own server
+grants 480 at most), and ``exchanges`` counts the requests answered.
 
 Command line::
 
-    python -m simulators.s7_moulding --port 1102 [--pdu 240] [--seed 1]
+    python -m simulators.s7_moulding --port 1102 [--pdu 240] [--seed 1] [--db 10:4096]
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ class MouldingServer(Server):
 
     def _handle_setup_communication(self, request: dict[str, Any]) -> bytes:
         answer = bytearray(super()._handle_setup_communication(request))
-        granted = min(struct.unpack_from(">H", answer, len(answer) - 2)[0], self.pdu)
+        # snap7 grants at most 480; a PLC grants what it has, up to what was asked.
+        asked = int((request.get("parameters") or {}).get("pdu_length", 480))
+        granted = min(asked, self.pdu)
         struct.pack_into(">H", answer, len(answer) - 2, granted)
         return bytes(answer)
 
@@ -175,6 +177,7 @@ class MouldingSimulator(Service):
         pdu: int = 480,
         update_interval: float | None = 0.5,
         seed: int = 0,
+        extra_dbs: dict[int, int] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -186,6 +189,8 @@ class MouldingSimulator(Service):
         self._task: asyncio.Task[None] | None = None
         self._exchanges = 0
         self._init_memory()
+        for number, size in (extra_dbs or {}).items():  # zeros, for tests and benchmarks
+            self.memory[(S7Area.DB, number)] = bytearray(size)
 
     # -- memory --------------------------------------------------------------------------------
 
@@ -308,7 +313,15 @@ class MouldingSimulator(Service):
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    sim = MouldingSimulator(args.port, host=args.host, pdu=args.pdu, update_interval=args.interval)
+    extra = {int(n): int(size) for n, size in (spec.split(":") for spec in args.db)}
+    sim = MouldingSimulator(
+        args.port,
+        host=args.host,
+        pdu=args.pdu,
+        update_interval=args.interval or None,
+        seed=args.seed,
+        extra_dbs=extra,
+    )
 
     def ready() -> None:
         print(f"S7 moulding machine on {args.host}:{sim.port} (PDU {args.pdu})", flush=True)
@@ -321,8 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1102)
     parser.add_argument("--pdu", type=int, default=480, help="PDU size the PLC grants")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds per machine cycle")
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="seconds per machine cycle (0: frozen)"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--db", action="append", default=[], metavar="N:SIZE", help="an extra DB of zeros"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("snap7").setLevel(logging.ERROR)

@@ -263,6 +263,14 @@ class S7Device(DeviceBase):
         description="unused bytes a read may span to join two tags of one area into one range "
         "(a separate range costs 4 bytes in the answer and 12 in the request)",
     )
+    max_items: int = Field(
+        default=20,
+        ge=1,
+        le=78,
+        description="items per multi-variable read: 20 (snap7's limit, which every CPU takes); "
+        "an S7-1500 takes as many as its PDU holds (78 at 960 bytes), which reads scattered "
+        "tags in fewer requests",
+    )
     tags: Sequence[S7Tag] = Field(default_factory=list)
 
 

@@ -37,7 +37,7 @@ from drivers.s7.codec import (
 )
 from drivers.s7.config import S7Device, S7Profile, S7Tag
 from drivers.s7.link import InvalidAnswer, S7Link
-from drivers.s7.planner import Plan, plan
+from drivers.s7.planner import Plan, Request, plan
 
 #: The PDU planned for before the PLC has said its own (what S7-1500 and most CPs grant).
 DEFAULT_PDU = 480
@@ -53,10 +53,17 @@ class _PlanTag(NamedTuple):
     size: int
 
 
+#: How one piece of an item's data becomes a value: (tag, start, end, part, decoder); part is
+#: -1 when the item carries the tag whole, else where this piece goes in the tag's bytes.
+_Read = tuple[str, int, int, int, Decoder]
+#: One request: the request, its items as link.read takes them, and each item's reads.
+_Step = tuple[Request, tuple[tuple[int, int, int, int], ...], tuple[tuple[_Read, ...], ...]]
+
+
 @functools.lru_cache(maxsize=256)
-def _shared_plan(tags: tuple[_PlanTag, ...], pdu: int, max_gap: int) -> Plan:
-    """One plan for every device whose tags, PDU and gap plan alike (the devices of a profile)."""
-    return plan(tags, pdu=pdu, max_gap=max_gap)
+def _shared_plan(tags: tuple[_PlanTag, ...], pdu: int, max_gap: int, max_items: int) -> Plan:
+    """One plan for every device whose tags, PDU and limits plan alike (a profile's devices)."""
+    return plan(tags, pdu=pdu, max_gap=max_gap, max_items=max_items)
 
 
 class S7Driver(Driver):
@@ -80,10 +87,13 @@ class S7Driver(Driver):
         self._decoders: dict[str, Decoder] = {
             t.name: make_decoder(t.type, t.length, t.count, t.location.bit) for t in device.tags
         }
-        self.plan: Plan = _shared_plan(self._plan_tags, DEFAULT_PDU, device.max_gap)
+        self.plan: Plan = _shared_plan(
+            self._plan_tags, DEFAULT_PDU, device.max_gap, device.max_items
+        )
         self._link: S7Link | None = None
-        self._raw: dict[str, bytes] = {}
+        self._answers: dict[tuple[int, int], bytes] = {}  # (request, item) -> the last data
         self._errors: Counter[str] = Counter()
+        self._plan_steps()
 
     @property
     def link(self) -> S7Link | None:
@@ -105,8 +115,39 @@ class S7Driver(Driver):
         return dict(self._errors)
 
     def raw_values(self) -> Mapping[str, Any]:
-        """The bytes each tag was decoded from, in hex as a PLC watch table shows them."""
-        return {name: data.hex(" ") for name, data in list(self._raw.items())}
+        """The bytes each tag was decoded from, in hex as a PLC watch table shows them (cut
+        from the last answers when asked, not on every poll)."""
+        pieces: dict[str, list[tuple[int, bytes]]] = {}
+        for (n, m), data in list(self._answers.items()):
+            for name, start, end, part, _ in self._steps[n][2][m]:
+                pieces.setdefault(name, []).append((max(part, 0), data[start:end]))
+        return {
+            name: b"".join(c for _, c in sorted(got, key=lambda g: g[0])).hex(" ")
+            for name, got in pieces.items()
+        }
+
+    def _plan_steps(self) -> None:
+        """For each request of the plan: its item specifications and how each item's data
+        becomes values, worked out once per plan rather than on every poll."""
+        steps = []
+        for req in self.plan.requests:
+            specs = tuple((i.area_code, i.db, i.start, i.size) for i in req.items)
+            item_reads = tuple(
+                tuple(
+                    (
+                        p.tag,
+                        p.start,
+                        p.start + p.count,
+                        -1 if p.part == 0 and p.count == self._sizes[p.tag] else p.part,
+                        self._decoders[p.tag],
+                    )
+                    for p in i.pieces
+                )
+                for i in req.items
+            )
+            steps.append((req, specs, item_reads))
+        self._steps: list[_Step] = steps
+        self._answers.clear()
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -115,8 +156,10 @@ class S7Driver(Driver):
         link = S7Link(self.config.connection, name=self.config.name)
         await link.open()
         self._link = link
-        self.plan = _shared_plan(self._plan_tags, link.pdu, self.config.max_gap)
-        self._raw.clear()
+        self.plan = _shared_plan(
+            self._plan_tags, link.pdu, self.config.max_gap, self.config.max_items
+        )
+        self._plan_steps()
 
     async def close(self) -> None:
         link, self._link = self._link, None
@@ -136,8 +179,9 @@ class S7Driver(Driver):
         readings: list[Reading] = []
         failed: dict[str, str] = {}
         parts: dict[str, list[tuple[int, bytes]]] = {}
-        for req in self.plan.requests:
-            specs = [(i.area_code, i.db, i.start, i.size) for i in req.items]
+        answers = self._answers
+        undecodable: list[tuple[str, Exception]] = []
+        for n, (req, specs, item_reads) in enumerate(self._steps):
             try:
                 results = await link.read(specs)
             except DeviceError as exc:
@@ -148,34 +192,38 @@ class S7Driver(Driver):
                 failed.update(dict.fromkeys(req.tags, f"invalid answer: {exc}"))
                 continue
             now = time.time()
-            for item, result in zip(req.items, results, strict=True):
-                if result.data is None:
+            for m, (reads, result) in enumerate(zip(item_reads, results, strict=True)):
+                data = result.data
+                if data is None:
                     self._errors["item error"] += 1
                     reason = result.reason or "item error"
-                    failed.update(dict.fromkeys((p.tag for p in item.pieces), reason))
+                    failed.update(dict.fromkeys((r[0] for r in reads), reason))
                     continue
-                for p in item.pieces:
-                    chunk = result.data[p.start : p.start + p.count]
-                    if p.part == 0 and p.count == self._sizes[p.tag]:
-                        readings.append(self._decode(p.tag, chunk, now))
-                    else:
-                        parts.setdefault(p.tag, []).append((p.part, chunk))
+                answers[n, m] = data
+                for name, start, end, part, decoder in reads:
+                    if part >= 0:
+                        parts.setdefault(name, []).append((part, data[start:end]))
+                        continue
+                    try:
+                        readings.append(Reading(name, decoder(data[start:end]), now))
+                    except (ValueError, IndexError) as exc:
+                        undecodable.append((name, exc))
         now = time.time()
         for name, got in parts.items():
             if name in failed:
                 continue
             got.sort(key=lambda g: g[0])
-            readings.append(self._decode(name, b"".join(c for _, c in got), now))
+            try:
+                value = self._decoders[name](b"".join(c for _, c in got))
+            except (ValueError, IndexError) as exc:
+                undecodable.append((name, exc))
+                continue
+            readings.append(Reading(name, value, now))
+        for name, problem in undecodable:
+            self._errors["undecodable"] += 1
+            readings.append(Reading.bad(name, now, f"undecodable: {problem}"))
         readings.extend(Reading.bad(name, now, reason) for name, reason in failed.items())
         return readings
-
-    def _decode(self, name: str, data: bytes, ts: float) -> Reading:
-        self._raw[name] = data
-        try:
-            return Reading(name, self._decoders[name](data), ts)
-        except (ValueError, IndexError) as exc:
-            self._errors["undecodable"] += 1
-            return Reading.bad(name, ts, f"undecodable: {exc}")
 
     # -- writes -----------------------------------------------------------------------------------
 

@@ -9,12 +9,13 @@ Two steps, done once per negotiated PDU size (the PLC says it when the connectio
    the answer's 14-byte header and the item's 4-byte header). A tag longer than that is cut into
    pieces, read as ranges of their own and put back together.
 2. Requests. Ranges are packed into multi-variable reads (read_multi_vars): each request holds
-   at most 20 items (snap7's limit, which PLCs share), its items' address specifications (12
+   at most ``max_items`` (20 by default, snap7's limit), its items' address specifications (12
    bytes each after a 14-byte header) must fit the PDU, and so must the answer: a 14-byte
    header, then per item 4 bytes of header and its data, padded to even. The packing is a bin
-   packing; it is solved exactly by branch and bound (first-fit decreasing gives the first
-   bound, and most plans stop there because they meet the lower bound), so the request count is
-   the optimum for the ranges. The search is bounded in nodes; a plan that hits the bound keeps
+   packing; it is solved exactly by branch and bound (first-fit decreasing, then worst-fit
+   decreasing over as few requests as the lower bound allows, give the first packing, and most
+   plans stop there because they meet the lower bound), so the request count is the optimum for
+   the ranges. The search is bounded in nodes; a plan that hits the bound keeps
    the best packing found and says so (``exact`` False), which the corpus never does.
 
 The budgets count the answer's header as 14 bytes and pad every item, as python-snap7's own
@@ -33,6 +34,7 @@ from drivers.s7.address import AREA_CODES
 HEADER: Final = 14  # S7 header (12, as budgeted) + function code + item count
 ITEM_REQUEST: Final = 12  # one address specification
 ITEM_REPLY: Final = 4  # return code, transport size, bit length
+#: Items per request unless the device says otherwise: snap7's limit, which every CPU takes.
 MAX_ITEMS: Final = 20
 #: Nodes the exact packing may visit before it keeps the best packing found.
 NODE_BUDGET: Final = 50_000
@@ -126,8 +128,9 @@ def item_cap(pdu: int) -> int:
     return cap
 
 
-def items_per_request(pdu: int) -> int:
-    return max(1, min(MAX_ITEMS, (pdu - HEADER) // ITEM_REQUEST))
+def items_per_request(pdu: int, max_items: int = MAX_ITEMS) -> int:
+    """Items one request may carry: ``max_items``, and what the request's PDU holds."""
+    return max(1, min(max_items, (pdu - HEADER) // ITEM_REQUEST))
 
 
 # -- step 1: ranges ---------------------------------------------------------------------------
@@ -177,10 +180,39 @@ def _item(area: str, db: int, start: int, end: int, group: list[_Span]) -> Item:
 
 
 def lower_bound(costs: Sequence[int], room: int, slots: int) -> int:
-    """No packing needs fewer bins: by the answer bytes, and by the item count."""
+    """No packing needs fewer bins: by the answer bytes; by the item count; and by the item
+    count when large items (more than half the room: no two share a bin) leave their bins room
+    for only a few of the smallest items besides."""
     if not costs:
         return 0
-    return max(math.ceil(sum(costs) / room), math.ceil(len(costs) / slots))
+    by_bytes = math.ceil(sum(costs) / room)
+    by_items = math.ceil(len(costs) / slots)
+    smallest = min(costs)
+    large = [c for c in costs if 2 * c > room]
+    held = sum(min(slots, 1 + (room - c) // smallest) for c in large)
+    by_large = len(large) + math.ceil(max(0, len(costs) - held) / slots)
+    return max(by_bytes, by_items, by_large)
+
+
+def _worst_fit(
+    order: Sequence[int], costs: Sequence[int], room: int, slots: int, k: int
+) -> list[list[int]] | None:
+    """``order`` spread over ``k`` bins, each item into the bin with the most room left that
+    takes it; None when one does not fit. Spreading balances bytes and item counts at once,
+    where first fit fills bins by bytes and runs out of item slots (or the reverse)."""
+    bins: list[list[int]] = [[] for _ in range(k)]
+    left = [room] * k
+    for i in order:
+        b = max(
+            (b for b in range(k) if left[b] >= costs[i] and len(bins[b]) < slots),
+            key=lambda b: left[b],
+            default=None,
+        )
+        if b is None:
+            return None
+        bins[b].append(i)
+        left[b] -= costs[i]
+    return [b for b in bins if b]
 
 
 def pack(costs: Sequence[int], room: int, slots: int) -> tuple[list[list[int]], bool]:
@@ -189,6 +221,11 @@ def pack(costs: Sequence[int], room: int, slots: int) -> tuple[list[list[int]], 
     order = sorted(range(len(costs)), key=lambda i: -costs[i])
     best = _first_fit(order, costs, room, slots)
     bound = lower_bound(costs, room, slots)
+    for k in range(bound, len(best)):
+        spread = _worst_fit(order, costs, room, slots, k)
+        if spread is not None:
+            best = spread
+            break
     if len(best) <= bound:
         return best, True
     bins: list[list[int]] = []
@@ -257,11 +294,13 @@ def _first_fit(
     return bins
 
 
-def plan(tags: Sequence[PlanTag], *, pdu: int, max_gap: int = 4) -> Plan:
+def plan(
+    tags: Sequence[PlanTag], *, pdu: int, max_gap: int = 4, max_items: int = MAX_ITEMS
+) -> Plan:
     """The read requests for ``tags`` under a negotiated PDU of ``pdu`` bytes."""
     items = ranges(tags, max_gap=max_gap, cap=item_cap(pdu))
     costs = [i.reply_cost for i in items]
-    room, slots = pdu - HEADER, items_per_request(pdu)
+    room, slots = pdu - HEADER, items_per_request(pdu, max_items)
     bins, exact = pack(costs, room, slots)
     requests = [Request(tuple(sorted((items[i] for i in b), key=_item_key))) for b in bins if b]
     requests.sort(key=lambda r: _item_key(r.items[0]))
