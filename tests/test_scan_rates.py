@@ -18,12 +18,16 @@ from agent.core.processing import Processing
 from agent.core.processing.config import ProcessedDevice
 from agent.ops.metrics import Metrics
 from agent.ops.status import StatusView, build_snapshot
+from agent.south.lines import LinePoller
 from agent.south.registry import load_drivers
 from agent.south.scheduler import DevicePoller
 from drivers.base import Batch, Reading, rate_groups
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
+from drivers.serial.config import SerialDevice
+from drivers.serial.driver import SerialDriver
 from simulators.modbus_tcp import ModbusSimulator
+from simulators.serial_instruments import OvenSimulator
 from tests.brokers import Mosquitto, Subscriber, free_port
 from tests.e2e import AgentRig, write_config
 from tests.sinks import Sink, Status
@@ -380,3 +384,47 @@ async def test_processing_takes_batches_of_one_group_at_a_time(tmp_path: Path) -
     assert by_tag["per_kwh"][1].value == 0.1
     assert by_tag["per_kwh"][-1].reason == "energy: timeout"
     assert "stopped" not in [r.value for r in by_tag["state"]]
+
+
+async def test_a_serial_instrument_is_asked_only_for_the_due_group() -> None:
+    """Poll mode: the oven's PV request every 100 ms, its SV request every 500 ms; the
+    instrument counts what it was asked."""
+    async with OvenSimulator(pv=20.0, sv=180.0, tau=None) as oven:
+        device = SerialDevice.model_validate(
+            {
+                "name": "oven",
+                "driver": "serial",
+                "poll_interval": "100ms",
+                "mode": "poll",
+                "connection": {"port": oven.path, "timeout": "300ms"},
+                "framing": {"terminator": "\\r"},
+                "requests": [
+                    {"send": "PV?\\r", "match": r"^PV=(?P<pv>-?\d+(\.\d+)?)$"},
+                    {"send": "SV?\\r", "match": r"^SV=(?P<sv>-?\d+(\.\d+)?)$"},
+                ],
+                "tags": [
+                    {"name": "pv", "group": "pv", "type": "float64"},
+                    {"name": "sv", "group": "sv", "type": "float64", "every": "500ms"},
+                ],
+            }
+        )
+        sink = Sink()
+        driver = SerialDriver(device)
+        line = driver.make_line() if driver.line_key() is not None else None
+        if line is not None:
+            poller: Any = LinePoller(line, [(device, driver)], sink, Status(), Metrics())
+        else:
+            poller = DevicePoller(device, driver, sink, Status(), Metrics())
+        task = asyncio.create_task(poller.run())
+        try:
+            await sink.until(lambda: sum("sv" in _tags(b) for b in sink.batches) >= 3, 6.0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        asked = oven.requests
+    pv = sum("pv" in _tags(b) for b in sink.batches)
+    sv = sum("sv" in _tags(b) for b in sink.batches)
+    assert all(_tags(b) in ({"pv"}, {"sv"}) for b in sink.batches)
+    assert pv >= 3 * sv - 3, (pv, sv)
+    # One request per tag read: not both requests at every tick.
+    assert pv + sv <= asked <= pv + sv + 2, (asked, pv, sv)

@@ -23,7 +23,16 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from drivers.base import DeviceBase, DeviceError, Driver, Line, LineSettings, Reading, Value
+from drivers.base import (
+    DeviceBase,
+    DeviceError,
+    Driver,
+    Line,
+    LineSettings,
+    RateGroup,
+    Reading,
+    Value,
+)
 from drivers.serial.checksums import ChecksumCheck
 from drivers.serial.config import SerialConnection, SerialDevice, SerialProfile
 from drivers.serial.escapes import decode_escapes, printable
@@ -324,6 +333,15 @@ class SerialDriver(Driver):
     # -- poll -------------------------------------------------------------------------------------
 
     async def poll(self) -> list[Reading]:
+        return await self._poll(None)
+
+    async def poll_group(self, group: RateGroup) -> list[Reading]:
+        """Poll mode: only the requests whose answers feed a tag of the group are sent (a
+        request feeding tags of two rates is sent for each). Stream mode refuses rates."""
+        wanted = frozenset(group.tags)
+        return [r for r in await self._poll(wanted) if r.tag in wanted]
+
+    async def _poll(self, only: frozenset[str] | None) -> list[Reading]:
         if self._shared and self._line is not None:
             self._line.listen(self._on_data, self._on_lost)  # our turn: the answers are ours
         port = self._live_port()
@@ -335,12 +353,14 @@ class SerialDriver(Driver):
             self._error = None
             return [reading for frame in frames for reading in frame]
         if self.config.mode == "poll":
-            found = await self._ask_all(port)
+            found = await self._ask_all(port, only)
         else:
             found, self._fresh = self._fresh, {}
         now = time.time()
         readings = []
         for name in self._tag_names:
+            if only is not None and name not in only:
+                continue
             reading = found.get(name)
             if reading is None:
                 why = "no such group" if name in self._orphans else (self._error or "timeout")
@@ -349,17 +369,21 @@ class SerialDriver(Driver):
         self._error = None
         return readings
 
-    async def _ask_all(self, port: SerialPort) -> dict[str, Reading]:
+    async def _ask_all(self, port: SerialPort, only: frozenset[str] | None) -> dict[str, Reading]:
         found: dict[str, Reading] = {}
         answered = 0
+        asked = 0
         for request, parser in zip(self.config.requests, self._parsers, strict=True):
+            if only is not None and only.isdisjoint(parser.tag_names):
+                continue
+            asked += 1
             timeout = request.timeout or self.config.connection.timeout
             reason, readings = await self._ask(port, request.send, parser, timeout)
             if reason != "timeout":
                 answered += 1
             for reading in readings:
                 found[reading.tag] = reading
-        if answered == 0:
+        if answered == 0 and asked:
             raise DeviceError("timeout", "no answer to any request within its timeout")
         return found
 
