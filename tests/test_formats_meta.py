@@ -17,8 +17,11 @@ from agent.north.formats.sparkplug import sparkplug_b_pb2
 from agent.north.formats.sparkplug.format import SparkplugFormat
 from agent.north.formats.thingsboard import ATTRIBUTES, ThingsBoardFormat
 from agent.south.registry import load_drivers
-from tests.brokers import Mosquitto, Subscriber
+from simulators.modbus_tcp import ModbusSimulator
+from tests.brokers import Mosquitto, Subscriber, free_port
 from tests.test_failover import Rig, _settings
+from tests.test_reload import device
+from tests.test_reload_format import _agent, _write
 
 pb: Any = sparkplug_b_pb2
 
@@ -182,3 +185,40 @@ async def test_sparkplug_dbirth_properties_reach_the_broker(
         "engUnit": "degC",
         "description": "Oil temperature, sump",
     }
+
+
+async def test_a_reload_that_changes_a_unit_updates_the_meta_in_the_same_session(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Plain json keeps its session through a reload; the changed device's retained meta is
+    replaced at once, and a device the reload removed has its meta deleted."""
+    sub = Subscriber(broker.port, ["edge/gw/+/meta"]).start()
+    async with ModbusSimulator(port=free_port(), units=(1,)) as sim:
+        cfg = tmp_path / "c.yaml"
+        p1, p2 = device("p1", sim.port), device("p2", sim.port)
+        p1["tags"] = [{**p1["tags"][0], "unit": "degC", "description": "oil"}, *p1["tags"][1:]]
+        _write(cfg, broker.port, [p1, p2])
+        async with _agent(cfg, sub, "edge/gw/p2/meta") as agent:
+            publisher = agent.publisher
+            p1["tags"][0]["unit"] = "degF"
+            _write(cfg, broker.port, [p1])
+            assert await agent.reload()
+            msgs = await sub.wait_for(
+                lambda m: (
+                    any(x.topic == "edge/gw/p2/meta" and not x.payload for x in m)
+                    and any(b"degF" in x.payload for x in m)
+                )
+            )
+            assert agent.publisher is publisher and publisher.sessions == 1
+    sub.stop()
+    latest = {m.topic: m.payload for m in msgs}
+    tag = p1["tags"][0]["name"]
+    assert json.loads(latest["edge/gw/p1/meta"])["tags"][tag] == {
+        "type": p1["tags"][0]["type"],
+        "unit": "degF",
+        "description": "oil",
+    }
+    after = Subscriber(broker.port, ["edge/gw/+/meta"], client_id="after").start()
+    kept = await after.wait_for(lambda m: len(m) >= 1)
+    after.stop()
+    assert [m.topic for m in kept] == ["edge/gw/p1/meta"]  # p2's retained copy is gone

@@ -203,6 +203,8 @@ async def apply_destinations(agent: Agent, plan: ReloadPlan) -> None:
             plan.restart_outputs.append(name)
         if name in plan.restart_outputs:
             await agent.restart_publisher(removed=plan.removed, name=name)
+        else:
+            dest.publisher.refresh(fmt)  # the kept session: tag metadata that changed
     if plan.restart_outputs:
         await agent.release_quarantined("format rebuilt by a reload")
 

@@ -197,6 +197,17 @@ class Publisher:
         if msg is not None:
             self._keep(topic, msg)
 
+    def refresh(self, fmt: Format) -> None:
+        """A reload built ``fmt`` like this session's format (the same ``spec``), so the
+        session stays: the format takes over what may change without one (JSON's tag
+        metadata), and what that changes goes out now if connected (``online()`` repeats
+        the current state after every reconnect)."""
+        messages = self._fmt.refresh(fmt)
+        client = self._client
+        if client is not None and self.connected.is_set():
+            for msg in messages:
+                self._publish(client, msg)
+
     def _keep(self, key: str, msg: Message) -> None:
         self._statuses[key] = msg
         client = self._client
