@@ -34,7 +34,7 @@ from tests.doc_examples import (
     pages,
     without_code,
 )
-from tests.test_reference_docs import DISCOVER
+from tests.test_reference_docs import DISCOVER, SCAN
 
 DRIVERS = load_drivers()
 PAGES = pages()
@@ -186,6 +186,10 @@ def check_edge_agent(args: list[str]) -> str | None:
                 if ns.driver not in DISCOVER:
                     return f"driver {ns.driver!r} cannot discover (drivers that can: {DISCOVER})"
                 DISCOVER[ns.driver]().parse_args(ns.driver_args)
+            if ns.command == "scan":
+                if ns.driver not in SCAN:
+                    return f"driver {ns.driver!r} cannot scan (drivers that can: {SCAN})"
+                SCAN[ns.driver]().parse_args(ns.driver_args)
     except SystemExit as exc:
         if exc.code not in (0, None):
             return err.getvalue().strip().splitlines()[-1]
@@ -238,6 +242,9 @@ def test_commands_are_found_and_a_wrong_one_is_refused() -> None:
     assert check_edge_agent(["status", "--no-such-option"]) is not None
     assert check_edge_agent(["discover", "opcua", "opc.tcp://h:4840", "--depht", "2"]) is not None
     assert check_edge_agent(["discover", "opcua", "opc.tcp://h:4840", "--depth", "2"]) is None
+    scan = ["scan", "dlt645", "--port", "/dev/ttyUSB0"]
+    assert check_edge_agent([*scan, "--protcol", "1997"]) is not None
+    assert check_edge_agent([*scan, "--protocol", "1997"]) is None
     assert check_make(["no-such-target"], make_targets()) is not None
     session = Block(
         ROOT / "README.md", 1, "console", "$ sudo -u edge-agent edge-agent stat\nok\n", ""

@@ -25,6 +25,8 @@ from agent.ops import http as agent_http
 from agent.ops.http import StatusServer
 from agent.ops.status import StatusView
 from agent.south.registry import load_drivers
+from drivers.dlt645 import scan as dlt645_scan
+from drivers.modbus import scan as modbus_scan
 from drivers.opcua import discover as opcua_discover
 from tests.test_ops_rig import http
 
@@ -88,6 +90,11 @@ def test_config_page_shows_types_defaults_and_allowed_values() -> None:
 CLI = REFERENCE / "cli.md"
 #: The drivers' own parsers behind ``edge-agent discover DRIVER``.
 DISCOVER: dict[str, Callable[[], argparse.ArgumentParser]] = {"opcua": opcua_discover.parser}
+#: The drivers' own parsers behind ``edge-agent scan DRIVER``.
+SCAN: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "dlt645": dlt645_scan.parser,
+    "modbus": modbus_scan.parser,
+}
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
@@ -96,6 +103,7 @@ def commands() -> dict[str, argparse.ArgumentParser]:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     found = {f"edge-agent {name}": p for name, p in sub.choices.items()}
     found.update({f"edge-agent discover {d}": make() for d, make in DISCOVER.items()})
+    found.update({f"edge-agent scan {d}": make() for d, make in SCAN.items()})
     return found
 
 
@@ -124,6 +132,11 @@ def rows(section: str) -> dict[str, list[str]]:
 def test_every_driver_that_discovers_is_documented_with_its_parser() -> None:
     able = {name for name, cls in load_drivers().items() if "discover" in vars(cls)}
     assert able == set(DISCOVER)
+
+
+def test_every_driver_that_scans_is_documented_with_its_parser() -> None:
+    able = {name for name, cls in load_drivers().items() if "scan" in vars(cls)}
+    assert able == set(SCAN)
 
 
 def test_cli_page_has_a_section_per_command_and_no_other() -> None:
