@@ -428,3 +428,40 @@ async def test_a_serial_instrument_is_asked_only_for_the_due_group() -> None:
     assert pv >= 3 * sv - 3, (pv, sv)
     # One request per tag read: not both requests at every tick.
     assert pv + sv <= asked <= pv + sv + 2, (asked, pv, sv)
+
+
+def test_a_profile_carries_its_scan_groups_and_calculated_tags_as_defaults(tmp_path: Path) -> None:
+    """A meter's profile says once that its energy registers are read each minute and how its
+    apparent power is computed; a device may change the rate."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            agent: {id: t}
+            profiles:
+              meter:
+                driver: modbus
+                defaults:
+                  scan_groups: [{name: energy, every: 1m}]
+                  calculated: [{name: kva, expr: "voltage * current / 1000", unit: kVA}]
+                tags:
+                  - {name: voltage, table: input, address: 0, type: float32}
+                  - {name: current, table: input, address: 6, type: float32}
+                  - {name: energy, table: input, address: 342, type: float32, scan_group: energy}
+            devices:
+              - {name: m1, driver: modbus, profile: meter, connection: {host: 127.0.0.1}}
+              - name: m2
+                driver: modbus
+                profile: meter
+                connection: {host: 127.0.0.1, unit_id: 2}
+                scan_groups: [{name: energy, every: 15m}]
+            """
+        )
+    )
+    config = load_config(path, DRIVERS)
+    rates = {d.name: [(g.every, g.tags) for g in rate_groups(d)] for d in config.devices}
+    assert rates == {
+        "m1": [(1.0, ("voltage", "current")), (60.0, ("energy",))],
+        "m2": [(1.0, ("voltage", "current")), (900.0, ("energy",))],
+    }
+    assert all([c.name for c in d.calculated] == ["kva"] for d in config.devices)  # type: ignore[attr-defined]
