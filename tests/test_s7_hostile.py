@@ -9,13 +9,22 @@ address, so every good value can be checked.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import time
+from pathlib import Path
 from typing import Any
+
+import psutil
+import pytest
 
 from drivers.base import DeviceError, Quality
 from drivers.s7.config import S7Device
 from drivers.s7.driver import S7Driver
 from simulators.hostile_s7 import HostileS7Server
+from tests.brokers import Mosquitto, Subscriber, free_port
+from tests.e2e import agent_process, local_mqtt, rss_at_marks, scrape_metric
 
 WEIGHTS = {
     "ok": 4.0,
@@ -89,3 +98,75 @@ async def test_hundreds_of_hostile_answers_only_device_errors_and_only_right_val
     assert reasons <= {"timeout", "connection lost", "invalid answer"}
     assert counts.get("invalid answer", 0) > 50 and counts.get("item error", 0) > 20
     assert server.connections > 5  # reconnected after every lost connection
+
+
+# -- the agent process --------------------------------------------------------------------------
+
+DEVICES = 8
+
+
+@pytest.mark.slow
+async def test_the_agent_survives_thousands_of_hostile_answers_with_flat_memory_and_threads(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """``edge-agent run`` polls eight PLCs on the hostile server until 2,500 hostile answers:
+    it keeps running and stops cleanly on SIGTERM, its memory and its thread count stay flat
+    after warm-up (a deadline replaces the PLC's worker thread: none may pile up), no traceback
+    is logged, errors are counted, and every good value published is the right one."""
+    metrics_port = free_port()
+    async with HostileS7Server(seed=11, weights=WEIGHTS, slowloris_delay=0.05) as server:
+        tags = [
+            {"name": name, "address": address, "type": "WORD"}
+            for name, (address, _) in ADDRESSES.items()
+        ]
+        doc = {
+            "agent": {"id": "test-gw", "data_dir": str(tmp_path / "data")},
+            "mqtt": local_mqtt(broker.port),
+            "buffer": {"max_size": "16MB"},
+            "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+            "devices": [
+                {
+                    "name": f"plc{n}",
+                    "driver": "s7",
+                    "poll_interval": "20ms",
+                    "connection": {"host": "127.0.0.1", "port": server.port, "timeout": "80ms"},
+                    "tags": tags,
+                }
+                for n in range(DEVICES)
+            ],
+        }
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(json.dumps(doc))
+        sub = Subscriber(broker.port, ["edge/test-gw/+/data"], client_id="s7-hostile").start()
+        try:
+            with agent_process(cfg, tmp_path / "agent.log") as proc:
+                agent = psutil.Process(proc.pid)
+                marks = (500, 1000, 1500, 2000, 2500)
+                rss = await rss_at_marks(proc, lambda: server.frames, marks)
+                threads = agent.num_threads()
+                errors = await asyncio.to_thread(
+                    scrape_metric, metrics_port, "edge_agent_driver_errors_total"
+                )
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait, 20)
+        finally:
+            sub.stop()
+    log = (tmp_path / "agent.log").read_text(errors="replace")
+    print(
+        f"hostile S7 agent: {server.frames} hostile answers {dict(server.sent)}; RSS at "
+        f"{marks}: {', '.join(f'{r:.1f}' for r in rss)} MB; threads {threads}; "
+        f"driver errors {errors:.0f}; connections {server.connections}"
+    )
+    assert proc.returncode == 0, log[-2000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert rss[-1] - rss[1] < 3.0, rss
+    # The loop's threads, one worker per PLC, and a few of the agent's own: not one per abort.
+    assert threads < DEVICES + 20, threads
+    assert errors > 500
+    good = 0
+    for m in sub.snapshot():
+        body = m.json()
+        for name, value in body["values"].items():
+            assert value == expected(ADDRESSES[name][1]), (body["device"], name, value)
+            good += 1
+    assert good > 500

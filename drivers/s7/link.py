@@ -91,12 +91,13 @@ class S7Link:
         future = loop.run_in_executor(self._executor(), call)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.connection.timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # The call ends (with an error) once the socket is shut; nobody awaits it any more.
+            future.add_done_callback(_swallow)
             self._abort()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             raise DeviceError("timeout", f"no {what} within {self.connection.timeout}s") from None
-        except asyncio.CancelledError:
-            self._abort()
-            raise
 
     def _abort(self) -> None:
         """Shut the socket under a blocked call and give the next call a fresh thread."""
@@ -195,6 +196,12 @@ class S7Link:
         except S7Error as exc:
             # A frame snap7 could not parse: the stream may be out of step; start afresh.
             raise DeviceError("invalid answer", str(exc)) from None
+
+
+def _swallow(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a call given up on, so asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _connect_reason(exc: S7Error, conn: S7Connection) -> tuple[str, str]:
