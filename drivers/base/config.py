@@ -67,8 +67,18 @@ class TagBase(StrictModel):
     """What every driver's tag has. Drivers subclass it with their addressing keys."""
 
     name: Name = Field(description="the tag's name in payloads and topics ([A-Za-z0-9_.-])")
-    unit: str | None = Field(default=None, description="engineering unit, for documentation")
-    description: str | None = Field(default=None, description="free text, for people")
+    # Both travel to the platforms that keep tag metadata (JSON's meta topic, Sparkplug births,
+    # ThingsBoard attributes): bounded so that one tag cannot outgrow a platform's message.
+    unit: str | None = Field(
+        default=None,
+        max_length=64,
+        description="engineering unit (degC, kWh); sent as tag metadata where the format has it",
+    )
+    description: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="free text, for people; sent as tag metadata where the format has it",
+    )
     every: PositiveDuration | None = Field(
         default=None,
         description="read this tag at its own rate instead of the device's poll_interval "
