@@ -12,6 +12,7 @@ and answers each one, per a seeded random choice, with one of:
 ``truncated``      part of a correct answer, then the connection closed;
 ``garbage``        random bytes;
 ``wrong_header``   a 4E answer, or the request echoed back (a subheader that is not ``D000``);
+``doubled``        a correct answer sent twice (the second would pass for the next request's);
 ``slowloris``      a correct answer dribbled one byte at a time, slower than any timeout;
 ``silent``         no answer.
 
@@ -59,6 +60,7 @@ MC_KINDS: Final = (
     "truncated",
     "garbage",
     "wrong_header",
+    "doubled",
     "slowloris",
     "silent",
 )
@@ -191,6 +193,11 @@ class HostileMcServer:
             writer.write(
                 rnd.choice([frame, (b"\xd4\x00" if enc == "binary" else b"D400") + good[4:]])
             )
+        elif kind == "doubled":
+            writer.write(good)
+            await writer.drain()
+            await asyncio.sleep(rnd.choice([0.0, 0.002]))
+            writer.write(good)
         elif kind == "slowloris":
             for byte in good:
                 writer.write(bytes([byte]))
