@@ -16,7 +16,8 @@ misreading of the standard in one is caught by the other.
   BCD, lowest byte first, the sign in the top bit where the standard gives a direction.
 - ``baudrate``: answers come when they would on a real line at that speed (11 bits a character:
   8 data bits, even parity, start and stop bits), the request's own time on the wire counted, so a
-  benchmark measures the line, not the pty. ``bytes_on_line`` counts both directions.
+  benchmark measures the line, not the pty. ``bytes_on_line`` counts both directions, an
+  answer once its last byte is on the line.
 
 Command line (prints the pty's path, runs until Ctrl-C)::
 
@@ -180,12 +181,16 @@ class MeterLine(PtyInstrument):
         padded = [a + b"\xff" * (wire - len(a)) for a in answers]
         collided = bytes(_and(column) for column in zip(*padded, strict=True))
         out = b"\xfe" * self.preamble + collided
-        self.bytes_on_line += len(out)
         delay = (took + len(out)) * self.char_time()
         if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self.send_frame, out)
+            asyncio.get_running_loop().call_later(delay, self._put, out)
         else:
-            self.send_frame(out)
+            self._put(out)
+
+    def _put(self, answer: bytes) -> None:
+        """The answer's last byte is on the line now: count it as carried."""
+        self.bytes_on_line += len(answer)
+        self.send_frame(answer)
 
     def _reply(self, meter: Meter, address: bytes, control: int, data: bytes) -> bytes | None:
         own = meter.wire_address
