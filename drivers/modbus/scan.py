@@ -101,12 +101,16 @@ async def scan(
     lost: list[str] = []
     port = await SerialPort.open(conn, listener.on_data, lost.append)
     shown: set[int] = set()
+    # RTU frames are told apart by silence: 3.5 characters (11 bits each at most), 1.75 ms
+    # above 19200 baud, between an answer and the next request.
+    silence = max(3.5 * 11 / conn.baudrate, 0.00175)
     try:
         for n, unit in enumerate(ids):
             if n % 10 == 0:
                 print(f"\r{n}/{len(ids)}", end="", file=err, flush=True)
             listener.event.clear()
             listener.buffer.clear()
+            await asyncio.sleep(silence)
             port.drain_input()
             await port.write(request(unit))
             with contextlib.suppress(TimeoutError):
