@@ -28,6 +28,8 @@ async def run(*args: str) -> tuple[int, str, str]:
 
 async def test_modbus_scan_lists_the_units_that_answer() -> None:
     async with RtuSimulator((2, 5), baudrate=19200) as sim:
+        sim.set_registers(2, "holding", 0, [230])
+        sim.set_illegal(5, 0, 9)  # a device without register 0 is still there
         code, out, err = await run(
             "scan", "modbus", "--port", sim.path, "--baudrate", "19200", "--units", "1-6",
             "--timeout", "0.1",
@@ -35,7 +37,10 @@ async def test_modbus_scan_lists_the_units_that_answer() -> None:
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"scanning {sim.path} at 19200 baud 8N1, 6 unit ids"
-    assert [line.split(":")[0] for line in lines[1:-1]] == ["unit 2", "unit 5"]
+    assert lines[1:-1] == [
+        "unit 2: holding register 0 = 230",
+        "unit 5: exception 2 (illegal data address)",
+    ]
     assert lines[-1] == "2 answered: 2 5"
     assert "6/6" in err  # the progress
 
