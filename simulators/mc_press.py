@@ -169,6 +169,7 @@ class McPressSimulator(Service):
         self.set("good_parts", 118_500)
         self.set("motor_on", True)
         self.set("light_curtain", True)
+        self.set_bits("SM", 400, [True, False])  # SM400 always ON, SM401 always OFF, as a CPU
         self._clock()
 
     def _clock(self) -> None:

@@ -9,8 +9,10 @@ raise ``FrameError``, nothing else; every value round-trips through its words.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -292,3 +294,71 @@ def test_any_words_decode_to_a_value(type_: str, raw: bytes) -> None:
 @given(text=st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=127), max_size=16))
 def test_ascii_strings_round_trip(text: str) -> None:
     assert make_decoder("string")(encode("string", text, 8)) == text
+
+
+# -- the TCP client's stream: answers cut by their length field, whatever the segments -----------
+
+
+class _Transport:
+    """What ``_Answers`` writes to, kept for the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _stream(encoding: Encoding) -> Any:
+    from drivers.mc.client import _Answers
+
+    stream = _Answers(encoding)
+    stream.connection_made(_Transport())  # type: ignore[arg-type]
+    return stream
+
+
+@settings(max_examples=200)
+@given(
+    encoding=st.sampled_from(ENCODINGS),
+    words=st.lists(st.integers(0, 0xFFFF), max_size=30),
+    cuts=st.lists(st.integers(1, 200), max_size=8),
+)
+async def test_an_answer_in_any_segments_is_one_answer(
+    encoding: Encoding, words: list[int], cuts: list[int]
+) -> None:
+    frame = answer(encoding, 0, Writer(encoding).words(words).bytes())
+    stream = _stream(encoding)
+    pending = asyncio.ensure_future(stream.request(b"request"))
+    await asyncio.sleep(0)
+    at = 0
+    for cut in [*cuts, len(frame)]:
+        if at < len(frame):
+            stream.data_received(frame[at : at + cut])
+            at += cut
+    header, rest = await pending
+    got = parse_answer(header, rest, encoding)
+    assert got.data.words(len(words)) == words
+    assert stream.fault is None
+
+
+@settings(max_examples=200)
+@given(encoding=st.sampled_from(ENCODINGS), noise=st.binary(min_size=1, max_size=80))
+async def test_bytes_after_an_answer_or_unasked_put_the_stream_out_of_step(
+    encoding: Encoding, noise: bytes
+) -> None:
+    frame = answer(encoding, 0, Writer(encoding).words([1, 2]).bytes())
+    stream = _stream(encoding)
+    pending = asyncio.ensure_future(stream.request(b"request"))
+    await asyncio.sleep(0)
+    stream.data_received(frame + noise)  # a doubled answer, or anything after the end
+    with pytest.raises(FrameError):
+        await pending
+    with pytest.raises(FrameError):  # and the next request is refused, not answered by it
+        await stream.request(b"next")
+    unasked = _stream(encoding)
+    unasked.data_received(noise)  # no request waiting
+    with pytest.raises(FrameError):
+        await unasked.request(b"request")
