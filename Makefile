@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm demo-s7 demo-mc test test-fast lint typecheck schema reference proto bench soak clean
+.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm demo-s7 demo-mc test test-fast lint typecheck schema reference proto bench bench-outputs soak clean
 
 venv: $(VENV)/.installed
 
@@ -94,6 +94,11 @@ bench: venv system-deps
 	$(PY) -m bench.bench_modbus_requests
 	$(PY) -m bench.bench_mc
 	$(PY) -m bench.bench_opcua
+
+# Several destinations (outputs:): what each added destination costs, and one blackholed for a
+# simulated hour while the other stays live (about 5 minutes; docs/performance.md).
+bench-outputs: venv system-deps
+	$(PY) -m bench.bench_outputs
 
 # Wheels of the agent and all its dependencies, for gateways without internet:
 # copy the repository with ./wheelhouse to the gateway, then `sudo systemd/install.sh`.
