@@ -93,6 +93,7 @@ bench: venv system-deps
 	$(PY) -m bench.bench_dlt645
 	$(PY) -m bench.bench_modbus_requests
 	$(PY) -m bench.bench_mc
+	$(PY) -m bench.bench_s7
 	$(PY) -m bench.bench_opcua
 
 # Several destinations (outputs:): what each added destination costs, and one blackholed for a
