@@ -291,6 +291,9 @@ class LatheLive(ServerLive[CncSimulator]):
     async def set(self, value: float) -> None:
         await self.sim.set_value("Spindle/Speed", float(value))
 
+    async def held(self) -> float | None:
+        return float(await self.sim.value("Setpoints/FeedOverride"))
+
 
 @contextlib.asynccontextmanager
 async def lathe_live() -> AsyncIterator[Live[Any]]:
@@ -328,6 +331,15 @@ OPCUA_SUBSCRIBE, OPCUA_POLL = (
         entry=_opcua_entry(mode),
         num=_node("Spindle/Speed"),
         other=_node("Spindle/Load"),
+        # The server's deadband keeps the writes' changes out of the subscription's publishes:
+        # ``read`` waits for the one publish that carries the numeric point's change.
+        writable={
+            **_node("Setpoints/FeedOverride"),
+            "writable": True,
+            "min": 0,
+            "max": 500,
+            **({"deadband": 1000} if mode == "subscribe" else {}),
+        },
         array=_node("Spindle/Vibration"),
         start=lathe_live,
         fake_where="opc.tcp://127.0.0.1:4840/cnc",
