@@ -7,6 +7,7 @@ anything touches the network.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -87,8 +88,9 @@ class McTag(WritableTag):
     def _check_address(cls, value: str) -> str:
         return str(parse_address(value))
 
-    @property
+    @functools.cached_property
     def where(self) -> Address:
+        """The parsed address (parsed once: planning asks for it per tag many times)."""
         return parse_address(self.address)
 
     @property
