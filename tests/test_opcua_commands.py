@@ -27,7 +27,7 @@ import pytest
 
 from agent.app.config import load_config
 from agent.app.runtime import Agent
-from agent.core.streams import StreamKind
+from agent.core.streams import EVENT_STREAM, StreamKind
 from agent.north.formats.registry import available_formats
 from agent.south.registry import load_drivers
 from simulators.opcua_cnc import NAMESPACE, CncSimulator
@@ -518,3 +518,31 @@ async def test_a_call_cut_off_is_answered_and_alarms_raised_meanwhile_arrive(rig
             proxy.set("pass")
             event = await rig.event(lambda e: e.get("alarm") == "DoorOpen")
             assert event["event"] == "raise" and event["severity"] == 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rig", ["json"], indirect=True)
+async def test_alarms_raised_while_the_broker_is_away_are_buffered_and_replayed(rig: Rig) -> None:
+    """The machine's alarms are buffered like data: raised and cleared while the broker is
+    down, both arrive once it is back, in order, from the buffer."""
+    rig.write_config(cnc_device(rig.sim))
+    async with rig.agent() as agent:
+        await rig.data()
+        rig.dialect.broker.stop()
+        await until(lambda: not agent.publisher.connected.is_set(), timeout=10)
+        await rig.sim.raise_alarm("SpindleOverTemp")
+        await rig.sim.clear_alarm("SpindleOverTemp")
+        async with asyncio.timeout(10):
+            # Polling in-process state: the buffer's own event is the publisher's to clear.
+            while (  # noqa: ASYNC110
+                sum(r.kind == EVENT_STREAM for r in await agent.buffer.fetch(0, 100)) < 2
+            ):
+                await asyncio.sleep(0.05)
+        rig.dialect.broker.start()
+        await rig.event(lambda e: e.get("alarm") == "SpindleOverTemp" and e["event"] == "clear")
+        kinds = [
+            e["event"]
+            for e in rig.channel.events(rig.dialect.platform.snapshot())
+            if e.get("alarm") == "SpindleOverTemp"
+        ]
+        assert kinds == ["raise", "clear"], kinds
