@@ -146,6 +146,11 @@ async def test_writes_change_only_their_bytes_and_are_read_back(
     assert plc.get(3, 8, 8) == b"\x0a\x06JOB-42"  # the maximum length byte left alone
     got = values(await driver.poll())
     assert (got["heaters"], got["barrel_sp"], got["job"]) == (False, 245.5, "JOB-42")
+    # The PLC declares STRING[4] there: six characters would run into the next variable.
+    plc.put(3, 8, bytes([4, 0]))
+    with pytest.raises(WriteError, match=r"declares STRING\[4\] at DB3.DBB8: at most 4"):
+        await driver.write("job", "JOB-43")
+    assert plc.get(3, 8, 2) == bytes([4, 0])
 
 
 @pytest.mark.parametrize(

@@ -282,7 +282,10 @@ class S7Driver(Driver):
                 if got != bool(value):
                     raise WriteError(f"not confirmed: read back {got}")
                 return
-            start = where.byte + header_skip(t.type)
+            skip = header_skip(t.type)
+            if skip:
+                await self._check_declared_length(link, t, data, skip)
+            start = where.byte + skip
             await link.write(where.area_code, where.db, start, data, bit=False)
             (back,) = await link.read([(where.area_code, where.db, start, len(data))])
         except InvalidAnswer as exc:
@@ -292,6 +295,21 @@ class S7Driver(Driver):
         if back.data != data:
             shown = back.data.hex(" ")
             raise WriteError(f"not confirmed: read back {shown}")
+
+    @staticmethod
+    async def _check_declared_length(link: S7Link, t: S7Tag, data: bytes, skip: int) -> None:
+        """A text longer than the PLC's own STRING[n] would run into the next variable: the
+        maximum the PLC keeps in the header is read first, whatever ``length`` says."""
+        where = t.location
+        (head,) = await link.read([(where.area_code, where.db, where.byte, skip)])
+        if head.data is None:
+            raise WriteError(f"PLC refused: {head.reason}")
+        top = head.data[0] if skip == 1 else int.from_bytes(head.data[:2], "big")
+        chars = len(data) - 1 if skip == 1 else (len(data) - 2) // 2
+        if chars > top:
+            raise WriteError(
+                f"the PLC declares {t.type}[{top}] at {t.address}: at most {top} characters"
+            )
 
 
 def _json_type(value: Any) -> str:
