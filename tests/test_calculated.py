@@ -102,7 +102,7 @@ def test_arithmetic_means_what_it_says(case: Any, env: dict[str, float]) -> None
     assert evaluate(expr, env) == expected
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60))
 def test_any_text_is_accepted_or_refused_with_a_column_never_run(text: str) -> None:
     """Arbitrary text never escapes the grammar: it parses into the accepted nodes only, or
@@ -145,6 +145,9 @@ def test_if_comparisons_and_logic() -> None:
     assert evaluate(parse("1 < v <= 3"), {"v": 3}) is True
     assert evaluate(parse("tag('power-total') / 1000"), {"power-total": 2500}) == 2.5
     assert evaluate(parse("v if v > 0 else -v"), {"v": -2}) == 2.0
+    # Python's conditional with a parenthesised condition is not the function if().
+    assert evaluate(parse("v if (v > 0) else -v"), {"v": -2}) == 2.0
+    assert evaluate(parse("if(if(v > 0, True, False), 1, 2) * 3"), {"v": 1}) == 3.0
 
 
 @pytest.mark.parametrize(
@@ -407,3 +410,49 @@ async def test_read_without_an_agent_shows_calculated_tags(
     out = capsys.readouterr().out
     assert "polled directly" in out and "kva" in out and "2.301" in out, out
     assert "current" not in out.split("polled directly", 1)[1], out
+
+
+def _any_expression() -> st.SearchStrategy[str]:
+    """Expressions of the whole grammar, typed well or not: numbers, true/false, tags of both
+    types, every operator and function."""
+    leaf = st.sampled_from(["n", "m", "b", "c", "0", "2.5", "True", "tag('n')"])
+
+    def extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        binary = st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "<", "<=", "==", "!=",
+                                  "and", "or"])  # fmt: skip
+        return st.one_of(
+            st.builds(lambda a, op, b: f"({a} {op} {b})", inner, binary, inner),
+            st.builds(lambda op, a: f"({op} {a})", st.sampled_from(["-", "not"]), inner),
+            st.builds(
+                lambda f, a, b: f"{f}({a}, {b})", st.sampled_from(["min", "max"]), inner, inner
+            ),
+            st.builds(lambda f, a: f"{f}({a})", st.sampled_from(["abs", "round"]), inner),
+            st.builds(lambda a, b, c: f"if({a}, {b}, {c})", inner, inner, inner),
+            st.builds(lambda a, b, c: f"({b} if {a} else {c})", inner, inner, inner),
+        )
+
+    return st.recursive(leaf, extend, max_leaves=10)
+
+
+@settings(max_examples=250, deadline=None)
+@given(_any_expression(), st.floats(-1e3, 1e3), st.floats(-1e3, 1e3), st.booleans(), st.booleans())
+def test_the_type_found_at_validation_holds_when_it_runs(
+    text: str, n: float, m: float, b: bool, c: bool
+) -> None:
+    """Whatever ``infer`` accepts evaluates to a value of the inferred type, or to a bad
+    reading's reason (division by zero, overflow): never to another type or an exception
+    nobody expects. What it refuses, it refuses with a column."""
+    expr = parse(text)
+    types: Any = {"n": "number", "m": "number", "b": "bool", "c": "bool"}
+    try:
+        kind = infer(expr, types)
+    except ExprError as exc:
+        assert exc.col >= 1
+        return
+    try:
+        value = evaluate(expr, {"n": n, "m": m, "b": b, "c": c})
+    except EvalError:
+        return
+    assert isinstance(value, bool) == (kind == "bool"), (text, kind, value)
+    if kind == "number":
+        assert isinstance(value, float) and math.isfinite(value)

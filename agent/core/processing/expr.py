@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import io
 import itertools
+import keyword
 import math
 import operator
 import tokenize
@@ -87,15 +88,27 @@ def _col(node: ast.AST) -> int:
 
 
 def _hide_if(text: str) -> str:
-    """The text with each ``if`` that is called (``if(``) renamed to ``iF``, which ``ast`` can
-    parse as a function name; other tokens, string contents included, are left alone."""
+    """The text with each ``if`` that is called (``if(`` where an operand is due) renamed to
+    ``iF``, which ``ast`` can parse as a function name; a conditional's ``if`` (after an
+    operand: ``x if (c) else y``) and other tokens, string contents included, are left alone."""
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     except (tokenize.TokenError, SyntaxError, ValueError):
         return text  # ast.parse reports the problem with its position
     lines = text.split("\n")
+    previous: tokenize.TokenInfo | None = None
     for tok, nxt in itertools.pairwise(tokens):
-        if tok.type == tokenize.NAME and tok.string == "if" and nxt.string == "(":
+        after_operand = previous is not None and (
+            previous.type in (tokenize.NUMBER, tokenize.STRING)
+            or (previous.type == tokenize.NAME and not keyword.iskeyword(previous.string))
+            or previous.string in (")", "]", "}")
+            or previous.string in ("True", "False", "None")
+        )
+        calls_if = tok.type == tokenize.NAME and tok.string == "if" and nxt.string == "("
+        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT):
+            previous = tok
+        # ``x if (cond) else y`` follows an operand: Python's conditional, left alone.
+        if calls_if and not after_operand:
             row, col = tok.start
             line = lines[row - 1]
             lines[row - 1] = line[:col] + _IF + line[col + 2 :]
