@@ -223,7 +223,8 @@ def outputs_check(data: Any, loc: Locator) -> list[ConfigIssue]:
     whenever the other connects, and both would flap forever)."""
     issues: list[ConfigIssue] = []
     pos = loc.document.positions
-    devices = {d.get("name") for _, d in _entries(data, "devices")}
+    # A name that is not a string (a list, a mapping) is the model's to report; here it is skipped.
+    devices = {n for _, d in _entries(data, "devices") if isinstance(n := d.get("name"), str)}
     agent = data.get("agent") if isinstance(data, dict) else None
     agent_id = agent.get("id") if isinstance(agent, dict) else None
     sessions: dict[tuple[str, str], DataPath] = {}
