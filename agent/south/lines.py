@@ -5,6 +5,8 @@ would talk over each other); one task per line serialises them instead, and take
 tick is earliest next, so devices with different poll intervals each keep their own drift-free
 cadence and share the line fairly. A line too busy for its devices' intervals makes them late:
 each counts its overruns and skips its missed ticks, as a lone device does, and nothing piles up.
+A device with tags at rates of their own has a cadence per rate group, and its turn polls the
+group whose tick is earliest (``PolledDevice.next_group``).
 
 A device that fails (cannot connect, or its poll times out) must not hold the line: its next
 attempt is given a time from the backoff strategy (tenacity's exponential wait with jitter), and

@@ -7,6 +7,12 @@ else's schedule (ARCHITECTURE rule 5). Why a fixed cadence computed from the sta
 the missed ticks are skipped (never run back to back to "catch up"), and it is logged once per
 episode, not once per cycle.
 
+A device whose tags have rates of their own (``every``, ``scan_group``: ``drivers.base.rates``)
+keeps one such cadence per rate group in its one task and connection: the group whose tick comes
+first is polled (``Driver.poll_group``), the fastest first when several are due, so a slow
+group's requests follow a fast group's instead of going before them; each group's poll is a
+batch of its own. Not concurrently: one connection (or one line) carries one request at a time.
+
 Devices that share a line (a serial bus) are polled by ``agent.south.lines.LinePoller``
 instead; both pollers drive a :class:`PolledDevice`, which holds what one device's polling
 needs whoever schedules it: state changes, metrics, cadence and the batches it emits.
