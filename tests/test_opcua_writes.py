@@ -322,3 +322,26 @@ async def test_a_deprecated_policy_is_a_warning_at_start(
     with caplog.at_level(logging.WARNING, logger="drivers.opcua.driver"):
         OpcuaDriver(OpcuaDevice.model_validate(entry))
     assert "deprecated security policy Basic256" in caplog.text
+
+
+async def test_poll_mode_receives_alarms_too(sim: CncSimulator) -> None:
+    """A polled device has no data subscription; its events come on one of their own, at the
+    poll interval, and every poll still reads every tag."""
+    entry = device(
+        sim.endpoint,
+        [{"name": "program", "node": POINTS["ProgramName"].node_string}],
+        mode="poll",
+        poll_interval="100ms",
+        events=[{"name": "alarms", "types": ["AlarmConditionType"]}],
+    )
+    d = OpcuaDriver(OpcuaDevice.model_validate(entry))
+    await d.connect()
+    try:
+        d.take_events()
+        await sim.raise_alarm("SpindleOverTemp", "poll mode sees it")
+        got = await events_until(d, lambda e: e.get("message") == "poll mode sees it")
+        assert any(e["event"] == "raise" for e in got)
+        assert [r.tag for r in await d.poll()] == ["program"]
+    finally:
+        await d.close()
+        await sim.clear_alarm("SpindleOverTemp")
