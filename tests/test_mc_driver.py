@@ -270,6 +270,18 @@ async def test_a_closed_port_is_connection_refused() -> None:
     assert exc.value.reason == "connection refused"
 
 
+async def test_a_closed_udp_port_is_connection_refused_at_the_first_request() -> None:
+    """UDP has no connect: the port unreachable answer (ICMP) to the first request says it."""
+    d = McDriver(device(free_port(), connection={"transport": "udp"}))
+    await d.connect()
+    try:
+        with pytest.raises(DeviceError) as exc:
+            await d.poll()
+    finally:
+        await d.close()
+    assert exc.value.reason == "connection refused"
+
+
 async def test_a_silent_plc_times_out_and_the_next_connect_reads_again(
     sim: McPressSimulator, driver: McDriver
 ) -> None:
