@@ -273,4 +273,4 @@ async def test_a_silent_plc_holds_only_its_own_device(plc: MouldingSimulator) ->
             await live.close()
             await stuck.close()
     assert timeouts >= 1
-    assert max(gaps) < 0.3, gaps
+    assert max(gaps) < 0.4, gaps  # a wait on the stuck PLC would be 0.5 s or more

@@ -78,8 +78,9 @@ async def test_hundreds_of_hostile_answers_only_device_errors_and_only_right_val
                     reasons.add(exc.reason)
                     await driver.close()
                     readings = []
-                # Connect and poll each wait one deadline at most (plus the loop's own time).
-                assert time.monotonic() - started < 2 * TIMEOUT + 0.25
+                # Connect and poll each wait one deadline at most (plus slack for a loaded machine);
+                # a slowloris answer without the deadline would take 1.5 s.
+                assert time.monotonic() - started < 2 * TIMEOUT + 0.5
                 for r in readings:
                     if r.quality is Quality.GOOD:
                         assert r.value == expected(ADDRESSES[r.tag][1]), (r, dict(server.sent))
