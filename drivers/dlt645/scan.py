@@ -118,7 +118,10 @@ async def scan(
     return list(listener.found)
 
 
-def main(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None) -> int:
+    # The streams of now, not of import time (a test or a caller may have replaced them).
+    out = out or sys.stdout
+    err = err or sys.stderr
     args = parser().parse_args(list(argv))
     conn = SerialConnection(
         port=args.port,
