@@ -77,17 +77,27 @@ class Calculator:
         return out
 
     def _compute(self, name: str, expr: Expression) -> Reading:
-        inputs = [self._last.get(i) for i in expr.inputs]
-        ts = max((r.ts for r in inputs if r is not None), default=0.0)
+        last = self._last
         values: dict[str, Any] = {}
-        uncertain: str | None = None
-        for input_name, r in zip(expr.inputs, inputs, strict=True):
+        ts = 0.0
+        missing: str | None = None
+        for input_name in expr.inputs:
+            r = last.get(input_name)
             if r is None:
-                return Reading.bad(name, ts, f"no value of {input_name} yet")
-            if r.quality is Quality.BAD or r.value is None:
-                return Reading.bad(name, ts, f"{input_name}: {r.reason or 'bad'}")
-            if r.quality is Quality.UNCERTAIN and uncertain is None:
-                uncertain = f"{input_name}: {r.reason or 'uncertain'}"
+                missing = missing or input_name
+                continue
+            if r.ts > ts:
+                ts = r.ts
+            values[input_name] = r
+        if missing is not None:
+            return Reading.bad(name, ts, f"no value of {missing} yet")
+        uncertain: str | None = None
+        for input_name, r in values.items():
+            if r.quality is not Quality.GOOD:
+                if r.quality is Quality.BAD or r.value is None:
+                    return Reading.bad(name, ts, f"{input_name}: {r.reason or 'bad'}")
+                if uncertain is None:
+                    uncertain = f"{input_name}: {r.reason or 'uncertain'}"
             values[input_name] = r.value
         try:
             value = evaluate(expr, values)
