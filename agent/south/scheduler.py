@@ -34,7 +34,7 @@ import math
 import operator
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from tenacity import (
     AsyncRetrying,
@@ -287,16 +287,21 @@ class PolledDevice:
         for part in frames(readings):
             await self._commit(part)
         events = self.driver.take_events()
-        if events:  # the device's own alarms (OPC UA A&C), on its event stream
-            await self._commit(Batch(self.device.name, time.time(), [], events=events))
+        if events:
+            await self._commit_events(events)
         self.cycles += 1
         self.last_poll = time.time()
 
-    async def _commit(self, readings: list[Reading] | Batch) -> None:
-        if isinstance(readings, Batch):
-            batch, readings = readings, readings.readings
-        else:
-            batch = Batch(self.device.name, max(map(_ts_of, readings)), readings)
+    async def _commit_events(self, events: list[dict[str, Any]]) -> None:
+        """The device's own alarms (OPC UA A&C) on its event stream: not a poll's outcome, so
+        no read and no error is counted for them."""
+        try:
+            await self._sink(Batch(self.device.name, time.time(), [], events=events))
+        except Exception:
+            log.debug("events not committed", extra={"device": self.device.name}, exc_info=True)
+
+    async def _commit(self, readings: list[Reading]) -> None:
+        batch = Batch(self.device.name, max(map(_ts_of, readings)), readings)
         if not all_good(readings):
             self._m_errors.inc()
         try:
