@@ -345,3 +345,21 @@ async def test_poll_mode_receives_alarms_too(sim: CncSimulator) -> None:
     finally:
         await d.close()
         await sim.clear_alarm("SpindleOverTemp")
+
+
+@pytest.mark.slow
+async def test_the_simulators_alarm_source_raises_and_clears_on_its_schedule() -> None:
+    """``alarm_period`` (``--alarm-period``): SpindleOverTemp raises and clears by itself."""
+    s = CncSimulator(port=free_port(), update_interval=None, alarm_period=0.2)
+    await s.start()
+    d = OpcuaDriver(OpcuaDevice.model_validate(device(s.endpoint, [], events=[{"name": "a"}])))
+    try:
+        await d.connect()
+        got = await events_until(d, lambda e: e["event"] == "clear")
+        assert [e["event"] for e in got if e["alarm"] == "SpindleOverTemp"][:2] == [
+            "raise",
+            "clear",
+        ]
+    finally:
+        await d.close()
+        await s.stop()
