@@ -227,6 +227,9 @@ class JsonFormat(Format):
         self._user_properties = user_properties
         self._topics: dict[str, str] = {}
         self._meta = {d: dict(tags) for d, tags in (meta or {}).items()}
+        # Devices a reload removed: their retained meta is deleted now and after each connect,
+        # in case the reload came while disconnected (a delete of nothing costs nothing).
+        self._meta_gone: set[str] = set()
 
     def data_topic(self, stream: str) -> str:
         """A buffered stream is a device (``press-1`` → ``.../press-1/data``) or a device's
@@ -301,15 +304,21 @@ class JsonFormat(Format):
         if not isinstance(new, JsonFormat):
             return []
         old, self._meta = self._meta, dict(new._meta)
-        out = [Message(self._meta_topic(d), b"", 1, True) for d in old if d not in self._meta]
+        gone = [d for d in old if d not in self._meta]
+        self._meta_gone = (self._meta_gone | set(gone)) - set(self._meta)
+        out = [self._meta_delete(d) for d in gone]
         out += [self._meta_message(d, tags) for d, tags in self._meta.items() if old.get(d) != tags]
         return out
 
     def meta_messages(self) -> list[Message]:
         """Each device's retained ``<prefix>/<device>/meta``: what its tags are (type, unit,
         description). Sent after every connect, so a reload that changed them (a new format,
-        a new session) replaces what the broker keeps."""
-        return [self._meta_message(d, tags) for d, tags in self._meta.items()]
+        a new session) replaces what the broker keeps; a removed device's is deleted."""
+        deletes = [self._meta_delete(d) for d in sorted(self._meta_gone)]
+        return [*deletes, *(self._meta_message(d, tags) for d, tags in self._meta.items())]
+
+    def _meta_delete(self, device: str) -> Message:
+        return Message(self._meta_topic(device), b"", 1, True)
 
     def _meta_topic(self, device: str) -> str:
         return self.device_topic(device, "meta")
