@@ -24,6 +24,7 @@ from agent.core.processing.calculated import Calculator, calculated_types
 from agent.core.processing.config import CalculatedTag
 from agent.core.processing.expr import EvalError, ExprError, evaluate, infer, parse
 from agent.north.formats.base import tag_types
+from agent.north.formats.meta import TagMeta, tag_meta
 from agent.north.formats.sparkplug.format import SparkplugFormat
 from agent.south.registry import load_drivers
 from drivers.base import Quality, Reading
@@ -257,6 +258,8 @@ def test_a_valid_calculated_tag_loads_with_its_type(tmp_path: Path) -> None:
     birth = next(Decoded(m.topic, m.payload) for m in fmt.online() if "/DBIRTH/" in m.topic)
     assert birth.metric("apparent")["datatype"] == DOUBLE
     assert birth.metric("loaded")["datatype"] == BOOLEAN
+    # Their unit reaches the platforms that carry metadata (JSON's meta message, ThingsBoard...).
+    assert tag_meta(device)["apparent"] == TagMeta("float64", "VA", None)
 
 
 @pytest.mark.parametrize(

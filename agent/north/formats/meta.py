@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.core.processing.calculated import calculated_of
 from agent.north.formats.base import tag_types
 from drivers.base import DeviceBase
 
@@ -49,9 +50,12 @@ Meta = Mapping[str, Mapping[str, TagMeta]]
 
 def tag_meta(device: DeviceBase) -> dict[str, TagMeta]:
     """Every tag of a device with its type (declared or inferred), unit and description, in the
-    config's order; tags only the driver or processing types (calculated tags) follow."""
+    config's order, its calculated tags after them; tags only the driver types follow."""
     types = tag_types(device)
-    out = {t.name: TagMeta(types.get(t.name), t.unit, t.description) for t in device.tags}
+    out = {
+        t.name: TagMeta(types.get(t.name), t.unit, t.description)
+        for t in (*device.tags, *calculated_of(device))
+    }
     for name, value_type in types.items():
         out.setdefault(name, TagMeta(value_type))
     return out
