@@ -111,9 +111,20 @@ async def test_each_destination_gets_what_it_takes_with_the_same_seqs(tmp_path: 
             value = agent.metrics.registry.get_sample_value
             assert value("edge_agent_mqtt_connected", {"output": "plant"}) == 1
             assert value("edge_agent_published_batches_total", {"output": "plant"}) >= 5
+            # The plant's broker commands only the plant's devices.
+            cmd = {"id": "c1", "write": {"voltage_l1": 1}}
+            plant._client.publish(f"{PLANT_PREFIX}/oven-2/cmd", json.dumps(cmd), qos=1)
+            replies = await plant.wait_for(lambda m: any(x.topic.endswith("/cmd/reply") for x in m))
+            [reply] = [m.json() for m in replies if m.topic.endswith("/cmd/reply")]
+            assert reply == {
+                "id": "c1",
+                "ok": False,
+                "error": "device 'oven-2' is not one of destination plant's",
+            }
         cloud.stop()
         plant.stop()
-    assert not [m for m in plant.messages if "oven-2" in m.topic]  # not one of its devices
+    # not one of its devices: nothing of it but the refused command and its reply
+    assert not [m for m in plant.messages if "oven-2" in m.topic and "/cmd" not in m.topic]
     # Device status goes to both (the plant only hears of its own device).
     assert any(m.topic == f"{PLANT_PREFIX}/press-1/status" for m in plant.messages)
     assert any(m.topic == "edge/gw/oven-2/status" for m in cloud.messages)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import ssl
 import time
@@ -629,7 +630,16 @@ class Publisher:
 
     async def _answer(self, cmd: Command) -> None:
         assert self._commands is not None
-        if cmd.call is not None:
+        reply: dict[str, Any]
+        if self.route.devices is not None and cmd.device not in self.route.devices:
+            # A destination scoped to some devices (outputs[].devices) commands only those: a
+            # plant broker that sees press-1 must not be a way to write to every machine.
+            reply = {
+                "id": cmd.cmd_id if cmd.cmd_id is not None else _command_id(cmd.payload),
+                "ok": False,
+                "error": f"device {cmd.device!r} is not one of destination {self.output}'s",
+            }
+        elif cmd.call is not None:
             reply = await self._commands.call(cmd.device, cmd.cmd_id, cmd.call)
         elif cmd.writes is not None:
             reply = await self._commands.write(cmd.device, cmd.cmd_id, cmd.writes)
@@ -647,6 +657,16 @@ class Publisher:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _command_id(payload: bytes) -> str | None:
+    """The ``id`` of a raw command document, where one can be read (for a refusal)."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    found = doc.get("id") if isinstance(doc, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _ssl_context(tls: TlsSection) -> ssl.SSLContext:
