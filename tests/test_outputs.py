@@ -105,9 +105,10 @@ async def test_each_destination_gets_what_it_takes_with_the_same_seqs(tmp_path: 
         plant = Subscriber(rig.plant.port, [f"{PLANT_PREFIX}/#"], client_id="plant").start()
         async with AgentRig(rig.config) as agent:
             assert set(agent.destinations) == {"default", "plant"}
-            await plant.wait_for(lambda m: len(_by_seq(m, "/press-1/data")) >= 5)
-            await cloud.wait_for(lambda m: len(_by_seq(m, "/press-1/data")) >= 5)
-            await cloud.wait_for(lambda m: len(_by_seq(m, "/oven-2/data")) >= 3)
+            # Generous timeouts: a loaded CI machine, the plant's link through a proxy.
+            await plant.wait_for(lambda m: len(_by_seq(m, "/press-1/data")) >= 5, 30)
+            await cloud.wait_for(lambda m: len(_by_seq(m, "/press-1/data")) >= 5, 30)
+            await cloud.wait_for(lambda m: len(_by_seq(m, "/oven-2/data")) >= 3, 30)
             value = agent.metrics.registry.get_sample_value
             assert value("edge_agent_mqtt_connected", {"output": "plant"}) == 1
             assert value("edge_agent_published_batches_total", {"output": "plant"}) >= 5
