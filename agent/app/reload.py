@@ -16,8 +16,8 @@ The rule is "touch only what changed":
   batches stay in the buffer and are sent again by it; the devices keep polling), an added one
   starts with the batches committed from then on, a removed one stops and lets go of its share
   of the buffer, and an unchanged one keeps its session and its in-flight window;
-* ``agent``, ``buffer`` and ``metrics`` changes are not applied: the log says which keys need
-  ``systemctl restart``, and the running values stay in force;
+* ``agent``, ``buffer``, ``metrics`` and ``fleet`` changes are not applied: the log says which
+  keys need ``systemctl restart``, and the running values stay in force;
 * the buffer is never touched.
 
 An invalid file is refused as a whole, one log line per problem, and the running config stays.
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: Sections that cannot change under a running agent.
-RESTART_SECTIONS = ("agent", "buffer", "metrics")
+RESTART_SECTIONS = ("agent", "buffer", "metrics", "fleet")
 #: Device keys read from the live config when used, never by the poller: changing only these
 #: leaves the device's poll task (and its connection) alone.
 LIVE_DEVICE_KEYS = ("commands",)
@@ -157,6 +157,13 @@ async def apply_reload(agent: Agent, path: Path) -> bool:
         log.error("reload refused", extra={"problem": f"{path}: {exc}"})
         agent.metrics.config_reloads.labels("refused").inc()
         return False
+    await apply_config(agent, new)
+    return True
+
+
+async def apply_config(agent: Agent, new: Config) -> ReloadPlan:
+    """Apply a validated config to the running ``agent``, touching only what changed: the one
+    path a SIGHUP and a fleet push (agent/app/fleet) share. The caller holds the reload lock."""
     plan = plan_reload(agent.config, new)
     if plan.needs_restart:
         log.warning(
@@ -170,6 +177,7 @@ async def apply_reload(agent: Agent, path: Path) -> bool:
             "agent": agent.config.agent,
             "buffer": agent.config.buffer,
             "metrics": agent.config.metrics,
+            "fleet": agent.config.fleet,
         }
     )
     await agent.apply_devices(plan)
@@ -178,7 +186,7 @@ async def apply_reload(agent: Agent, path: Path) -> bool:
     agent.config_loaded_at = time.time()
     agent.metrics.config_reloads.labels("applied").inc()
     log.info("config reloaded", extra=plan.summary())
-    return True
+    return plan
 
 
 async def apply_destinations(agent: Agent, plan: ReloadPlan) -> None:
@@ -195,7 +203,8 @@ async def apply_destinations(agent: Agent, plan: ReloadPlan) -> None:
     for name, dest in list(agent.destinations.items()):
         if name in plan.added_outputs:
             continue
-        fmt = build_format(destination_config(agent.config, name))
+        view = destination_config(agent.config, name)
+        fmt = build_format(view)
         route = route_of(name, sections[name])
         if name not in plan.restart_outputs and (
             fmt.spec != dest.format.spec or route != dest.route
@@ -204,6 +213,7 @@ async def apply_destinations(agent: Agent, plan: ReloadPlan) -> None:
         if name in plan.restart_outputs:
             await agent.restart_publisher(removed=plan.removed, name=name)
         else:
+            dest.config = view  # the devices it sees now (the format did not need rebuilding)
             dest.publisher.refresh(fmt)  # the kept session: tag metadata that changed
     if plan.restart_outputs:
         await agent.release_quarantined("format rebuilt by a reload")
