@@ -17,6 +17,8 @@ from pathlib import Path
 from agent.app import status_cli
 from agent.app.config import Config, config_schema
 from agent.app.console import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, load_or_exit
+from agent.app.fleet import history as fleet_history
+from agent.app.fleet import operator as fleet_operator
 from agent.south.registry import DriverConflictError, load_drivers
 from drivers.base import DeviceError, Driver, Quality
 
@@ -81,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sniff.add_argument("--count", type=int, help="stop after this many frames")
     sniff.add_argument("--duration", type=float, help="stop after this many seconds")
+    # The fleet (agent/app/fleet): the operator's commands, and the versions on a gateway.
+    fleet_operator.add_parser(sub)
+    fleet_history.add_parser(sub)
     return parser
 
 
@@ -194,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "sniff":
         return _sniff(args, drivers)
+    if args.command == "fleet":
+        return fleet_operator.fleet_command(args, drivers)
+    if args.command == "config":
+        return fleet_history.config_command(args, drivers)
     if args.command == "discover":
         return _discover(args.driver, args.driver_args, drivers)
     if args.command == "scan":

@@ -103,6 +103,11 @@ class Agent:
         self._reload_lock = asyncio.Lock()
 
     @property
+    def reload_lock(self) -> asyncio.Lock:
+        """Held while a config is applied (a SIGHUP, a fleet push): one apply at a time."""
+        return self._reload_lock
+
+    @property
     def publisher(self) -> Publisher:
         """The ``default`` destination's session (the ``mqtt`` section)."""
         return self.destinations[DEFAULT_OUTPUT].publisher
@@ -405,6 +410,18 @@ async def _main(config: Config, config_path: Path | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     notifier = Notifier()
+    fleet_boot = None
+    if config.fleet.enabled and config_path is not None:
+        # The precedence rule (agent/app/fleet/boot.py): the file, or a pushed version applied
+        # after the file last changed.
+        from agent.app.fleet.boot import boot_config
+
+        try:
+            fleet_boot = boot_config(config, config_path, load_drivers())
+        except OSError as exc:
+            log.error("cannot start", extra={"error": str(exc)})
+            return 1
+        config = fleet_boot.config
     agent = Agent(config, config_path=config_path, notifier=notifier)
     reloads: set[asyncio.Task[bool]] = set()
 
@@ -430,6 +447,12 @@ async def _main(config: Config, config_path: Path | None = None) -> int:
         with contextlib.suppress(Exception):
             await agent.stop()
         return 1
+    fleet = None
+    if fleet_boot is not None and config_path is not None:
+        from agent.app.fleet.agent import FleetGateway
+
+        fleet = FleetGateway(agent, fleet_boot, config_path, agent.drivers)
+        await fleet.start()
     log.info(
         "agent running",
         extra={"agent": config.agent.id, "devices": len(agent.polled)},
@@ -444,6 +467,8 @@ async def _main(config: Config, config_path: Path | None = None) -> int:
     loop.remove_signal_handler(signal.SIGHUP)
     for task in list(reloads):
         await _cancel(task, "reload", wait_first=10.0)
+    if fleet is not None:
+        await fleet.stop()
     await agent.stop()
     log.info("stopped")
     return 0

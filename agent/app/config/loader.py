@@ -66,6 +66,9 @@ def load_config(
     *,
     resolve_secrets: bool = False,
     profile_dirs: Sequence[Path] | None = None,
+    text: str | None = None,
+    underlay: Mapping[str, Any] | None = None,
+    base_dir: Path | None = None,
 ) -> Config:
     """Read, validate and merge one config file.
 
@@ -75,11 +78,17 @@ def load_config(
     be readable; ``validate`` leaves that to the machine that runs the agent. A device's
     ``profile:`` the file does not define is looked for in ``profile_dirs`` (by default
     /etc/edge-agent/profiles, then the bundled profiles), and ``include:`` adds profile files.
+
+    A fleet push (agent/app/fleet) is checked by the same steps: ``text`` is the pushed file
+    (``path`` only names it), ``underlay`` the gateway's own sections it does not carry, and
+    ``base_dir`` the local file's directory its relative paths are relative to.
     """
     file = str(path)
-    document = parse_yaml(_read(path), file)
+    document = parse_yaml(_read(path) if text is None else text, file)
     issues = list(document.issues)
     data: Any = document.data
+    if underlay is not None and isinstance(data, dict):
+        data = {**underlay, **data}
     if data is None:  # "---" or "~" alone: as empty as an empty file
         raise ConfigErrors([ConfigIssue(file, 1, 1, ROOT_PATH, EMPTY_MESSAGE)])
     if not isinstance(data, dict):
@@ -98,7 +107,8 @@ def load_config(
             ]
         )
     dirs = default_profile_dirs() if profile_dirs is None else profile_dirs
-    found = assemble(data, file, document.positions, path.parent.absolute(), dirs)
+    base = (base_dir if base_dir is not None else path.parent).absolute()
+    found = assemble(data, file, document.positions, base, dirs)
     issues += found.issues
     loc = Locator(file, document, found.origins)
     pre = precheck(data, drivers, loc)
@@ -111,7 +121,7 @@ def load_config(
     model = build_config_model(
         {n: drivers[n] for n in _named_drivers(data) if n in drivers}, formats
     )
-    context = {BASE_DIR: path.parent.absolute()}
+    context = {BASE_DIR: base}
     config: Config | None = None
     try:
         config = model.model_validate(data, context=context)

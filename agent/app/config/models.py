@@ -397,6 +397,68 @@ class MetricsSection(StrictModel):
         return None if self.listen is None else parse_listen(self.listen)[1]
 
 
+#: Top-level sections a fleet push may carry (``fleet.allow`` chooses among them). Never
+#: ``agent`` (identity, data_dir), ``mqtt`` (the way back to the operator), ``buffer``,
+#: ``metrics`` or ``fleet`` itself: a push that could change those could lock the gateway out.
+FLEET_SECTIONS = ("devices", "profiles", "outputs")
+FleetSectionName = Literal["devices", "profiles", "outputs"]
+
+
+class FleetHealthCheck(StrictModel):
+    """What must hold after a fleet push is applied; else the previous version comes back."""
+
+    timeout: PositiveDuration = Field(
+        default=60.0, description="how long the new version has to pass the check"
+    )
+    devices: bool = Field(
+        default=True, description="every device that was up before the apply is up again"
+    )
+    destinations: bool = Field(default=True, description="every destination is connected")
+
+
+class FleetSection(StrictModel):
+    """Central configuration through the broker (docs/fleet.md): signed pushes on
+    ``<prefix>/config/set``, the result on ``config/state``, the gateway's ``health``."""
+
+    enabled: bool = Field(
+        default=False, description="accept signed config pushes and publish health"
+    )
+    key_env: str | None = Field(
+        default=None, description="environment variable holding the shared HMAC-SHA256 key"
+    )
+    key_file: ConfigPath | None = Field(
+        default=None, description="file holding the shared key (one trailing newline is ignored)"
+    )
+    allow: list[FleetSectionName] = Field(
+        default_factory=lambda: list[FleetSectionName](["devices", "profiles"]),
+        description="the top-level sections a push may carry (processing is part of devices)",
+    )
+    allow_writes: bool = Field(
+        default=False,
+        description="let a push make a tag writable that the running config does not let write",
+    )
+    keep: int = Field(default=10, ge=1, le=1000, description="pushed versions kept on disk")
+    health_check: FleetHealthCheck = Field(
+        default_factory=FleetHealthCheck, description="what must hold after an apply"
+    )
+    health_interval: PositiveDuration = Field(
+        default=30.0, description="the retained health document is sent this often and on change"
+    )
+
+    @field_validator("key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        return check_env_name(value)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> FleetSection:
+        if self.key_env is not None and self.key_file is not None:
+            raise key_error("key_file", "give key_env or key_file, not both")
+        if self.enabled and self.key_env is None and self.key_file is None:
+            raise key_error("enabled", "the fleet needs a key: key_env or key_file")
+        return self
+
+
 class Config(StrictModel):
     """The whole file. ``build_config_model`` derives the real model, with the installed drivers'
     device and profile models in ``devices`` and ``profiles``."""
@@ -426,6 +488,10 @@ class Config(StrictModel):
         "config/profiles",
     )
     devices: list[DeviceBase] = Field(default_factory=list, description="the devices to poll")
+    fleet: FleetSection = Field(
+        default_factory=FleetSection,
+        description="central configuration and health through the broker; off by default",
+    )
 
     @model_validator(mode="before")
     @classmethod
