@@ -203,13 +203,11 @@ def test_a_profile_tag_may_name_the_devices_scan_group(tmp_path: Path) -> None:
 # -- the schedule, measured from the readings' timestamps -----------------------------------------
 
 
-async def test_a_slow_group_never_delays_a_fast_one() -> None:
-    """The slow group costs 20 requests of 10 ms each (200 ms a poll), the fast group one
-    request every 300 ms. Were the slow group served first when both are due, or read with the
-    fast one, every third fast reading would come ~200 ms late; served after it, no fast
-    reading is late by more than scheduling noise, and the slow tags are read once a second."""
+async def _fast_and_slow(delay: float) -> tuple[list[Batch], Metrics]:
+    """A fast tag every 300 ms (one request) and 20 slow tags every 900 ms (20 requests), each
+    request answered after ``delay``; the batches of three slow ticks."""
     async with ModbusSimulator(port=free_port(), units=(1,), update_interval=None) as sim:
-        sim.set_delay(1, 0.010)
+        sim.set_delay(1, delay)
         slow = [_reg(f"s{i}", SLOW + i, scan_group="slow") for i in range(20)]
         device = _modbus(
             sim.port,
@@ -222,16 +220,28 @@ async def test_a_slow_group_never_delays_a_fast_one() -> None:
         poller = DevicePoller(device, ModbusDriver(device), sink, Status(), metrics)
         task = asyncio.create_task(poller.run())
         try:
-            await sink.until(lambda: sum("s0" in _tags(b) for b in sink.batches) >= 3, 6.0)
+            await sink.until(lambda: sum("s19" in _tags(b) for b in sink.batches) >= 3, 8.0)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-    fast = [r.ts for b in sink.batches for r in b.readings if r.tag == "fast"]
-    slow_batches = [b for b in sink.batches if "s0" in _tags(b)]
+    return sink.batches, metrics
+
+
+def _fast_gaps(batches: list[Batch]) -> list[float]:
+    fast = [r.ts for b in batches for r in b.readings if r.tag == "fast"]
+    return [b - a for a, b in itertools.pairwise(fast)]
+
+
+async def test_a_slow_group_never_delays_a_fast_one() -> None:
+    """The slow group's 20 requests of 10 ms (200 ms) fit before the next fast tick: served
+    after the fast group when both are due, it never lands between two fast readings (were it
+    served first, or read with the fast one, every third fast reading would come ~200 ms
+    late), and each slow tick is one batch of its 20 tags."""
+    batches, metrics = await _fast_and_slow(0.010)
+    slow_batches = [b for b in batches if "s0" in _tags(b)]
     assert all(_tags(b) == {f"s{i}" for i in range(20)} for b in slow_batches)
-    assert all(_tags(b) == {"fast"} for b in sink.batches if b not in slow_batches)
-    gaps = [b - a for a, b in itertools.pairwise(fast)]
-    # 200 ms of slow polling never lands between two fast readings: every gap stays near 300 ms.
+    assert all(_tags(b) == {"fast"} for b in batches if b not in slow_batches)
+    gaps = _fast_gaps(batches)
     assert len(gaps) >= 6 and max(gaps) < 0.3 + 0.1, gaps
     slow_ts = [b.ts for b in slow_batches]
     assert all(0.9 - 0.1 < b - a < 0.9 + 0.15 for a, b in itertools.pairwise(slow_ts))
@@ -240,6 +250,27 @@ async def test_a_slow_group_never_delays_a_fast_one() -> None:
     assert min(took) > 0.15, took
     overruns = {"device": "meter"}
     assert metrics.registry.get_sample_value("edge_agent_poll_overruns_total", overruns) == 0
+
+
+async def test_a_slow_group_longer_than_the_fast_interval_stops_for_it() -> None:
+    """At 20 ms a request the slow group takes 400 ms, more than the 300 ms between fast
+    ticks: it stops between two requests when the fast tick comes, the fast tag is read, and
+    the slow group goes on. The fast tag waits for one slow request at most (20 ms), not for
+    the rest of the slow group (~120 ms); each slow tick's batches hold all 20 tags once."""
+    batches, _ = await _fast_and_slow(0.020)
+    gaps = _fast_gaps(batches)
+    assert len(gaps) >= 6 and max(gaps) < 0.3 + 0.02 + 0.05, gaps
+    parts = [b for b in batches if "fast" not in _tags(b)]
+    ticks: list[list[str]] = []
+    for b in parts:  # the parts of one slow tick come in address order, s0 first
+        if "s0" in _tags(b):
+            ticks.append([])
+        if ticks:
+            ticks[-1] += [r.tag for r in b.readings]
+    complete = [t for t in ticks if "s19" in t]
+    assert len(complete) >= 3
+    assert all(sorted(t) == sorted(f"s{i}" for i in range(20)) for t in complete), ticks
+    assert len(parts) > len(ticks)  # it did stop: a tick's tags came in several batches
 
 
 def _tags(batch: Batch) -> set[str]:
@@ -465,3 +496,43 @@ def test_a_profile_carries_its_scan_groups_and_calculated_tags_as_defaults(tmp_p
         "m2": [(1.0, ("voltage", "current")), (900.0, ("energy",))],
     }
     assert all([c.name for c in d.calculated] == ["kva"] for d in config.devices)  # type: ignore[attr-defined]
+
+
+async def test_a_group_read_in_parts_gives_what_a_whole_read_gives() -> None:
+    """Stopped after every request (``until`` already past), a Modbus group is read over
+    several calls; together they give what one whole read gives: every value, a long array
+    reassembled from its pieces, a hole's exception learned (split, then parked) on the way,
+    an array over the hole bad whatever pieces of it were read before."""
+    async with ModbusSimulator(port=free_port(), units=(1,), update_interval=None) as sim:
+        sim.set_registers(1, "holding", SLOW, list(range(1, 21)))
+        sim.set_illegal(1, SLOW + 5, SLOW + 5)
+        tags = [
+            _reg("a", SLOW, every="1m"),
+            _reg("hole", SLOW + 5, every="1m"),
+            _reg("b", SLOW + 7, every="1m"),
+            {**_reg("arr", SLOW, every="1m"), "count": 10},
+            {**_reg("arr2", SLOW + 10, every="1m"), "count": 8},
+            _reg("fast", FAST),
+        ]
+        device = _modbus(sim.port, tags, max_registers=4)
+        whole, parted = ModbusDriver(device), ModbusDriver(device)
+        group = next(g for g in rate_groups(device) if g.every == 60.0)
+        for driver in (whole, parted):
+            await driver.connect()
+        try:
+            expected = {r.tag: (r.value, r.reason) for r in await whole.poll_group(group)}
+            got: dict[str, tuple[Any, str | None]] = {}
+            calls, done = 0, False
+            while not done:
+                readings, done = await parted.poll_group_until(group, 0.0)
+                got.update((r.tag, (r.value, r.reason)) for r in readings)
+                calls += 1
+        finally:
+            await whole.close()
+            await parted.close()
+    assert calls > 3
+    assert got == expected
+    assert expected["a"] == (1, None) and expected["b"] == (8, None)
+    assert expected["arr2"] == (list(range(11, 19)), None)  # two pieces of 4
+    # The hole, and the array over it, are bad with the exception (learned over the parts).
+    assert expected["hole"] == expected["arr"] == (None, "exception 2 (illegal data address)")

@@ -6,7 +6,8 @@ tick is earliest next, so devices with different poll intervals each keep their 
 cadence and share the line fairly. A line too busy for its devices' intervals makes them late:
 each counts its overruns and skips its missed ticks, as a lone device does, and nothing piles up.
 A device with tags at rates of their own has a cadence per rate group, and its turn polls the
-group whose tick is earliest (``PolledDevice.next_group``).
+group whose tick is earliest, the fastest of those due (``PolledDevice.next_group``); a slow
+group may stop for a faster one and go on in a later turn (``Driver.poll_group_until``).
 
 A device that fails (cannot connect, or its poll times out) must not hold the line: its next
 attempt is given a time from the backoff strategy (tenacity's exponential wait with jitter), and
@@ -95,7 +96,7 @@ class LinePoller:
         while True:
             slot = min(slots, key=lambda s: (s.due, s.served))
             if slot.retry_at is None:
-                slot.group = slot.device.next_group(slot.cadences)
+                slot.group = slot.device.next_group(slot.cadences, max(slot.due, loop.time()))
             await asyncio.sleep(max(0.0, slot.due - loop.time()))
             slot.served = next(turns)
             began = loop.time()
@@ -111,7 +112,8 @@ class LinePoller:
                 slot.attempts.attempt_number = 0
                 for cadence in slot.cadences:
                     cadence.resume(began)
-            slot.device.polled(slot.cadences[slot.group], now)
+            if slot.device.finished:  # else it stays due, and goes on after the faster group
+                slot.device.polled(slot.cadences[slot.group], now)
 
     async def _turn(self, slot: _Slot, loop: asyncio.AbstractEventLoop) -> bool:
         """Connect when needed, then poll the slot's next rate group; False (one all-bad batch
@@ -124,4 +126,5 @@ class LinePoller:
                 await polled.lost(exc.reason)
                 return False
             polled.connected = True
-        return await polled.poll_once(loop, slot.group)
+        until = polled.faster_due(slot.cadences, slot.group)
+        return await polled.poll_once(loop, slot.group, until)

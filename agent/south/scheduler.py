@@ -12,6 +12,10 @@ keeps one such cadence per rate group in its one task and connection: the group 
 first is polled (``Driver.poll_group``), the fastest first when several are due, so a slow
 group's requests follow a fast group's instead of going before them; each group's poll is a
 batch of its own. Not concurrently: one connection (or one line) carries one request at a time.
+A slow group is polled with the time the next faster tick is due (``poll_group_until``): a
+driver that reads it in several requests stops there, the faster group is polled, and the slow
+group goes on with its remaining requests (in a batch of their own), so the fast group waits
+for one request at most.
 
 Devices that share a line (a serial bus) are polled by ``agent.south.lines.LinePoller``
 instead; both pollers drive a :class:`PolledDevice`, which holds what one device's polling
@@ -163,6 +167,8 @@ class PolledDevice:
         self._tag_names = [t.name for t in device.tags]
         #: The device's rate groups, fastest first (one unless tags have rates of their own).
         self.groups = rate_groups(device)
+        #: Whether the last poll read its whole group (False: stopped for a faster group).
+        self.finished = True
         self.cycles = 0  # completed poll cycles; tests await progress through it
         self.last_poll: float | None = None  # time.time() of the last completed poll
         name = device.name
@@ -251,21 +257,42 @@ class PolledDevice:
 
     # -- one cycle --------------------------------------------------------------------------------
 
-    def next_group(self, cadences: list[Cadence]) -> int:
-        """The index of the rate group to poll next: the earliest tick, and of groups due
-        together the fastest first, so a slow group's requests come after a fast group's."""
+    def next_group(self, cadences: list[Cadence], now: float) -> int:
+        """The index of the rate group to poll next: of the groups due, the fastest (so a slow
+        group's requests come after a fast group's, and a slow group stopped for a fast one
+        goes on after it); when none is due, the earliest tick."""
+        due = [i for i, c in enumerate(cadences) if c.due <= now]
+        if due:
+            return min(due, key=lambda i: self.groups[i].every)
         return min(range(len(cadences)), key=lambda i: (cadences[i].due, self.groups[i].every))
 
-    async def poll_once(self, loop: asyncio.AbstractEventLoop, group: int = 0) -> bool:
+    def faster_due(self, cadences: list[Cadence], group: int) -> float | None:
+        """When a group faster than ``group`` is due next (None for the fastest): the time
+        ``group``'s reads stop at (``Driver.poll_group_until``)."""
+        every = self.groups[group].every
+        dues = [c.due for c, g in zip(cadences, self.groups, strict=True) if g.every < every]
+        return min(dues) if dues else None
+
+    async def poll_once(
+        self, loop: asyncio.AbstractEventLoop, group: int = 0, until: float | None = None
+    ) -> bool:
         """Poll rate group ``group`` (the whole device when it has one) and emit its batch;
-        False when the device was lost (it is then closed and marked down)."""
+        False when the device was lost (it is then closed and marked down). With ``until``
+        the driver may stop the group then for a faster one: ``finished`` says whether it
+        did the whole group."""
         t0 = loop.time()
+        self.finished = True
         try:
             if len(self.groups) == 1:
                 readings = await self.driver.poll()
-            else:
+            elif until is None:
                 readings = await self.driver.poll_group(self.groups[group])
+            else:
+                readings, self.finished = await self.driver.poll_group_until(
+                    self.groups[group], until
+                )
         except DeviceError as exc:
+            self.finished = True
             await self.lost(exc.reason)
             self._m_duration.observe(loop.time() - t0)
             return False
@@ -367,11 +394,12 @@ class DevicePoller(PolledDevice):
                     cadence.tick = max(
                         cadence.tick, math.ceil((now - cadence.start) / cadence.interval)
                     )
-            group = self.next_group(cadences)
+            group = self.next_group(cadences, loop.time())
             await asyncio.sleep(max(0.0, cadences[group].due - loop.time()))
             async with self.turn:
-                ok = await self.poll_once(loop, group)
-            self.polled(cadences[group], loop.time())
+                ok = await self.poll_once(loop, group, self.faster_due(cadences, group))
+            if self.finished:  # else it stays due, and goes on after the faster group
+                self.polled(cadences[group], loop.time())
             if not ok:  # lost: reconnecting starts at the next tick, not at once
                 await asyncio.sleep(max(0.0, min(c.due for c in cadences) - loop.time()))
 

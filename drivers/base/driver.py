@@ -107,6 +107,17 @@ class Driver(abc.ABC):
         wanted = frozenset(group.tags)
         return [r for r in await self.poll() if r.tag in wanted]
 
+    async def poll_group_until(self, group: RateGroup, until: float) -> tuple[list[Reading], bool]:
+        """Read one rate group, stopping between two requests once the event loop's clock
+        (``loop.time()``) reaches ``until``, when a faster group of the device is due: the
+        readings so far, and whether the group is done. Not done, the agent polls the faster
+        group and then calls again for the rest, so a slow group keeps a fast one waiting for
+        one request at most.
+
+        The default reads the whole group (``poll_group``) and says it is done; a driver that
+        sends a group as several requests overrides it."""
+        return await self.poll_group(group), True
+
     def describe_plan(self) -> dict[str, Any]:
         """Facts about the planned requests, for logs and benchmarks (e.g. requests per cycle)."""
         return {}

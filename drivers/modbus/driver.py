@@ -19,6 +19,7 @@ function 5 for a coil, 6 for one register and 16 for more (15 and 16 always with
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import time
@@ -227,6 +228,19 @@ class _Parked:
     due: int  # the cycle of the next probe
 
 
+@dataclass(slots=True)
+class _Unfinished:
+    """A rate group's turn stopped for a faster group: the requests still to send, the parked
+    tags it probes, the pieces of long arrays read so far, and the tags answered or failed in
+    the parts already returned (for the probes' verdict)."""
+
+    pending: list[Request]
+    probing: list[str]
+    parts: dict[str, list[tuple[int, Sequence[int] | Sequence[bool]]]]
+    seen: set[str]
+    failed: set[str]
+
+
 class ModbusDriver(Driver):
     """One Modbus device (or one unit id behind a gateway or on an RS-485 line)."""
 
@@ -264,6 +278,8 @@ class ModbusDriver(Driver):
         self._more_reads: dict[int, tuple[Request, tuple[_Read, ...]]] = {}
         self._plan: list[Request] = list(self.requests)
         self._parked: dict[str, _Parked] = {}  # tags learned to answer exception 2
+        # Rate groups stopped for a faster one (poll_group_until): what is left of their turn.
+        self._unfinished: dict[frozenset[str], _Unfinished] = {}
         self._learned_at: float | None = None
         self._cycle = 0
         # Seconds after which a plan split by exception 2 is dropped and the full plan probed.
@@ -403,6 +419,7 @@ class ModbusDriver(Driver):
 
     def _relearn(self) -> None:
         """Back to the full plan: addresses learned invalid are probed again."""
+        self._unfinished.clear()
         self._plan = list(self.requests)
         self._parked.clear()
         self._learned_at = None
@@ -424,21 +441,28 @@ class ModbusDriver(Driver):
     # -- polling ----------------------------------------------------------------------------------
 
     async def poll(self) -> list[Reading]:
-        return await self._poll_tags(None)
+        return (await self._poll_tags(None, None))[0]
 
     async def poll_group(self, group: RateGroup) -> list[Reading]:
         """Only the group's requests: each rate group was planned on its own in ``__init__``,
         so a request belongs to the group of its first tag."""
-        return await self._poll_tags(frozenset(group.tags))
+        return (await self._poll_tags(frozenset(group.tags), None))[0]
 
-    async def _poll_tags(self, only: frozenset[str] | None) -> list[Reading]:
+    async def poll_group_until(self, group: RateGroup, until: float) -> tuple[list[Reading], bool]:
+        """The group's requests until ``until``; the rest (and what it has learned on the way:
+        pieces of long arrays, parked tags being probed) waits for the next call."""
+        return await self._poll_tags(frozenset(group.tags), until)
+
+    async def _poll_tags(
+        self, only: frozenset[str] | None, until: float | None
+    ) -> tuple[list[Reading], bool]:
         if not self.config.close_connection_after_poll:
-            return await self._poll(only)
+            return await self._poll(only, until)
         # The quirk: a connection per poll (what was learned about the device stays).
         if not self.connected:
             await self._open()
         try:
-            return await self._poll(only)
+            return await self._poll(only, until)
         finally:
             await self.close()
 
@@ -446,30 +470,47 @@ class ModbusDriver(Driver):
     def connected(self) -> bool:
         return self._link is not None and self._link.connected
 
-    async def _poll(self, only: frozenset[str] | None = None) -> list[Reading]:
+    async def _poll(
+        self, only: frozenset[str] | None = None, until: float | None = None
+    ) -> tuple[list[Reading], bool]:
         """Read the plan's requests (those of the tags in ``only``, when given: one rate
-        group) and decode them into readings."""
+        group) and decode them into readings; with ``until`` (the event loop's clock), stop
+        between two requests once it is reached, keep the rest for the next call and say the
+        group is not done."""
         if not self.connected:
             raise DeviceError("connection lost", "not connected")
-        if self._learned_at is not None and time.monotonic() - self._learned_at > self._reprobe:
-            self._relearn()
-        self._cycle += 1
+        left = self._unfinished.pop(only, None) if only is not None else None
+        if left is None:
+            if self._learned_at is not None and time.monotonic() - self._learned_at > self._reprobe:
+                self._relearn()
+            self._cycle += 1
+            probing = [
+                name
+                for name, p in self._parked.items()
+                if p.due <= self._cycle and (only is None or name in only)
+            ]
+            pending = (
+                list(self._plan)
+                if only is None
+                else [r for r in self._plan if r.slices[0].tag in only]
+            )
+            for name in probing:
+                pending += self._parked[name].requests
+            left = _Unfinished(pending, probing, {}, set(), set())
+        pending, probing, parts = left.pending, left.probing, left.parts
+        clock = asyncio.get_running_loop().time
         unit = self.config.connection.unit_id
         readings: list[Reading] = []
-        parts: dict[str, list[tuple[int, Sequence[int] | Sequence[bool]]]] = {}
         failed: dict[str, str] = {}
         answered = 0
-        probing = [
-            name
-            for name, p in self._parked.items()
-            if p.due <= self._cycle and (only is None or name in only)
-        ]
-        pending = (
-            list(self._plan) if only is None else [r for r in self._plan if r.slices[0].tag in only]
-        )
-        for name in probing:
-            pending += self._parked[name].requests
         while pending:
+            if until is not None and answered and clock() >= until and only is not None:
+                left.seen.update(r.tag for r in readings)
+                left.failed.update(failed)
+                self._unfinished[only] = left
+                now = time.time()
+                readings.extend(Reading.bad(name, now, reason) for name, reason in failed.items())
+                return readings, False
             req = pending.pop(0)
             try:
                 response = await self._execute(self._reader(req, unit))
@@ -520,20 +561,21 @@ class ModbusDriver(Driver):
                     readings.append(Reading(name, decoder(words[start:end]), now))
                 else:
                     parts.setdefault(name, []).append((part, words[start:end]))
-        answered_tags = {r.tag for r in readings}.union(parts) if self._parked else set()
+        answered_tags = {r.tag for r in readings}.union(parts, left.seen) if self._parked else set()
         for name in probing:
             parked = self._parked[name]
-            if name in failed or name not in answered_tags:
+            if name in failed or name in left.failed or name not in answered_tags:
                 continue
             # It answers again (a firmware update, or the exception was a fluke): back in.
             del self._parked[name]
             self._plan += parked.requests
         now = time.time()
         for name, parked in self._parked.items():
-            if name not in answered_tags and (only is None or name in only):
+            wanted = only is None or name in only
+            if wanted and name not in answered_tags and name not in left.failed:
                 failed.setdefault(name, parked.reason)
         for name, got in parts.items():
-            if name in failed:
+            if name in failed or name in left.failed:
                 continue
             if len(got) == 1:
                 words_of_tag = got[0][1]
@@ -542,7 +584,7 @@ class ModbusDriver(Driver):
                 words_of_tag = [w for _, chunk in got for w in chunk]
             readings.append(Reading(tag=name, value=self._decoders[name](words_of_tag), ts=now))
         readings.extend(Reading.bad(name, now, reason) for name, reason in failed.items())
-        return readings
+        return readings, True
 
     def _learn(self, req: Request, pending: list[Request]) -> bool:
         """Exception 2 on ``req``. Several tags: split it in two, both halves sent next (at the
