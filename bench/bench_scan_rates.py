@@ -15,10 +15,9 @@ For each: requests per second the line carries (the simulator counts them), the 
 readings per second, and how late the fast readings are: the gaps between consecutive fast
 readings minus the interval (median and worst), from the readings' own timestamps. At 20 ms
 the whole meter no longer fits the fast interval (the baseline overruns and halves its rate),
-and the energy group's 240 ms no longer fits beside the fast group's 60 ms: the fast readings
-after an energy poll come late by the difference, which is the limit docs/configuration.md
-states ("the fast group is late only if a slow group's own reads take longer than the time
-left before the fast group's next tick").
+and the energy group's 240 ms no longer fits beside the fast group's 60 ms: it stops between
+two requests when the fast tick comes (``Driver.poll_group_until``) and goes on after it, so
+the fast readings stay on time (late by one request at most).
 """
 
 from __future__ import annotations
