@@ -124,6 +124,9 @@ class OpcuaDriver(Driver):
         self._events: collections.deque[Received] = collections.deque()
         self._conditions: dict[str, tuple[ua.NodeId, bytes, str]] = {}
         self._namespaces: list[str] = []
+        # Methods and event subscriptions that cannot work: name → reason last logged, so a
+        # reason is logged once, not at every reconnect.
+        self._logged_refusals: dict[str, str] = {}
         policy = device.connection.security.policy
         if policy in DEPRECATED_POLICIES:
             log.warning(
@@ -178,13 +181,20 @@ class OpcuaDriver(Driver):
 
     def _log_methods(self) -> None:
         for name, bound in self._methods.items():
-            if bound.problem is not None:
+            if bound.problem is not None and self._first_time(f"method {name}", bound.problem):
                 log.warning(
                     "method not callable: %s: %s",
                     name,
                     bound.problem,
                     extra={"device": self.config.name, "method": name, "reason": bound.problem},
                 )
+
+    def _first_time(self, what: str, reason: str) -> bool:
+        """Whether ``what`` fails for ``reason`` for the first time (then log it), not again."""
+        if self._logged_refusals.get(what) == reason:
+            return False
+        self._logged_refusals[what] = reason
+        return True
 
     def _log_problems(self) -> None:
         """One line per tag that cannot be collected, at the first connect and whenever its
@@ -361,14 +371,20 @@ class OpcuaDriver(Driver):
         refresh.ObjectId = ua.NodeId(ua.ObjectIds.ConditionType)
         refresh.MethodId = ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh)
         refresh.InputArguments = [ua.Variant(sub.subscription_id, ua.VariantType.UInt32)]
-        [result] = await client.uaclient.call([refresh])
-        if not result.StatusCode.is_good():
+        try:
+            [result] = await client.uaclient.call([refresh])
+            code = result.StatusCode
+        except ua.UaStatusCodeError as exc:  # the whole service refused: a server without A&C
+            code = ua.StatusCode(exc.code)
+        if not code.is_good() and self._first_time("ConditionRefresh", status_name(code)):
             log.info(
                 "ConditionRefresh not supported: active alarms show at their next change",
-                extra={"device": self.config.name, "reason": status_name(result.StatusCode)},
+                extra={"device": self.config.name, "reason": status_name(code)},
             )
 
     def _event_problem(self, name: str, reason: str) -> None:
+        if not self._first_time(f"events {name}", reason):
+            return
         log.warning(
             "events not received: %s: %s",
             name,

@@ -89,8 +89,16 @@ def _operand(path: str) -> ua.SimpleAttributeOperand:
 async def event_filter(
     client: Client, entry: OpcuaEvents, namespaces: Sequence[str]
 ) -> tuple[ua.EventFilter, Selection]:
-    """The filter of one ``events`` entry; ``ValueError`` when a type is not on the server."""
+    """The filter of one ``events`` entry; ``ValueError`` when a type is not on the server (an
+    event type nobody has would filter every event out, silently)."""
     types = [client.get_node(type_node(t, namespaces)) for t in entry.types]
+    for name, node in zip(entry.types, types, strict=True):
+        try:
+            node_class = await node.read_node_class()
+        except ua.UaStatusCodeError:
+            node_class = None
+        if node_class != ua.NodeClass.ObjectType:
+            raise ValueError(f"event type {name} is not on the server")
     names = (*FIELDS, *(f for f in entry.fields if f not in FIELDS))
     evfilter = ua.EventFilter()
     evfilter.SelectClauses = [_operand(name) for name in names]
