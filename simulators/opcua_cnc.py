@@ -541,6 +541,22 @@ class CncSimulator(Service):
         event.Message = ua.LocalizedText(f"{condition.message}: back to normal")
         await self._emit(condition)
 
+    async def reset(self) -> None:
+        """Back to the state after ``start()`` for the commands' sake (tests sharing one
+        simulator): set-points at their first values, no calls recorded, job ids from 1, every
+        condition inactive, acknowledged and confirmed (so no longer retained)."""
+        self.calls.clear()
+        self.call_delay = 0.0
+        self._next_job = 0
+        for point in SETPOINTS:
+            await self.set_value(point.path, point.value)
+        for condition in self._alarms.values():
+            event = condition.gen.event
+            setattr(event, "ActiveState/Id", False)
+            setattr(event, "AckedState/Id", True)
+            setattr(event, "ConfirmedState/Id", True)
+            await self._emit(condition)
+
     def alarm_active(self, name: str) -> bool:
         return bool(getattr(self._alarms[name].gen.event, "ActiveState/Id"))
 

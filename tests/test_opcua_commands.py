@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from agent.app.config import load_config
 from agent.app.runtime import Agent
@@ -49,6 +50,8 @@ from tests.platforms.huawei import GATEWAY as HW_GATEWAY
 from tests.platforms.huawei import IotdaResponder
 from tests.platforms.sparkplug_host import encode as sparkplug_encode
 from tests.platforms.thingsboard import ThingsBoardResponder
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DEVICE = "cnc-9"
 START_JOB = {
@@ -345,7 +348,7 @@ CHANNELS: dict[str, Callable[[Dialect], Channel]] = {
 FORMATS = sorted(available_formats())
 
 
-def test_every_registered_format_has_a_command_channel() -> None:
+async def test_every_registered_format_has_a_command_channel() -> None:
     missing = sorted(set(FORMATS) - set(CHANNELS))
     assert not missing, (
         f"formats without an OPC UA command channel in this test: {missing}: add how the "
@@ -359,8 +362,8 @@ def test_every_registered_format_has_a_command_channel() -> None:
 class Rig:
     """The simulator, one format's platform and the agent."""
 
-    def __init__(self, fmt: str, tmp_path: Path) -> None:
-        self.sim = CncSimulator(port=free_port(), update_interval=None)
+    def __init__(self, fmt: str, tmp_path: Path, sim: CncSimulator) -> None:
+        self.sim = sim
         self.dialect = DIALECTS[fmt](tmp_path / "platform")
         self.dialect.devices[0] = [DEVICE]
         self.channel = CHANNELS[fmt](self.dialect)
@@ -428,21 +431,31 @@ class Rig:
         return found[-1]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cnc() -> AsyncIterator[CncSimulator]:
+    """One simulator for the module (its start is most of a test's setup), reset per test."""
+    sim = CncSimulator(port=free_port(), update_interval=None)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def rig(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cnc: CncSimulator,
 ) -> AsyncIterator[Rig]:
-    fmt = request.param
-    r = Rig(fmt, tmp_path)
+    await cnc.reset()
+    r = Rig(request.param, tmp_path, cnc)
     for key, value in r.dialect.env.items():
         monkeypatch.setenv(key, value)
-    await r.sim.start()
     r.dialect.start()
     try:
         yield r
     finally:
         r.dialect.stop()
-        await r.sim.stop()
 
 
 @pytest.mark.slow
