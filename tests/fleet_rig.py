@@ -3,6 +3,7 @@ a watcher of the retained ``config/state`` and ``health`` topics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -84,8 +85,13 @@ def state_of(messages: list[Received], gw: str, push_id: str) -> dict[str, Any] 
     return found[-1] if found else None
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``edge-agent ARGS``, as the operator runs it."""
+async def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``edge-agent ARGS``, as the operator runs it (on a thread: the simulators the gateways
+    poll run on the test's event loop and must keep answering)."""
+    return await asyncio.to_thread(_run, list(args), timeout)
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(AGENT_BIN), *args], capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -257,9 +257,8 @@ class FleetGateway:
             async with agent.reload_lock:
                 before = was_up(agent)
                 previous = agent.config
-                started = time.time()
-                plan = await apply_config(agent, new)
-            problem = await check_health(agent, before, plan, started, self.fleet.health_check)
+                await apply_config(agent, new)
+            problem = await check_health(agent, before, self.fleet.health_check)
             if problem is None:
                 state.current = Entry(push.version, push.hash)
                 state.pending = None

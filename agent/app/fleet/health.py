@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.app.config.models import FleetHealthCheck
-from agent.app.reload import ReloadPlan
 
 if TYPE_CHECKING:
     from agent.app.runtime import Agent
@@ -83,21 +82,15 @@ def was_up(agent: Agent) -> set[str]:
     return {n for n, v in agent.board.devices.items() if v.state == "up"}
 
 
-async def check_health(
-    agent: Agent,
-    before: Collection[str],
-    plan: ReloadPlan,
-    started: float,
-    rule: FleetHealthCheck,
-) -> str | None:
+async def check_health(agent: Agent, before: Collection[str], rule: FleetHealthCheck) -> str | None:
     """None when, within ``rule.timeout``, every device of ``before`` the new config still has
-    is up again (a restarted one with a fresh "up") and every destination is connected; else
-    what failed, for the ``rolled_back`` state."""
-    restarted = {*plan.changed, *plan.added}
+    is up again and every destination is connected; else what failed, for the ``rolled_back``
+    state. "Up" is asked of the poller running now: a device the apply restarted has a new one,
+    which says up only after a poll of the new settings succeeded."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + rule.timeout
     while True:
-        problems = _problems(agent, before, restarted, started, rule)
+        problems = _problems(agent, before, rule)
         if not problems:
             return None
         if loop.time() >= deadline:
@@ -105,24 +98,15 @@ async def check_health(
         await asyncio.sleep(CHECK_STEP)
 
 
-def _problems(
-    agent: Agent,
-    before: Collection[str],
-    restarted: set[str],
-    started: float,
-    rule: FleetHealthCheck,
-) -> list[str]:
+def _problems(agent: Agent, before: Collection[str], rule: FleetHealthCheck) -> list[str]:
     problems = []
     if rule.devices:
-        present = {p.device.name for p in agent.polled}
-        for name in sorted(set(before) & present):
-            view = agent.board.devices.get(name)
-            fresh = view is not None and (
-                name not in restarted or (view.since is not None and view.since >= started)
-            )
-            if view is None or view.state != "up" or not fresh:
-                why = view.reason if view is not None and view.state == "down" else "not up again"
-                problems.append(f"device {name} down ({why})")
+        for polled in agent.polled:
+            name = polled.device.name
+            if name in before and polled.state != "up":
+                view = agent.board.devices.get(name)
+                why = view.reason if view is not None and view.state == "down" else None
+                problems.append(f"device {name} down ({why or 'not up again'})")
     if rule.destinations:
         for name, dest in agent.destinations.items():
             if not dest.publisher.connected.is_set():

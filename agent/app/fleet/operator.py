@@ -314,7 +314,7 @@ def push_command(args: argparse.Namespace, drivers: Mapping[str, type[Driver]]) 
                     print(f"  {error}")
                 failed = failed or state["result"] != "applied"
             if failed:
-                left = len(targets) - len(results)
+                left = len(targets) - targets.index(wave[-1]) - 1
                 print(f"rollout stopped: {left} gateway(s) not pushed", file=sys.stderr)
                 return EXIT_RUNTIME
         print(f"applied on {len(targets)} gateway(s)")
