@@ -102,6 +102,9 @@ def commands() -> dict[str, argparse.ArgumentParser]:
     parser = _parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     found = {f"edge-agent {name}": p for name, p in sub.choices.items()}
+    for name, p in sub.choices.items():  # commands of their own: ``edge-agent fleet push``...
+        for nested in (a for a in p._actions if isinstance(a, argparse._SubParsersAction)):
+            found.update({f"edge-agent {name} {n}": q for n, q in nested.choices.items()})
     found.update({f"edge-agent discover {d}": make() for d, make in DISCOVER.items()})
     found.update({f"edge-agent scan {d}": make() for d, make in SCAN.items()})
     return found

@@ -53,7 +53,7 @@ def add_parser(sub: Any) -> None:
         metavar="TEMPLATE",
         help="a gateway's topic prefix, {gw} its id (default edge/{gw})",
     )
-    common.add_argument("--username")
+    common.add_argument("--username", metavar="USER")
     common.add_argument("--password-env", metavar="NAME", help="variable holding the password")
     common.add_argument("--tls", action="store_true", help="TLS to the broker")
     common.add_argument("--ca-file", metavar="FILE")
@@ -62,6 +62,7 @@ def add_parser(sub: Any) -> None:
     common.add_argument(
         "--wait",
         type=float,
+        metavar="SECONDS",
         default=3.0,
         help="seconds to wait for retained health at most (default 3)",
     )
@@ -70,6 +71,7 @@ def add_parser(sub: Any) -> None:
     lst.add_argument(
         "--stale",
         type=float,
+        metavar="SECONDS",
         default=90.0,
         help="health older than this many seconds is stale (default 90)",
     )
@@ -99,6 +101,7 @@ def add_parser(sub: Any) -> None:
     push.add_argument(
         "--timeout",
         type=float,
+        metavar="SECONDS",
         default=120.0,
         help="seconds to wait for each gateway's result (default 120)",
     )
