@@ -37,7 +37,7 @@ import asyncio
 import logging
 import math
 import struct
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,10 @@ RPM: Final = 1480.0
 BEARING: Final = {"balls": 8, "ball_diameter": 17.5, "pitch_diameter": 72.5, "contact_angle": 0.0}
 RESONANCE_HZ: Final = 1800.0
 DAY: Final = 86400.0
+WearLaw = Literal["quadratic", "exponential"]
+WEAR_LAWS: Final = ("quadratic", "exponential")
+#: The exponential law's growth over the fault's life: e-foldings between onset and end of life.
+EXP_WEAR_RATE: Final = 2.0
 
 REG_STATE, REG_RPM, REG_TEMP, REG_PARTS, REG_POWER, REG_ENERGY = 0, 1, 2, 3, 4, 6
 REG_ALARM, REG_LOAD, REG_AGE = 8, 9, 10
@@ -78,11 +82,15 @@ class PumpModel:
         life: float = 30 * DAY,
         seed: int = 0,
         cycle_hours: tuple[float, float] = (20.0, 4.0),
+        wear_law: WearLaw = "quadratic",
     ) -> None:
         if not 0 <= onset < life:
             raise ValueError("onset must come before life")
+        if wear_law not in WEAR_LAWS:
+            raise ValueError(f"wear_law must be one of {', '.join(WEAR_LAWS)}")
         self.onset = onset
         self.life = life
+        self.wear_law = wear_law
         self.rng = np.random.default_rng(seed)
         self.run_hours, self.stop_hours = cycle_hours
         self.t = 0.0  # simulated seconds since the bearing was new
@@ -94,10 +102,15 @@ class PumpModel:
 
     @property
     def wear(self) -> float:
-        """0 while healthy, growing to 1 at end of life (and beyond, if nobody intervenes)."""
+        """0 while healthy, growing to 1 at end of life (and beyond, if nobody intervenes):
+        quadratic in the time since onset, or exponential (a spall that grows the faster the
+        larger it is, the usual model of bearing degradation), both accelerating."""
         if self.t <= self.onset:
             return 0.0
-        return ((self.t - self.onset) / (self.life - self.onset)) ** 2
+        x = (self.t - self.onset) / (self.life - self.onset)
+        if self.wear_law == "exponential":
+            return math.expm1(EXP_WEAR_RATE * x) / math.expm1(EXP_WEAR_RATE)
+        return x**2
 
     @property
     def running(self) -> bool:
@@ -283,7 +296,7 @@ def _duration(text: str) -> float:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    model = PumpModel(onset=args.onset, life=args.life, seed=args.seed)
+    model = PumpModel(onset=args.onset, life=args.life, seed=args.seed, wear_law=args.wear_law)
     pump = DegradingPump(args.host, args.port, args.time_scale, model=model)
     await serve_until_signal(
         pump,
@@ -305,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onset", type=_duration, default=10 * DAY, help="fault onset (10d)")
     parser.add_argument("--life", type=_duration, default=30 * DAY, help="end of life (30d)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--wear-law", choices=WEAR_LAWS, default="quadratic", help="how the fault grows"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(_serve(args))

@@ -1,11 +1,12 @@
-"""Edge processing: report by exception, windows, waveform features, machine state, counters and
-alarms, applied by the pipeline to each device's batches before they are buffered.
+"""Edge processing: report by exception, windows, waveform features, machine state, counters,
+alarms and predictions (time to threshold), applied by the pipeline to each device's batches
+before they are buffered.
 
 ``Processing`` is built once from the config (``agent.app.runtime``) and holds one
 ``DeviceProcessor`` per device that has any processing key; other devices' batches pass through
 untouched. It owns the worker thread the numpy maths runs on and the state files under
-``<data_dir>/processing/`` (run time per state, counter totals, alarm and anomaly state), saved at
-most every ``persist_every`` seconds and at stop.
+``<data_dir>/processing/`` (run time per state, counter totals, alarm and anomaly state, the
+points predictions are fitted on), saved at most every ``persist_every`` seconds and at stop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from agent.core.processing.config import ProcessedDevice, WaveformSpec
 from agent.core.processing.device import DeviceProcessor, Output, needs_processing
 from agent.core.processing.persist import StateFiles
+from agent.core.processing.predict import Figures, Predictor
 from agent.core.processing.values import FeatureValue
 from drivers.base import Batch, DeviceBase
 
@@ -120,7 +122,7 @@ class Processing:
         processor = self.processors.get(batch.device)
         if processor is None:
             return None
-        out = await processor.process(batch, self._compute)
+        out = await processor.process(batch, self._compute, self._fit)
         if out.state is not None and self._sink is not None:
             self._sink(batch.device, _dumps(out.state).encode())
         return out
@@ -134,6 +136,10 @@ class Processing:
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, features.compute, samples, spec, rpm)
+
+    async def _fit(self, predictor: Predictor, points: list[tuple[float, float]]) -> Figures:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, predictor.fit, points)
 
 
 def _processed(devices: Sequence[DeviceBase]) -> list[ProcessedDevice]:

@@ -76,22 +76,27 @@ class Alarm:
     _evidence: list[float] = field(default_factory=list)
     _previous: tuple[float, float] | None = None  # (ts, value) for rate
     ewma: _Ewma = field(default_factory=_Ewma)
+    #: predicted: the fit behind the latest ttt_h_low, carried in events as evidence.
+    prediction: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        self._on = predicate(self.spec.on)
-        off = self.spec.off
+        self._on_text, self._off_text = self.spec.conditions()
+        self._on = predicate(self._on_text)
+        off = self._off_text
         self._off = predicate(off) if off is not None else (lambda x: not self._on(x))
 
     @property
     def watched(self) -> str:
-        """The published name the alarm watches: ``vibration`` or ``vibration.rms``."""
-        return self.tag if self.spec.value is None else f"{self.tag}.{self.spec.value}"
+        """The published name the alarm watches: ``vibration`` or ``vibration.rms`` (predicted:
+        ``vibration.velocity_rms.ttt_h_low``)."""
+        name = self.tag if self.spec.value is None else f"{self.tag}.{self.spec.value}"
+        return f"{name}.ttt_h_low" if self.spec.mode == "predicted" else name
 
     def measure(self, value: float, ts: float) -> float | None:
         """What the condition is applied to: the value, its rate, or its z-score (None while
         there is nothing to judge yet: the first value of a rate, an anomaly still learning)."""
         spec = self.spec
-        if spec.mode == "level":
+        if spec.mode in ("level", "predicted"):  # predicted: ttt_h_low, inf when none
             return value
         if spec.mode == "rate":
             previous, self._previous = self._previous, (ts, value)
@@ -128,7 +133,8 @@ class Alarm:
             return None, x
         if self._pending_since is None:
             self._pending_since = ts
-        self._evidence.append(tidy(x, 6))
+        if math.isfinite(x):
+            self._evidence.append(tidy(x, 6))
         del self._evidence[:-EVIDENCE]
         if ts - self._pending_since < self.spec.for_:
             return None, x
@@ -147,13 +153,15 @@ class Alarm:
             "tag": self.watched,
             "severity": spec.severity,
             "mode": spec.mode,
-            "condition": spec.on if self.active else (spec.off or f"not {spec.on}"),
-            "value": tidy(value),
+            "condition": self._on_text if self.active else (self._off_text or f"not {spec.on}"),
+            "value": tidy(value) if math.isfinite(value) else None,
             "since": round((self._pending_since or ts) * 1000),
             "values": list(self._evidence),
         }
-        if spec.mode != "level":
+        if spec.mode not in ("level", "predicted"):
             doc["measure"] = tidy(x)
+        if spec.mode == "predicted" and self.prediction is not None:
+            doc["prediction"] = self.prediction
         if spec.mode == "anomaly":
             doc["mean"] = tidy(self.ewma.mean)
             doc["stddev"] = tidy(math.sqrt(self.ewma.var))

@@ -38,6 +38,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _listed_names(value: Any) -> Any:
+    """One name or a list of them."""
+    return [value] if isinstance(value, str) else value
+
+
+def _listed_specs(value: Any) -> Any:
+    """One mapping or a list of them."""
+    return [value] if isinstance(value, dict) else value
+
+
 # --------------------------------------------------------------------------------- conditions
 
 _CONDITION = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -339,6 +349,75 @@ class CounterSpec(_Model):
         return ["total", "rate"] if self.kind == "parts" else ["kwh"]
 
 
+# -------------------------------------------------------------------------------- prediction
+
+#: Zone limits a prediction can aim at: the limit at which the zone starts.
+ZONE_LIMIT = {"B": 0, "C": 1, "D": 2}
+
+
+class PredictSpec(_Model):
+    """Time to threshold: a trend fitted on one of the tag's values (aggregated, robust, kept in
+    the data dir), published as ``<name>.trend``, ``<name>.ttt_h`` and ``<name>.ttt_h_low``
+    where ``<name>`` is the tag or ``<tag>.<feature>``. See ``agent.core.processing.predict``."""
+
+    feature: _Name | None = Field(
+        default=None,
+        description="what is predicted: the tag's value (default) or one of its features or "
+        "window stats (velocity_rms, mean...)",
+    )
+    value: float | None = Field(
+        default=None, description="the threshold the value heads for (give value or zone)"
+    )
+    zone: Literal["B", "C", "D"] | None = Field(
+        default=None,
+        description="the threshold is where this ISO 10816 zone starts, from the waveform's "
+        "zones (on its velocity_rms feature)",
+    )
+    horizon: _PositiveDuration = Field(
+        default=30 * 86400.0, description="no crossing is published beyond this far ahead"
+    )
+    confidence: float = Field(
+        default=0.9,
+        gt=0.5,
+        lt=1.0,
+        description="of the lower bound ttt_h_low, and of the trend heading for the threshold "
+        "at all (one-sided)",
+    )
+    every: _PositiveDuration = Field(
+        default=3600.0,
+        description="the values are aggregated into one point (their median) this often",
+    )
+    history: _PositiveDuration = Field(
+        default=30 * 86400.0,
+        description="points older than this are dropped; the fit uses the rest",
+    )
+    min_points: int = Field(
+        default=24, ge=8, le=10_000, description="nothing is published before this many points"
+    )
+    when: Annotated[list[_Name], BeforeValidator(_listed_names)] | None = Field(
+        default=None,
+        description="take values only while the device's machine state is one of these "
+        "(running): idle time and stops do not fake a trend",
+    )
+
+    @model_validator(mode="after")
+    def _threshold(self) -> PredictSpec:
+        if (self.value is None) == (self.zone is None):
+            raise _key_error("value", "give the threshold as value or zone, one of them")
+        if self.history < self.every * self.min_points:
+            raise _key_error(
+                "history", "history must hold at least min_points points of every each"
+            )
+        return self
+
+    def prefix(self, tag: str) -> str:
+        """The published name the figures hang from: ``bearing_temp``, ``vibration.rms``."""
+        return tag if self.feature is None else f"{tag}.{self.feature}"
+
+
+PREDICT_OUTPUTS = ("trend", "ttt_h", "ttt_h_low")
+
+
 # ------------------------------------------------------------------------------------ alarms
 
 
@@ -362,12 +441,16 @@ class AlarmSpec(_Model):
         description="what is watched: the tag's value (default) or one of its features or "
         "window stats (rms, mean...)",
     )
-    mode: Literal["level", "rate", "anomaly"] = Field(
+    mode: Literal["level", "rate", "anomaly", "predicted"] = Field(
         default="level",
         description="level: the value; rate: its change per `per`; anomaly: its z-score against "
-        "an EWMA mean and variance",
+        "an EWMA mean and variance; predicted: the lower bound of the time until the tag's "
+        "predict: threshold (ttt_h_low) against `within`",
     )
-    on: Condition = Field(description="raise when this holds, like '> 7.1'")
+    on: Condition | None = Field(
+        default=None,
+        description="raise when this holds, like '> 7.1' (predicted: '< within' in hours)",
+    )
     off: Condition | None = Field(
         default=None,
         description="clear when this holds, like '< 6.5' (hysteresis); default: when on no "
@@ -379,6 +462,12 @@ class AlarmSpec(_Model):
         description="on (and off) must hold this long before the alarm raises (clears)",
     )
     per: _PositiveDuration = Field(default=60.0, description="rate: change per this long")
+    within: _PositiveDuration | None = Field(
+        default=None,
+        description="predicted: raise when the threshold may be reached within this long "
+        "(ttt_h_low below it); clear when ttt_h_low is above 1.25 times it or no crossing is "
+        "predicted any more",
+    )
     learn: _Duration = Field(
         default=3600.0,
         description="anomaly: learning period (no alarm) while the mean and variance settle",
@@ -399,11 +488,35 @@ class AlarmSpec(_Model):
 
     @model_validator(mode="after")
     def _hysteresis(self) -> AlarmSpec:
+        if self.mode == "predicted":
+            if self.within is None:
+                raise _key_error("within", "a predicted alarm needs within (like 14d)")
+            for key in ("on", "off"):
+                if getattr(self, key) is not None:
+                    raise _key_error(key, f"a predicted alarm takes within, not {key}")
+            return self
+        if self.on is None:
+            raise _key_error("on", "Field required")
+        if self.within is not None:
+            raise _key_error("within", "within belongs to mode: predicted")
         if self.off is not None and _overlap(parse_condition(self.on), parse_condition(self.off)):
             raise _key_error(
                 "off", f"off {self.off!r} overlaps on {self.on!r}: the alarm would chatter"
             )
         return self
+
+    def conditions(self) -> tuple[str, str | None]:
+        """``on`` and ``off``; a predicted alarm's from ``within``, in hours, with hysteresis."""
+        if self.mode == "predicted":
+            assert self.within is not None
+            hours = self.within / 3600.0
+            return f"< {hours:g}", f"> {hours * PREDICTED_HYSTERESIS:g}"
+        assert self.on is not None
+        return self.on, self.off
+
+
+#: A predicted alarm clears when ttt_h_low is this many times ``within`` (or none is predicted).
+PREDICTED_HYSTERESIS = 1.25
 
 
 # ----------------------------------------------------------------------------- machine state
@@ -466,7 +579,17 @@ def check_tag_processing(tag: Any) -> None:
     if tag.deadband is not None and tag.deadband_percent is not None:
         raise _key_error("deadband_percent", "give deadband or deadband_percent, not both")
     known = tag_outputs(tag.name, tag.window, tag.waveform, tag.counter)
+    predicted = check_predict(tag, known)
     for i, alarm in enumerate(tag.alarms):
+        if alarm.mode == "predicted":
+            if alarm.value not in predicted:
+                what = "its value" if alarm.value is None else repr(alarm.value)
+                raise _key_error(
+                    "alarms",
+                    f"alarms.{i}.value: tag {tag.name} predicts nothing for {what}: add "
+                    "predict: with that feature",
+                )
+            continue
         if alarm.value is None:
             if tag.waveform is not None and tag.waveform.length is None:
                 raise _key_error(
@@ -481,6 +604,34 @@ def check_tag_processing(tag: Any) -> None:
                 f"alarms.{i}.value: tag {tag.name} publishes no {alarm.value!r}"
                 + (f" (it publishes: {', '.join(known)})" if known else ""),
             )
+
+
+def check_predict(tag: Any, known: list[str]) -> set[str | None]:
+    """A tag's predictions: features it publishes, zones on velocity_rms, one per value.
+    Returns the features predicted (None: the tag's value)."""
+    seen: set[str | None] = set()
+    stats = set(Stat.__args__)  # type: ignore[attr-defined]
+    for i, spec in enumerate(getattr(tag, "predict", ())):
+        where = f"predict.{i}" if len(tag.predict) > 1 else "predict"
+        if spec.feature is None:
+            if tag.waveform is not None and tag.waveform.length is None:
+                raise _key_error(
+                    "predict", f"{where}: a waveform's value is a list: predict a feature"
+                )
+        elif spec.feature not in known and not (tag.window is None and spec.feature in stats):
+            raise _key_error(
+                "predict",
+                f"{where}.feature: tag {tag.name} publishes no {spec.feature!r}"
+                + (f" (it publishes: {', '.join(known)})" if known else ""),
+            )
+        if spec.zone is not None and (tag.waveform is None or spec.feature != "velocity_rms"):
+            raise _key_error(
+                "predict", f"{where}.zone: zones apply to a waveform's velocity_rms feature"
+            )
+        if spec.feature in seen:
+            raise _key_error("predict", f"{where}: {spec.prefix(tag.name)} is already predicted")
+        seen.add(spec.feature)
+    return seen
 
 
 def check_scan_rates(device: Any) -> None:
@@ -540,6 +691,10 @@ def check_device_processing(device: Any, *, merged: bool = False) -> None:
                 raise _key_error(
                     "tags", f"tag {tag.name}: an alarm with states needs the device's state:"
                 )
+            if any(p.when is not None for p in getattr(tag, "predict", ())):
+                raise _key_error(
+                    "tags", f"tag {tag.name}: a prediction with when needs the device's state:"
+                )
     if complete:
         for tag in device.tags:
             wf = getattr(tag, "waveform", None)
@@ -568,6 +723,11 @@ class TagProcessing(StrictModel):
     waveform: WaveformSpec | None = Field(default=None, description="waveform features")
     counter: CounterSpec | None = Field(default=None, description="parts or energy counter")
     alarms: list[AlarmSpec] = Field(default_factory=list, description="alarms on this tag")
+    predict: Annotated[list[PredictSpec], BeforeValidator(_listed_specs)] = Field(
+        default_factory=list,
+        description="time to threshold of the tag's value or of its features (one mapping or "
+        "a list)",
+    )
 
     @model_validator(mode="after")
     def _check_processing(self) -> Any:

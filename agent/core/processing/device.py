@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.processing.alarms import Alarm, Event
 from agent.core.processing.calculated import Calculator
-from agent.core.processing.config import ProcessedDevice, ProcessedTag, WaveformSpec
+from agent.core.processing.config import ZONE_LIMIT, ProcessedDevice, ProcessedTag, WaveformSpec
 from agent.core.processing.counters import Counter
 from agent.core.processing.exception import Deadband
+from agent.core.processing.predict import Figures, Predictor
 from agent.core.processing.state import MachineState
 from agent.core.processing.values import FeatureValue, tidy
 from agent.core.processing.values import number as as_number
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Runs ``features.compute(samples, spec, shaft_rpm)`` off the event loop.
 Compute = Callable[[Any, WaveformSpec, float | None], Awaitable[dict[str, FeatureValue]]]
+#: Runs a prediction's fit off the event loop (``Predictor.fit`` on its points).
+Offload = Callable[[Predictor, list[tuple[float, float]]], Awaitable[Figures]]
 
 
 def needs_processing(device: ProcessedDevice) -> bool:
@@ -44,6 +48,7 @@ def needs_processing(device: ProcessedDevice) -> bool:
         or t.waveform is not None
         or t.counter is not None
         or t.alarms
+        or t.predict
         for t in device.tags
     )
 
@@ -74,6 +79,14 @@ class TagProcessor:
         self.counter = Counter(tag.counter) if tag.counter is not None else None
         self.output_filters: dict[str, Deadband] = {}
         self.alarms = [Alarm(spec, tag.name) for spec in tag.alarms]
+        self.predictors: dict[str | None, Predictor] = {}
+        for spec in tag.predict:
+            threshold = spec.value
+            if spec.zone is not None:
+                assert tag.waveform is not None  # checked at validation
+                threshold = tag.waveform.zones.effective()[ZONE_LIMIT[spec.zone]]
+            assert threshold is not None
+            self.predictors[spec.feature] = Predictor(spec, spec.prefix(tag.name), threshold)
         self.samples: list[float] = []  # a scalar waveform being collected
         self.failing = False  # the last waveform's features could not be computed
 
@@ -99,7 +112,10 @@ class TagProcessor:
         return filt.passes(value, ts)
 
     def alarms_on(self, value_name: str | None) -> list[Alarm]:
-        return [a for a in self.alarms if a.spec.value == value_name]
+        return [a for a in self.alarms if a.spec.value == value_name and a.spec.mode != "predicted"]
+
+    def predicted_alarms(self, value_name: str | None) -> list[Alarm]:
+        return [a for a in self.alarms if a.spec.value == value_name and a.spec.mode == "predicted"]
 
 
 @dataclass
@@ -123,6 +139,8 @@ class DeviceProcessor:
         self.state = MachineState(device.state) if device.state is not None else None
         self.latest: dict[str, float] = {}  # last good numeric value of every tag
         self._state_readings: list[Reading] = []
+        #: Predictions with a new point in the batch being processed: fitted at its end.
+        self._fits: list[tuple[TagProcessor, str | None, Predictor]] = []
         self.held_back = 0  # readings report by exception kept back (for metrics)
         self.waveforms = 0  # waveforms analysed (for metrics)
         self.dirty = False
@@ -147,6 +165,9 @@ class DeviceProcessor:
         alarms = {f"{n}/{a.spec.name}": a.state() for n, t in self.tags.items() for a in t.alarms}
         if alarms:
             doc["alarms"] = alarms
+        predict = {p.name: p.state() for t in self.tags.values() for p in t.predictors.values()}
+        if predict:
+            doc["predict"] = predict
         return doc
 
     def restore(self, saved: dict[str, Any], resume: bool = False) -> None:
@@ -162,12 +183,22 @@ class DeviceProcessor:
                 doc = alarms.get(f"{name}/{alarm.spec.name}")
                 if isinstance(doc, dict):
                     alarm.restore(doc)
+        predict = saved.get("predict") or {}
+        for tag in self.tags.values():
+            for predictor in tag.predictors.values():
+                doc = predict.get(predictor.name)
+                if isinstance(doc, dict):
+                    predictor.restore(doc)
 
     # -- one batch --------------------------------------------------------------------------------
 
-    async def process(self, batch: Batch, compute: Compute) -> Output:
+    async def process(
+        self, batch: Batch, compute: Compute, offload: Offload | None = None
+    ) -> Output:
+        """``offload`` runs predictions' fits off the event loop (inline when None: tests)."""
         out = Output()
         ts = batch.ts
+        self._fits = []
         if self.calculator is not None:
             # Into the batch itself: what follows (state, alarms, windows) and whoever holds
             # the batch after the pipeline (the status board) see calculated tags as read ones.
@@ -224,7 +255,7 @@ class DeviceProcessor:
                         main.append(Reading(f"{tag.name}.{k}", tidy(v), r.ts))
                     self._alarms(tag, k, v, r.ts, out, main)
                 self.dirty = True
-            if tag.alarms:
+            if tag.alarms or tag.predictors:
                 self._alarms(tag, None, number, r.ts, out, main)
         if jobs:
             results = await asyncio.gather(*(job for _, _, job in jobs), return_exceptions=True)
@@ -238,6 +269,17 @@ class DeviceProcessor:
                     main.append(Reading(f"{tag.name}.{k}", tidy(v, 6), r.ts))
                 for k, v in features.items():
                     self._alarms(tag, k, v, r.ts, out, main)
+        for tag, feature, predictor in self._fits:
+            points = list(predictor.points)
+            if offload is not None:
+                figures = await offload(predictor, points)
+            else:
+                figures = predictor.fit(points)
+            published = predictor.published(figures, ts)
+            main.extend(Reading(f"{predictor.name}.{k}", v, ts) for k, v in published.items())
+            for alarm in tag.predicted_alarms(feature):
+                alarm.prediction = {**figures.evidence, **published}
+                self._judge(alarm, published.get("ttt_h_low", math.inf), ts, out)
         if self.state is not None:
             main.extend(self._state_readings)
         out.batches = [Batch(self.name, end, closing[end]) for end in sorted(closing)]
@@ -285,34 +327,46 @@ class DeviceProcessor:
         out: Output,
         readings: list[Reading],
     ) -> None:
-        if not tag.alarms:
-            return
         number = as_number(value)
         if number is None:
             return
         current = self.state.current if self.state is not None else None
+        predictor = tag.predictors.get(value_name)
+        if (
+            predictor is not None
+            and (predictor.spec.when is None or current in predictor.spec.when)
+            and predictor.add(number, ts)
+        ):
+            self.dirty = True
+            if predictor.ready:
+                self._fits.append((tag, value_name, predictor))
         for alarm in tag.alarms_on(value_name):
             if alarm.spec.states is not None and current not in alarm.spec.states:
                 alarm.pause()
                 continue
-            event, measure = alarm.update(number, ts, self.name)
+            measure = self._judge(alarm, number, ts, out)
             if alarm.spec.mode == "anomaly" and measure is not None:
                 readings.append(Reading(f"{alarm.watched}.z", round(measure, 4), ts))
             if alarm.spec.mode == "anomaly":
                 self.dirty = True
-            if event is not None:
-                out.events.append(event)
-                self.dirty = True
-                log.info(
-                    "alarm %s",
-                    event.doc["event"],
-                    extra={
-                        "device": self.name,
-                        "alarm": alarm.spec.name,
-                        "tag": alarm.watched,
-                        "value": number,
-                    },
-                )
+
+    def _judge(self, alarm: Alarm, number: float, ts: float, out: Output) -> float | None:
+        """Feed one value to an alarm; its event, if any, goes to ``out``."""
+        event, measure = alarm.update(number, ts, self.name)
+        if event is not None:
+            out.events.append(event)
+            self.dirty = True
+            log.info(
+                "alarm %s",
+                event.doc["event"],
+                extra={
+                    "device": self.name,
+                    "alarm": alarm.spec.name,
+                    "tag": alarm.watched,
+                    "value": number if math.isfinite(number) else None,
+                },
+            )
+        return measure
 
     def _machine_state(self, batch: Batch, out: Output) -> None:
         state = self.state

@@ -1,0 +1,150 @@
+"""Time to threshold of one value of a tag (``predict:``): its values aggregated into points
+(the median over ``every``, taken only in the ``when`` states), the points kept bounded
+(``history``) and saved in the device's state file, and a trend fitted on them
+(``agent.core.processing.trend``) each time a point is added.
+
+Why medians over a bucket: a trend over weeks needs one honest level per hour, not every
+reading; the median ignores the odd spike and a start-up transient. Why only in some states: a
+pump's vibration while idle, or a half load, is not its wear. The figures are published once
+``min_points`` points exist and then after every new point: ``<name>.trend`` (units per day,
+the fit's slope now), ``<name>.ttt_h`` (hours until the fitted curve reaches the threshold) and
+``<name>.ttt_h_low`` (hours until its confidence band does: the earlier time, at the
+configured confidence); both only when a crossing is predicted within the horizon.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from agent.core.processing.config import PredictSpec
+
+#: The values of one bucket kept for its median: beyond this, every other one is dropped (the
+#: median of a decimated stream is as good, and a fast poll cannot grow memory).
+BUCKET_VALUES = 4096
+#: No prediction keeps more points than this, whatever its history and every say.
+MAX_POINTS = 20_000
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What one fit gives: published as readings, and carried by predicted alarms' events."""
+
+    trend: float  # units per day, now
+    ttt_h: float | None
+    ttt_h_low: float | None
+    evidence: dict[str, Any]
+
+    def readings(self) -> dict[str, float]:
+        out = {"trend": self.trend}
+        if self.ttt_h is not None and self.ttt_h_low is not None:
+            out["ttt_h"] = self.ttt_h
+            out["ttt_h_low"] = self.ttt_h_low
+        return out
+
+
+class Predictor:
+    def __init__(self, spec: PredictSpec, name: str, threshold: float) -> None:
+        self.spec = spec
+        self.name = name  # the published prefix: bearing_temp, vibration.velocity_rms
+        self.threshold = threshold
+        self.points: list[tuple[float, float]] = []  # (ts, median), oldest first
+        self._bucket: int | None = None  # index of the bucket being filled (ts // every)
+        self._values: list[float] = []
+        self._ts_sum = 0.0
+        self._ts_n = 0
+        self.latest: Figures | None = None
+
+    def add(self, value: float, ts: float) -> bool:
+        """Take one value; True when a point was completed (time to fit again)."""
+        bucket = int(ts // self.spec.every)
+        closed = False
+        if self._bucket is not None and bucket != self._bucket and self._values:
+            self._close()
+            closed = True
+        if self._bucket is None or bucket != self._bucket:
+            self._bucket, self._values, self._ts_sum, self._ts_n = bucket, [], 0.0, 0
+        self._values.append(value)
+        self._ts_sum += ts
+        self._ts_n += 1
+        if len(self._values) >= BUCKET_VALUES:
+            del self._values[::2]
+        return closed
+
+    def _close(self) -> None:
+        values = sorted(self._values)
+        n = len(values)
+        median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+        ts = self._ts_sum / self._ts_n
+        if self.points and ts <= self.points[-1][0]:
+            return  # the clock went back: keep the history monotonic
+        self.points.append((ts, median))
+        oldest = ts - self.spec.history
+        cap = min(MAX_POINTS, int(self.spec.history // self.spec.every) + 1)
+        drop = 0
+        while drop < len(self.points) and self.points[drop][0] < oldest:
+            drop += 1
+        drop = max(drop, len(self.points) - cap)
+        if drop:
+            del self.points[:drop]
+
+    @property
+    def ready(self) -> bool:
+        return len(self.points) >= self.spec.min_points
+
+    def fit(self, points: list[tuple[float, float]]) -> Figures:
+        """The trend and the crossing from ``points`` (blocking numpy: run it off the loop)."""
+        import numpy as np
+
+        from agent.core.processing.trend import best_fit, crossing, figures
+
+        last = points[-1][0]
+        t = np.array([(p[0] - last) / 86400.0 for p in points])
+        y = np.array([p[1] for p in points])
+        fit = best_fit(t, y)
+        spec = self.spec
+        cross = crossing(fit, self.threshold, spec.horizon / 86400.0, spec.confidence)
+        evidence = {
+            **figures(fit),
+            "threshold": self.threshold,
+            "confidence": spec.confidence,
+            "level": _round(float(fit.value(np.zeros(1))[0])),
+        }
+        return Figures(_round(fit.slope()), cross.hours, cross.hours_low, evidence)
+
+    def published(self, figures: Figures, ts: float) -> dict[str, float]:
+        """The figures as of ``ts``: the crossing counted from then, not from the last point."""
+        self.latest = figures
+        late = (ts - self.points[-1][0]) / 3600.0 if self.points else 0.0
+        out: dict[str, float] = {}
+        for key, value in figures.readings().items():
+            if key == "trend":
+                out[key] = value
+            else:
+                out[key] = round(max(value - late, 0.0), 2)
+        return out
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"points": [[round(ts, 3), v] for ts, v in self.points]}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        points = saved.get("points")
+        if not isinstance(points, list):
+            return
+        kept: list[tuple[float, float]] = []
+        for p in points:
+            if (
+                isinstance(p, list)
+                and len(p) == 2
+                and all(isinstance(x, int | float) and math.isfinite(x) for x in p)
+                and (not kept or p[0] > kept[-1][0])
+            ):
+                kept.append((float(p[0]), float(p[1])))
+        self.points = kept[-MAX_POINTS:]
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}") if math.isfinite(x) else 0.0
