@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -443,3 +444,49 @@ async def test_a_dead_meter_is_down_on_the_broker_and_the_others_keep_publishing
     assert all(doc["values"]["voltage_a"] == 230.1 for doc in alive)
     dead = [m.json() for m in msgs if m.topic == "edge/meters-gw/meter-2/data"]
     assert all(doc.get("values", {}).get("voltage_a") is None for doc in dead), dead
+
+
+async def test_a_slow_rate_group_stops_for_the_fast_one_between_two_requests() -> None:
+    """At 9600 baud a request and its answer take ~45 ms: nine slow identifiers each second take
+    ~400 ms, more than the 200 ms between two voltage polls. The slow group stops between two
+    requests when the voltage is due, so a voltage reading waits for one request at most, not
+    for the rest of the slow group; every slow identifier is still read each second."""
+    slow = ["00010000", "00010100", "00010200", "00020000", "02010200"]
+    slow += ["02010300", "02020100", "02020200", "02030000"]
+    sink, status, metrics = Sink(), Status(), Metrics()
+    async with MeterLine(three_meters(), baudrate=9600) as line:
+        device = Dlt645Device.model_validate(
+            {
+                "name": "m",
+                "driver": "dlt645",
+                "poll_interval": "200ms",
+                "address": "210220003011",
+                "connection": {"port": line.path, "timeout": "300ms", "parity": "N"},
+                "tags": [
+                    {"name": "v", "di": "02010100"},
+                    *({"name": f"s{di}", "di": di, "every": "1s"} for di in slow),
+                ],
+            }
+        )
+        driver = Dlt645Driver(device)
+        poller = LinePoller(driver.make_line(), [(device, driver)], sink, status, metrics)
+        task = asyncio.create_task(poller.run())
+        try:
+            await sink.until(
+                lambda: sum(r.tag == "s02030000" for b in sink.of("m") for r in b.readings) >= 3,
+                15,
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    got = [r for b in sink.of("m") for r in b.readings]
+    fast = [r.ts for r in got if r.tag == "v"]
+    gaps = [b - a for a, b in itertools.pairwise(fast)]
+    # One slow request (~45 ms) at most beside the 200 ms cadence; without stopping, a voltage
+    # poll would wait for the whole slow group (~400 ms).
+    assert len(gaps) >= 8 and max(gaps) < 0.2 + 0.15, gaps
+    assert all(r.quality is Quality.GOOD for r in got)
+    parts = [b for b in sink.of("m") if not any(r.tag == "v" for r in b.readings)]
+    ticks = sum(any(r.tag == "s00010000" for r in b.readings) for b in parts)
+    assert len(parts) > ticks  # the slow group did stop: a tick came in several batches

@@ -143,6 +143,8 @@ class Dlt645Driver(Driver):
         self._expect: tuple[int, bytes] = (0, b"")
         self._mismatch: str | None = None
         self._raw: dict[str, str] = {}
+        # Rate groups stopped for a faster one (poll_group_until): their identifiers not read.
+        self._unfinished: dict[frozenset[str], frozenset[str]] = {}
 
     # -- the line ---------------------------------------------------------------------------------
 
@@ -318,17 +320,38 @@ class Dlt645Driver(Driver):
         return "endless follow-ups"
 
     async def poll(self) -> list[Reading]:
-        return await self._poll(self._tags)
+        return (await self._poll(self._tags))[0]
 
     async def poll_group(self, group: RateGroup) -> list[Reading]:
         """Only the group's identifiers: on a 2400-baud line each request costs about 200 ms,
         so energy totals read each minute must not be asked for with the voltages each
         second."""
-        wanted = frozenset(group.tags)
-        return await self._poll([t for t in self._tags if t[0] in wanted])
+        return (await self._poll(self._group_tags(group)))[0]
 
-    async def _poll(self, tags: list[tuple[str, str | None, str | None]]) -> list[Reading]:
-        """Read each distinct identifier of ``tags`` once; the tags' readings in their order."""
+    async def poll_group_until(self, group: RateGroup, until: float) -> tuple[list[Reading], bool]:
+        """The group's identifiers one request at a time until ``until``: a faster group due
+        then (voltages each second) waits for one request at most, not for the dozen slow
+        requests of the energy totals; the identifiers not yet read wait for the next call."""
+        tags = self._group_tags(group)
+        key = frozenset(group.tags)
+        left = self._unfinished.pop(key, None)
+        if left is not None:
+            tags = [t for t in tags if t[1] is None or t[1] in left]
+        readings, rest = await self._poll(tags, until)
+        if rest:
+            self._unfinished[key] = rest
+        return readings, not rest
+
+    def _group_tags(self, group: RateGroup) -> list[tuple[str, str | None, str | None]]:
+        wanted = frozenset(group.tags)
+        return [t for t in self._tags if t[0] in wanted]
+
+    async def _poll(
+        self, tags: list[tuple[str, str | None, str | None]], until: float | None = None
+    ) -> tuple[list[Reading], frozenset[str]]:
+        """Read each distinct identifier of ``tags`` once; the tags' readings in their order,
+        and (with ``until``, the event loop's clock) the identifiers left unread when it came
+        (their tags have no reading in this call's batch: the next call reads them)."""
         if self._line is not None:
             self._line.listen(self._on_data, self._on_lost)  # our turn: the answers are ours
         port = self._port()
@@ -336,7 +359,12 @@ class Dlt645Driver(Driver):
         raw: dict[str, str] = {}
         answered = False
         wanted = [self._items[di] for di in dict.fromkeys(di for _, di, _ in tags if di)]
-        for item in wanted:
+        loop = asyncio.get_running_loop()
+        rest: frozenset[str] = frozenset()
+        for i, item in enumerate(wanted):
+            if until is not None and i > 0 and loop.time() >= until:
+                rest = frozenset(x.di for x in wanted[i:])
+                break
             di = item.di
             result = await self._read(port, item)
             if result != "timeout":
@@ -355,6 +383,8 @@ class Dlt645Driver(Driver):
                 log.debug("dlt645 %s: %s", di, exc)
         if wanted and not answered:
             raise DeviceError("timeout", f"meter {self.config.address} answered no request")
+        if rest:
+            tags = [t for t in tags if t[1] not in rest]
         now = time.time()
         for name, of, _ in tags:  # what this poll received; nothing for a tag it did not get
             if of is not None and of in raw:
@@ -368,4 +398,4 @@ class Dlt645Driver(Driver):
                 readings.append(Reading(tag=name, value=got.value, ts=got.ts))
             else:
                 readings.append(Reading.bad(name, now, got))
-        return readings
+        return readings, rest
