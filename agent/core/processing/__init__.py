@@ -19,18 +19,18 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.core.processing.config import ProcessedDevice, WaveformSpec
 from agent.core.processing.device import DeviceProcessor, Output, needs_processing
 from agent.core.processing.persist import StateFiles
-from agent.core.processing.predict import Figures, Predictor
 from agent.core.processing.values import FeatureValue
 from drivers.base import Batch, DeviceBase
 
 __all__ = ["DeviceProcessor", "Output", "Processing"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 #: Where the retained machine-state message goes: ``(device, payload)``.
@@ -137,9 +137,10 @@ class Processing:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, features.compute, samples, spec, rpm)
 
-    async def _fit(self, predictor: Predictor, points: list[tuple[float, float]]) -> Figures:
+    async def _fit(self, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking call (a prediction's fit, a model's inference) on the worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, predictor.fit, points)
+        return await loop.run_in_executor(self._executor, fn, *args)
 
 
 def _processed(devices: Sequence[DeviceBase]) -> list[ProcessedDevice]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, get_args
@@ -19,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     create_model,
     model_validator,
 )
@@ -349,6 +351,55 @@ class CounterSpec(_Model):
         return ["total", "rate"] if self.kind == "parts" else ["kwh"]
 
 
+# ------------------------------------------------------------------------------------ models
+
+#: The validation context key of the directory relative paths are relative to (the config
+#: file's; set by the config loader, ``agent.app.config``).
+BASE_DIR = "base_dir"
+
+
+def _relative_to_config(value: str, info: ValidationInfo) -> str:
+    context = info.context if isinstance(info.context, dict) else {}
+    base = context.get(BASE_DIR)
+    if os.path.isabs(value) or base is None:
+        return value
+    return os.path.normpath(os.path.join(str(base), value))
+
+
+class ModelSpec(_Model):
+    """The plant's own model: an ONNX file run on the tag's waveform or on a vector of its
+    features, on the worker thread; each output published as ``<tag>.<output>``. Needs the
+    ``onnx`` extra (``pip install 'edge-agent[onnx]'``: onnxruntime), loaded only when used."""
+
+    onnx: Annotated[str, AfterValidator(_relative_to_config)] = Field(
+        description="the model file (relative to the config file); its signature is checked "
+        "at validation: one float input, as many outputs as `outputs` names"
+    )
+    inputs: list[_Name] = Field(
+        min_length=1,
+        description="[waveform]: the samples, as one row; or the tag's features in the order "
+        "the model takes them ([rms, kurtosis, crest_factor])",
+    )
+    outputs: list[_Name] = Field(
+        min_length=1,
+        description="names of the model's outputs, in its order (an anomaly score; a class "
+        "and its probability), published as <tag>.<name>",
+    )
+
+    @model_validator(mode="after")
+    def _signature(self) -> ModelSpec:
+        if "waveform" in self.inputs and len(self.inputs) > 1:
+            raise _key_error("inputs", "waveform is the whole input: not with features")
+        from agent.core.processing.model import SignatureError, check_signature
+
+        width = None if self.inputs == ["waveform"] else len(self.inputs)
+        try:
+            check_signature(self.onnx, width, len(self.outputs))
+        except SignatureError as exc:
+            raise _key_error("onnx", str(exc)) from None
+        return self
+
+
 # -------------------------------------------------------------------------------- prediction
 
 #: Zone limits a prediction can aim at: the limit at which the zone starts.
@@ -579,6 +630,10 @@ def check_tag_processing(tag: Any) -> None:
     if tag.deadband is not None and tag.deadband_percent is not None:
         raise _key_error("deadband_percent", "give deadband or deadband_percent, not both")
     known = tag_outputs(tag.name, tag.window, tag.waveform, tag.counter)
+    model = getattr(tag, "model", None)
+    if model is not None:
+        check_model(tag, model, known)
+        known = [*known, *model.outputs]
     predicted = check_predict(tag, known)
     for i, alarm in enumerate(tag.alarms):
         if alarm.mode == "predicted":
@@ -604,6 +659,23 @@ def check_tag_processing(tag: Any) -> None:
                 f"alarms.{i}.value: tag {tag.name} publishes no {alarm.value!r}"
                 + (f" (it publishes: {', '.join(known)})" if known else ""),
             )
+
+
+def check_model(tag: Any, model: ModelSpec, known: list[str]) -> None:
+    """A model runs on a waveform tag: its inputs are the waveform or features the tag
+    computes, its outputs names the tag does not publish already."""
+    if tag.waveform is None:
+        raise _key_error("model", "a model runs on a waveform: add waveform: to the tag")
+    for name in model.inputs:
+        if name != "waveform" and name not in known:
+            raise _key_error(
+                "model",
+                f"model.inputs: tag {tag.name} computes no {name!r} (it computes: "
+                f"{', '.join(known)})",
+            )
+    for name in model.outputs:
+        if name in known:
+            raise _key_error("model", f"model.outputs: {name!r} is already a feature of the tag")
 
 
 def check_predict(tag: Any, known: list[str]) -> set[str | None]:
@@ -723,6 +795,9 @@ class TagProcessing(StrictModel):
     waveform: WaveformSpec | None = Field(default=None, description="waveform features")
     counter: CounterSpec | None = Field(default=None, description="parts or energy counter")
     alarms: list[AlarmSpec] = Field(default_factory=list, description="alarms on this tag")
+    model: ModelSpec | None = Field(
+        default=None, description="an ONNX model run on the waveform or on its features"
+    )
     predict: Annotated[list[PredictSpec], BeforeValidator(_listed_specs)] = Field(
         default_factory=list,
         description="time to threshold of the tag's value or of its features (one mapping or "

@@ -21,6 +21,7 @@ from agent.core.processing.calculated import Calculator
 from agent.core.processing.config import ZONE_LIMIT, ProcessedDevice, ProcessedTag, WaveformSpec
 from agent.core.processing.counters import Counter
 from agent.core.processing.exception import Deadband
+from agent.core.processing.model import ModelRunner
 from agent.core.processing.predict import Figures, Predictor
 from agent.core.processing.state import MachineState
 from agent.core.processing.values import FeatureValue, tidy
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 
 #: Runs ``features.compute(samples, spec, shaft_rpm)`` off the event loop.
 Compute = Callable[[Any, WaveformSpec, float | None], Awaitable[dict[str, FeatureValue]]]
-#: Runs a prediction's fit off the event loop (``Predictor.fit`` on its points).
-Offload = Callable[[Predictor, list[tuple[float, float]]], Awaitable[Figures]]
+#: Runs a blocking call (a prediction's fit, a model's inference) on the worker thread:
+#: ``await offload(fn, *args)``.
+Offload = Callable[..., Awaitable[Any]]
 
 
 def needs_processing(device: ProcessedDevice) -> bool:
@@ -49,6 +51,7 @@ def needs_processing(device: ProcessedDevice) -> bool:
         or t.counter is not None
         or t.alarms
         or t.predict
+        or t.model is not None
         for t in device.tags
     )
 
@@ -87,6 +90,10 @@ class TagProcessor:
                 threshold = tag.waveform.zones.effective()[ZONE_LIMIT[spec.zone]]
             assert threshold is not None
             self.predictors[spec.feature] = Predictor(spec, spec.prefix(tag.name), threshold)
+        model = tag.model
+        self.model = (
+            ModelRunner(model.onnx, model.inputs, model.outputs) if model is not None else None
+        )
         self.samples: list[float] = []  # a scalar waveform being collected
         self.failing = False  # the last waveform's features could not be computed
 
@@ -195,7 +202,8 @@ class DeviceProcessor:
     async def process(
         self, batch: Batch, compute: Compute, offload: Offload | None = None
     ) -> Output:
-        """``offload`` runs predictions' fits off the event loop (inline when None: tests)."""
+        """``offload`` runs predictions' fits and models off the event loop (inline when None:
+        tests)."""
         out = Output()
         ts = batch.ts
         self._fits = []
@@ -224,7 +232,7 @@ class DeviceProcessor:
         for r, number in zip(batch.readings, numbers, strict=True):
             if number is not None and r.quality is not Quality.BAD:
                 latest[r.tag] = number
-        jobs: list[tuple[TagProcessor, Reading, Awaitable[dict[str, FeatureValue]]]] = []
+        jobs: list[tuple[TagProcessor, Reading, Any, Awaitable[dict[str, FeatureValue]]]] = []
         for r, number in zip(batch.readings, numbers, strict=True):
             tag = self.tags.get(r.tag)
             if tag is None:
@@ -243,7 +251,8 @@ class DeviceProcessor:
             if tag.waveform is not None:
                 samples = self._samples(tag, r.value)
                 if samples is not None:
-                    jobs.append((tag, r, compute(samples, tag.waveform, self._rpm(tag.waveform))))
+                    rpm = self._rpm(tag.waveform)
+                    jobs.append((tag, r, samples, compute(samples, tag.waveform, rpm)))
                 continue
             if number is None:
                 continue
@@ -258,21 +267,27 @@ class DeviceProcessor:
             if tag.alarms or tag.predictors:
                 self._alarms(tag, None, number, r.ts, out, main)
         if jobs:
-            results = await asyncio.gather(*(job for _, _, job in jobs), return_exceptions=True)
-            for (tag, r, _), features in zip(jobs, results, strict=True):
+            results = await asyncio.gather(*(job for *_, job in jobs), return_exceptions=True)
+            for (tag, r, samples, _), features in zip(jobs, results, strict=True):
                 if isinstance(features, BaseException):
                     main.append(self._not_a_waveform(tag, r, features))
                     continue
                 tag.failing = False
                 self.waveforms += 1
-                for k, v in features.items():
-                    main.append(Reading(f"{tag.name}.{k}", tidy(v, 6), r.ts))
-                for k, v in features.items():
+                values: dict[str, FeatureValue | None] = dict(features)
+                if tag.model is not None:
+                    values.update(await self._infer(tag, samples, features, offload))
+                for k, v in values.items():
+                    if v is not None:
+                        main.append(Reading(f"{tag.name}.{k}", tidy(v, 6), r.ts))
+                    else:
+                        main.append(Reading.bad(f"{tag.name}.{k}", r.ts, "model failed"))
+                for k, v in values.items():
                     self._alarms(tag, k, v, r.ts, out, main)
         for tag, feature, predictor in self._fits:
             points = list(predictor.points)
             if offload is not None:
-                figures = await offload(predictor, points)
+                figures: Figures = await offload(predictor.fit, points)
             else:
                 figures = predictor.fit(points)
             published = predictor.published(figures, ts)
@@ -286,6 +301,38 @@ class DeviceProcessor:
         if main:
             out.batches.append(Batch(self.name, ts, main))
         return out
+
+    async def _infer(
+        self,
+        tag: TagProcessor,
+        samples: Any,
+        features: dict[str, FeatureValue],
+        offload: Offload | None,
+    ) -> dict[str, FeatureValue | None]:
+        """The model's outputs on this waveform; None for each when it fails (a bad reading,
+        and one log line per episode)."""
+        runner = tag.model
+        assert runner is not None
+        row = runner.row(samples, features)
+        try:
+            if row is None:
+                raise ValueError(f"an input of {', '.join(runner.inputs)} is not a number")
+            if offload is not None:
+                outputs: dict[str, FeatureValue] = await offload(runner.infer, row)
+            else:
+                outputs = runner.infer(row)
+        except Exception as exc:  # a model is the plant's code: whatever it raises is reported
+            if not runner.failing:
+                runner.failing = True
+                log.warning(
+                    "model failed",
+                    extra={"device": self.name, "tag": tag.name, "error": repr(exc)},
+                )
+            return dict.fromkeys(runner.outputs)
+        if runner.failing:
+            runner.failing = False
+            log.info("model recovered", extra={"device": self.name, "tag": tag.name})
+        return dict(outputs)
 
     def _not_a_waveform(self, tag: TagProcessor, r: Reading, exc: BaseException) -> Reading:
         """A value the features cannot be computed from (strings in the list, say): a bad
