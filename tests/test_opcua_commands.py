@@ -100,6 +100,20 @@ class Reply:
     outputs: list[Any] | None = None
 
 
+class Replies(dict[str, Reply]):
+    """Answers by command id; ``twice`` lists the ids answered more than once (a command gets
+    one reply)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.twice: list[str] = []
+
+    def __setitem__(self, key: str, value: Reply) -> None:
+        if key in self:
+            self.twice.append(key)
+        super().__setitem__(key, value)
+
+
 class Channel:
     """How one platform sends a write and a call, and reads the answers (by command id)."""
 
@@ -134,7 +148,7 @@ class Channel:
     def _call(self, cmd_id: str, method: str, args: list[Any], named: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def replies(self, messages: list[Received]) -> dict[str, Reply]:
+    def replies(self, messages: list[Received]) -> Replies:
         raise NotImplementedError
 
     def events(self, messages: list[Received]) -> list[dict[str, Any]]:
@@ -167,8 +181,8 @@ class JsonChannel(Channel):
         doc = {"id": cmd_id, "call": {method: args}}
         self.dialect.publish(f"{self._prefix()}/{DEVICE}/cmd", json.dumps(doc))
 
-    def replies(self, messages: list[Received]) -> dict[str, Reply]:
-        out = {}
+    def replies(self, messages: list[Received]) -> Replies:
+        out = Replies()
         for m in messages:
             if m.topic == f"{self._prefix()}/{DEVICE}/cmd/reply":
                 doc = _doc(m)
@@ -188,8 +202,8 @@ class ThingsBoardChannel(Channel):
         assert isinstance(self.dialect.platform, ThingsBoardResponder)
         self.dialect.platform.rpc(DEVICE, int(cmd_id), "call", {method: args})
 
-    def replies(self, messages: list[Received]) -> dict[str, Reply]:
-        out = {}
+    def replies(self, messages: list[Received]) -> Replies:
+        out = Replies()
         for m in messages:
             doc = _doc(m)
             if m.topic == "v1/gateway/rpc" and isinstance(doc, dict) and "id" in doc:
@@ -215,8 +229,8 @@ class AzureChannel(Channel):
         body = {"device": DEVICE, "call": {method: args}}
         self.dialect.platform.invoke("call", cmd_id, body)
 
-    def replies(self, messages: list[Received]) -> dict[str, Reply]:
-        out = {}
+    def replies(self, messages: list[Received]) -> Replies:
+        out = Replies()
         for m in messages:
             if m.topic.startswith("$iothub/methods/res/"):
                 rid = urllib.parse.parse_qs(m.topic.partition("?")[2]).get("$rid", [""])[0]
@@ -242,8 +256,8 @@ class AlibabaChannel(Channel):
         topic = f"/sys/{SUB_PK}/{self._name()}/thing/service/{method}"
         self.dialect.publish(topic, json.dumps(doc))
 
-    def replies(self, messages: list[Received]) -> dict[str, Reply]:
-        out = {}
+    def replies(self, messages: list[Received]) -> Replies:
+        out = Replies()
         base = f"/sys/{SUB_PK}/{self._name()}/thing/service/"
         for m in messages:
             doc = _doc(m)
@@ -269,8 +283,8 @@ class HuaweiChannel(Channel):
         assert isinstance(self.dialect.platform, IotdaResponder)
         self.dialect.platform.command(cmd_id, HW_IDS.of(DEVICE, 0), method, named)
 
-    def replies(self, messages: list[Received]) -> dict[str, Reply]:
-        out = {}
+    def replies(self, messages: list[Received]) -> Replies:
+        out = Replies()
         prefix = f"$oc/devices/{HW_GATEWAY}/sys/commands/response/request_id="
         for m in messages:
             doc = _doc(m)
@@ -310,7 +324,7 @@ class SparkplugChannel(Channel):
         body = f'metrics {{ name: "Methods/{method}" datatype: 12 string_value: {text} }}'
         self.dialect.publish(self._topic(), sparkplug_encode(body))
 
-    def replies(self, messages: list[Received]) -> dict[str, Reply]:
+    def replies(self, messages: list[Received]) -> Replies:
         data = self.dialect.decode(messages).of(DEVICE, StreamKind.DATA)
         results = [
             (key, json.loads(v))
@@ -318,7 +332,7 @@ class SparkplugChannel(Channel):
             for key, v in values.items()
             if key.startswith("Methods/") and key.endswith("/Result") and isinstance(v, str)
         ]
-        out: dict[str, Reply] = {}
+        out = Replies()
         taken: set[int] = set()
         for cmd_id, (kind, what) in self.sent.items():
             if kind == "write":
@@ -505,6 +519,8 @@ async def test_writes_calls_and_alarms_through_the_platform(rig: Rig) -> None:
         reply = await rig.reply(ch.call("start_job", ["JOB-44", 1], {"Job": "JOB-44", "Count": 1}))
         assert not reply.ok and "rate limited" in str(reply.error), reply
         assert len(rig.sim.calls) == 2
+        # one reply per command
+        assert not ch.replies(rig.dialect.platform.snapshot()).twice
 
 
 @pytest.mark.slow
