@@ -29,7 +29,7 @@ from simulators.mc_press import McPressSimulator
 from tests.brokers import Mosquitto, Subscriber, free_port
 from tests.e2e import agent_process, rss_at_marks, scrape_metric, write_config
 
-TIMEOUT = 0.15
+TIMEOUT = 0.3
 #: Words D100..D103, a double word at D300, bits M0..M3: a random read and a bit read a cycle.
 TAGS: list[dict[str, Any]] = [
     *({"name": f"d{100 + i}", "address": f"D{100 + i}", "type": "uint16"} for i in range(4)),
@@ -93,7 +93,7 @@ async def test_each_broken_answer_is_reported_and_the_next_connection_reads(
 ) -> None:
     assert set(OUTCOMES) == set(MC_KINDS) - {"ok"}
     async with HostileMcServer(
-        encoding=encoding, seed=7, weights={kind: 1.0}, slowloris_delay=0.05
+        encoding=encoding, seed=7, weights={kind: 1.0}, slowloris_delay=0.1
     ) as server:
         d = McDriver(_device(server.port, encoding))
         seen: set[str] = set()
@@ -104,8 +104,9 @@ async def test_each_broken_answer_is_reported_and_the_next_connection_reads(
                 readings = await d.poll()
             except DeviceError as exc:
                 seen.add(exc.reason)
-                # one timeout for a dribbled answer, not one per byte
-                assert time.monotonic() - t0 < 3 * TIMEOUT
+                # One timeout for a dribbled answer, not one per byte: the shortest answer here
+                # (13 bytes) takes 1.3 s to dribble; a loaded machine may add some to 0.3 s.
+                assert time.monotonic() - t0 < 1.0
                 assert d.client is None or not d.client.connected
             else:
                 if kind == "doubled":
@@ -140,8 +141,8 @@ WEIGHTS = {
     "truncated": 1.0,
     "wrong_length": 0.4,
     "garbage": 0.4,
-    "slowloris": 0.1,
-    "silent": 0.2,
+    "slowloris": 0.05,
+    "silent": 0.1,
 }
 
 
@@ -161,7 +162,9 @@ async def test_2000_hostile_answers_no_crash_bounded_memory_the_good_plc_unharme
             "name": f"h{i}",
             "driver": "mc",
             "poll_interval": "20ms",
-            "connection": {"host": "127.0.0.1", "port": hostile.port, "timeout": "80ms"},
+            # Not 80 ms: on a loaded machine a connect can take that long, and a failed connect
+            # is backed off for seconds, which starves the run of requests.
+            "connection": {"host": "127.0.0.1", "port": hostile.port, "timeout": "250ms"},
             "tags": TAGS,
         }
         for i in range(DEVICES)

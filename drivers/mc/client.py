@@ -29,6 +29,11 @@ from drivers.mc.frame import (
     parse_answer,
 )
 
+#: A connect waits at least this long (seconds), whatever the answer timeout: a tight timeout
+#: for answers (100 ms on a LAN) must not fail connects on a busy network or a loaded gateway,
+#: since every failed connect is backed off for a second or more.
+CONNECT_TIMEOUT_FLOOR = 1.0
+
 
 class McClient:
     """A client of one PLC endpoint; ``open`` raises ``DeviceError`` with the reason."""
@@ -70,8 +75,9 @@ class McClient:
     async def open(self) -> None:
         await self.close()
         loop = asyncio.get_running_loop()
+        limit = max(self.timeout, CONNECT_TIMEOUT_FLOOR)
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(limit):
                 if self.transport == "udp":
                     self._datagrams = asyncio.Queue(maxsize=16)
                     transport, _ = await loop.create_datagram_endpoint(
@@ -85,7 +91,7 @@ class McClient:
                     self._stream = protocol
         except TimeoutError:
             raise DeviceError(
-                "timeout", f"{self.where}: no answer to connect within {self.timeout}s"
+                "timeout", f"{self.where}: no answer to connect within {limit}s"
             ) from None
         except OSError as exc:
             if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
