@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.app.fleet.push import MAX_YAML_BYTES
 from agent.app.fleet.store import FleetStore
 from simulators.modbus_tcp import ModbusSimulator
-from tests.brokers import Mosquitto, Received, data_seqs, free_port
+from tests.brokers import Mosquitto, Received, Subscriber, data_seqs, free_port
 from tests.e2e import agent_process, until
 from tests.fleet_rig import (
     KEY,
@@ -128,6 +128,30 @@ async def test_hostile_pushes_are_refused_with_positions_and_never_crash(
             msgs = await sub.wait_for(lambda m: state_of(m, "gw-a", "v2") is not None, 20)
             assert state_of(msgs, "gw-a", "other") is None
             assert proc.poll() is None
+            # Health: the contract's shape, retained, again every health_interval (1 s here)
+            # though nothing changes.
+            n = len(health(sub.messages, "gw-a"))
+            msgs = await sub.wait_for(lambda m: len(health(m, "gw-a")) >= n + 2, 10)
+            doc = health(msgs, "gw-a")[-1]
+            assert set(doc) == {
+                "agent",
+                "version",
+                "uptime_s",
+                "config",
+                "state",
+                "devices",
+                "outputs",
+                "clock_synchronized",
+                "ts",
+            }
+            assert doc["agent"] == "gw-a" and doc["config"]["version"] == 2
+            assert doc["devices"] == {"m1": {"state": "up", "reason": None}}
+            assert set(doc["outputs"]["default"]) == {"connected", "backlog", "oldest_ms"}
+            assert doc["outputs"]["default"]["connected"] is True
+            late = Subscriber(broker.port, ["edge/gw-a/health"], client_id="late").start()
+            first = (await late.wait_for(lambda m: len(m) >= 1, 5))[0]
+            assert first.retain and first.json()["agent"] == "gw-a"
+            late.stop()
         sub.stop()
         text = log.read_text()
         assert marker not in text and KEY not in text
