@@ -249,7 +249,7 @@ class FleetGateway:
         store, state = self.boot.store, self.boot.state
         await asyncio.to_thread(store.save_version, push.version, push.yaml)
         state.highest = push.version
-        state.pending = Entry(push.version, push.hash)
+        state.pending = Entry(push.version, push.hash, id=push.id)
         await asyncio.to_thread(store.save, state)
         agent = self.agent
         self.applying = True
@@ -257,10 +257,17 @@ class FleetGateway:
             async with agent.reload_lock:
                 before = was_up(agent)
                 previous = agent.config
-                await apply_config(agent, new)
-            problem = await check_health(agent, before, self.fleet.health_check)
+                try:
+                    await apply_config(agent, new)
+                except Exception as exc:  # a bug on the way: the previous config comes back
+                    log.exception("fleet apply failed")
+                    problem: str | None = f"the apply failed: {type(exc).__name__}"
+                else:
+                    problem = None
             if problem is None:
-                state.current = Entry(push.version, push.hash)
+                problem = await check_health(agent, before, self.fleet.health_check)
+            if problem is None:
+                state.current = Entry(push.version, push.hash, id=push.id)
                 state.pending = None
                 state.record(push.version, push.hash, "applied")
                 self.in_force = InForce(push.version, push.hash, "fleet")

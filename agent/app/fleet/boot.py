@@ -60,7 +60,7 @@ def boot_config(local: Config, path: Path, drivers: Mapping[str, type[Driver]]) 
         state.pending = None
         store.save(state)
         announce = {
-            "id": "",
+            "id": pending.id,
             "version": pending.version,
             "hash": pending.hash,
             "result": "rolled_back",

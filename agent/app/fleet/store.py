@@ -28,6 +28,7 @@ class Entry:
     version: int
     hash: str
     ts: float = field(default_factory=time.time)  # applied at (current), started at (pending)
+    id: str = ""  # the push's, so that a result after a restart still answers it
 
 
 @dataclass
