@@ -96,6 +96,7 @@ bench: venv system-deps
 	$(PY) -m bench.bench_s7
 	$(PY) -m bench.bench_opcua
 	$(PY) -m bench.bench_opcua_commands
+	$(PY) -m bench.bench_fleet
 
 # Several destinations (outputs:): what each added destination costs, and one blackholed for a
 # simulated hour while the other stays live (about 5 minutes; docs/performance.md).
