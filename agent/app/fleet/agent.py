@@ -107,10 +107,12 @@ class FleetGateway:
 
     def _new_client(self, config: Config) -> mqtt.Client:
         section = config.mqtt
-        base_id = section.client_id or config.agent.id
+        client_id = f"{section.client_id or config.agent.id}-fleet"
+        if any(o.client_id == client_id for o in config.outputs):  # an output named "fleet"
+            client_id += "-session"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"{base_id}-fleet",
+            client_id=client_id,
             clean_session=True,
             reconnect_on_failure=True,
         )
