@@ -10,6 +10,8 @@ answer with its request, so the client trusts the byte stream only while it is i
 that arrive while no request is waiting, or after the end of an answer, put it out of step, and
 so do a timeout and an answer that is not a 3E frame. Out of step, it closes itself (a late or
 doubled answer would otherwise pass for the next request's); the agent reconnects with backoff.
+What no 3E client can catch is a copy that arrives after the next request went out, when the two
+answers are the same size: only the 4E frame's serial number ties an answer to its request.
 """
 
 from __future__ import annotations
