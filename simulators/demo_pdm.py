@@ -52,12 +52,30 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def describe(topic: str, doc: Any) -> str | None:
+def countdown(values: dict[str, Any], time_scale: float = TIME_SCALE) -> str | None:
+    """The prediction of zone C in the pump's days: the agent counts its own hours and days, the
+    pump's time runs ``time_scale`` times faster."""
+    trend = values.get("vibration.velocity_rms.trend")
+    hours = values.get("vibration.velocity_rms.ttt_h")
+    low = values.get("vibration.velocity_rms.ttt_h_low")
+    if not isinstance(trend, int | float):
+        return None
+    shown = f"trend {trend / time_scale:+.3f} mm/s per pump day"
+    if isinstance(hours, int | float) and isinstance(low, int | float):
+        days = 3600 * time_scale / 86400
+        shown += f", zone C in {hours * days:.1f} pump days (>= {low * days:.1f} at 90 %)"
+    return shown
+
+
+def describe(topic: str, doc: Any, time_scale: float = TIME_SCALE) -> str | None:
     """One line for a message, or None for those not worth a line (status heartbeats)."""
     kind = topic.rsplit("/", 1)[-1]
     if kind == "data" and isinstance(doc, dict):
         values = doc.get("values", {})
         shown = [f"{k}={_short(values[k])}" for k in SHOWN if k in values]
+        left = countdown(values, time_scale)
+        if left is not None:
+            shown.append(left)
         runtime = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("runtime.")}
         if runtime:
             # the agent's own seconds: the pump's time runs faster, the agent's does not
@@ -74,12 +92,12 @@ def describe(topic: str, doc: Any) -> str | None:
     return f"{kind}  {json.dumps(doc)}"
 
 
-def _on_message(msg: mqtt.MQTTMessage) -> None:
+def _on_message(msg: mqtt.MQTTMessage, time_scale: float = TIME_SCALE) -> None:
     try:
         doc: Any = json.loads(msg.payload)
     except ValueError:
         doc = msg.payload.decode(errors="replace")
-    line = describe(msg.topic, doc)
+    line = describe(msg.topic, doc, time_scale)
     if line is not None:
         print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
@@ -103,15 +121,17 @@ def main(argv: list[str] | None = None) -> int:
             str(MODBUS_PORT),
             "--time-scale",
             str(args.time_scale),
+            "--wear-law",
+            "exponential",
         ],
         simulator_port=MODBUS_PORT,
         simulator_name="pump simulator",
         watch_id="pdm-demo-watch",
-        on_message=_on_message,
+        on_message=lambda msg: _on_message(msg, args.time_scale),
         banner=(
             f"pdm demo: broker 127.0.0.1:{BROKER_PORT}, pump 127.0.0.1:{MODBUS_PORT} "
             f"(x{args.time_scale:g}: a day every {86400 / args.time_scale:.0f} s; fault from "
-            "day 10, end of life day 30); Ctrl-C to stop"
+            "day 10, end of life day 30, and a countdown to zone C); Ctrl-C to stop"
         ),
         workdir_prefix="edge-agent-pdm-demo-",
     )

@@ -15,6 +15,8 @@ from agent.core.processing.config import (
     BearingSpec,
     CounterSpec,
     DeviceProcessing,
+    ModelSpec,
+    PredictSpec,
     StateRule,
     StateSpec,
     WaveformSpec,
@@ -61,6 +63,13 @@ def test_the_state_snippet_and_the_demo_config_validate(tmp_path: Path) -> None:
 
 def _keys(model: type[BaseModel]) -> set[str]:
     return {info.alias or name for name, info in model.model_fields.items()}
+
+
+def test_every_prediction_key_is_documented() -> None:
+    """docs/prediction.md names every key of predict: and model:."""
+    text = (ROOT / "docs" / "prediction.md").read_text(encoding="utf-8")
+    keys = _keys(PredictSpec) | _keys(ModelSpec) | {"within", "predicted"}
+    assert sorted(k for k in keys if f"`{k}`" not in text) == []
 
 
 def test_every_processing_key_is_documented() -> None:

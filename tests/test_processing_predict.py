@@ -19,7 +19,7 @@ from agent.core.processing import Processing
 from agent.core.processing.config import ProcessedDevice
 from agent.core.processing.device import DeviceProcessor
 from agent.core.processing.predict import BUCKET_VALUES, Predictor
-from agent.core.processing.trend import best_fit, crossing
+from agent.core.processing.trend import Crossing, best_fit, crossing
 from drivers.base import Batch, Reading
 
 T0 = 1_763_884_800.0
@@ -94,14 +94,25 @@ def test_a_flat_or_reversing_trend_predicts_no_crossing(slope: float) -> None:
     t = np.arange(-10 * 24, 1) / 24.0
     y = 60 + slope * t + rng.normal(0, 0.5, len(t))
     cross = crossing(best_fit(t, y), 70.0, 3650.0, 0.9)
-    assert cross == type(cross)(None, None)
+    assert cross == Crossing(None, None)
 
 
 def test_a_falling_value_heads_for_a_lower_threshold() -> None:
     t = np.arange(-5 * 24, 1) / 24.0
     y = 50 - 2.0 * (t - t[0])  # falls 2 units a day: 40 now
-    cross = crossing(best_fit(t, y), 30.0, 30.0, 0.9)
+    cross = crossing(best_fit(t, y), 30.0, 30.0, 0.9, rising=False)
     assert cross.hours == pytest.approx(5 * 24, rel=0.02)
+    assert crossing(best_fit(t, y), 30.0, 30.0, 0.9).hours == 0.0  # "up" to 30: beyond it
+
+
+def test_a_value_beyond_the_threshold_has_reached_it() -> None:
+    t = np.arange(-5 * 24, 1) / 24.0
+    y = 75 + 1.0 * (t - t[0])  # 80 now, past 78, still rising
+    cross = crossing(best_fit(t, y), 78.0, 30.0, 0.9)
+    assert (cross.hours, cross.hours_low) == (0.0, 0.0)
+    y = 85 - 1.0 * (t - t[0])  # 80 now and falling (repaired), yet still beyond 78
+    cross = crossing(best_fit(t, y), 78.0, 30.0, 0.9)
+    assert (cross.hours, cross.hours_low) == (0.0, 0.0)
 
 
 # -- the predictor in a device ---------------------------------------------------------------

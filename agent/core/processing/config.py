@@ -424,6 +424,11 @@ class PredictSpec(_Model):
         description="the threshold is where this ISO 10816 zone starts, from the waveform's "
         "zones (on its velocity_rms feature)",
     )
+    direction: Literal["up", "down"] = Field(
+        default="up",
+        description="up: the value rises to the threshold (wear, heat); down: it falls to it "
+        "(a pressure, an efficiency). Once beyond it, ttt_h and ttt_h_low are 0",
+    )
     horizon: _PositiveDuration = Field(
         default=30 * 86400.0, description="no crossing is published beyond this far ahead"
     )

@@ -104,7 +104,9 @@ class Predictor:
         y = np.array([p[1] for p in points])
         fit = best_fit(t, y)
         spec = self.spec
-        cross = crossing(fit, self.threshold, spec.horizon / 86400.0, spec.confidence)
+        cross = crossing(
+            fit, self.threshold, spec.horizon / 86400.0, spec.confidence, spec.direction == "up"
+        )
         evidence = {
             **figures(fit),
             "threshold": self.threshold,
@@ -122,7 +124,7 @@ class Predictor:
             if key == "trend":
                 out[key] = value
             else:
-                out[key] = round(max(value - late, 0.0), 2)
+                out[key] = float(f"{max(value - late, 0.0):.4g}")  # 4 digits: 0.01 h is 36 s
         return out
 
     # -- persistence ------------------------------------------------------------------------------
