@@ -243,6 +243,10 @@ async def test_apply_rollback_precedence_history_and_the_operators_commands(
         seen = len(health(sub.messages, "gw-b"))
         with _restart(cfg, tmp_path / "agent2.log") as proc:
             await sub.wait_for(lambda m: _fresh(m, seen, 1, "fleet", ["m1", "m2"]), 20)
+            # A SIGHUP applies the local file: the health says so at once.
+            seen = len(health(sub.messages, "gw-b"))
+            proc.send_signal(signal.SIGHUP)
+            await sub.wait_for(lambda m: _fresh(m, seen, 0, "file", ["m1"]), 20)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
         # An engineer edits the file on the box: the file is the truth again.

@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import signal
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +101,9 @@ class Agent:
         self.config_loaded_at = time.time()
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
+        #: Told the file's path after a reload from it applied (the fleet session: the file is
+        #: the config in force now, its health says so).
+        self.reload_listeners: list[Callable[[Path], None]] = []
 
     @property
     def reload_lock(self) -> asyncio.Lock:
@@ -255,9 +258,13 @@ class Agent:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                return await apply_reload(self, path)
+                applied = await apply_reload(self, path)
             finally:
                 self.notifier.ready(describe(self))
+            if applied:
+                for listener in list(self.reload_listeners):
+                    listener(path)
+            return applied
 
     async def apply_devices(self, plan: ReloadPlan) -> None:
         """Stop, start and restart pollers as the reload plan says (a shared line restarts

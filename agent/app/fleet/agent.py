@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.app.config.models import Config
-from agent.app.fleet.boot import Boot
+from agent.app.fleet.boot import Boot, file_in_force
 from agent.app.fleet.health import InForce, change_key, check_health, health_doc, was_up
 from agent.app.fleet.push import (
     Push,
@@ -87,9 +87,23 @@ class FleetGateway:
             asyncio.create_task(self._apply_loop(), name="fleet:apply"),
             asyncio.create_task(self._health_loop(), name="fleet:health"),
         ]
+        self.agent.reload_listeners.append(self._file_reloaded)
         log.info("fleet session started", extra={"prefix": self.prefix})
 
+    def _file_reloaded(self, path: Path) -> None:
+        """A SIGHUP applied the local file: it is the config in force now (health and
+        ``config/current`` say so at once)."""
+        try:
+            self.in_force = file_in_force(path)
+            self._current = self._current_doc()
+        except OSError as exc:
+            log.warning("fleet: cannot read the reloaded file", extra={"error": str(exc)})
+            return
+        self._publish("config/current", self._current)
+
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.agent.reload_listeners.remove(self._file_reloaded)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
