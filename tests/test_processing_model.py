@@ -229,3 +229,25 @@ def test_onnxruntime_is_imported_only_when_a_config_names_a_model(tmp_path: Path
     )
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
     assert run.stdout.strip() == "False", run.stderr
+
+
+async def test_a_model_giving_nan_is_a_bad_reading_not_a_broken_message(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None])
+    y = helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 1])
+    nodes = [  # log of a negative mean: NaN
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Neg", ["m"], ["n"]),
+        helper.make_node("Log", ["n"], ["score"]),
+    ]
+    path = save(helper.make_graph(nodes, "nan", [x], [y]), tmp_path / "nan.onnx")
+    dev = device({"onnx": str(path), "inputs": ["waveform"], "outputs": ["score"]})
+    processing = Processing([dev], tmp_path)
+    await processing.start()
+    try:
+        wave = [1.0 + 0.1 * (i % 7) for i in range(256)]  # positive mean: log(-m) is NaN
+        out = await processing.process(Batch("m1", T0, [Reading("vib", wave, T0)]))
+    finally:
+        await processing.stop()
+    assert out is not None
+    (score,) = [r for b in out.batches for r in b.readings if r.tag == "vib.score"]
+    assert score.quality.name == "BAD" and score.value is None

@@ -242,3 +242,40 @@ async def test_a_predicted_alarm_on_a_window_stat_watches_its_prediction() -> No
     assert any("temp.mean.ttt_h" in p for p in published)
     raised = [e for e in events if e["event"] == "raise"]
     assert raised and raised[0]["tag"] == "temp.mean.ttt_h_low"
+
+
+def test_a_damaged_state_file_restores_what_is_sound() -> None:
+    spec = device({"predict": {"value": 80}}).tags[0].predict[0]
+    p = Predictor(spec, "temp", 80.0)
+    p.restore({"points": [[T0, 1.0], "x", [T0 + 1, float("nan")], [T0 - 5, 2.0], [T0 + 9, 3]]})
+    assert p.points == [(T0, 1.0), (T0 + 9, 3.0)]  # in order, finite, numbers
+    for junk in ({}, {"points": 7}, {"points": None}):
+        q = Predictor(spec, "temp", 80.0)
+        q.restore(junk)
+        assert q.points == []
+
+
+async def test_a_predicted_alarm_with_states_is_judged_only_in_them() -> None:
+    dev = device(
+        {
+            "predict": {"value": 80, "min_points": 24},
+            "alarms": [
+                {"name": "soon", "mode": "predicted", "within": "3d", "states": ["running"]}
+            ],
+        },
+        {"name": "speed"},
+        state={"rules": [{"state": "running", "when": "speed > 100"}]},
+    )
+    events = []
+    for running in (False, True):
+        proc = DeviceProcessor(dev)
+        for i in range(24 * 3):
+            ts = T0 + i * HOUR
+            readings = [
+                Reading("speed", 1480 if running else 0, ts),
+                Reading("temp", 60 + i / 6, ts),
+            ]
+            out = await proc.process(Batch("m1", ts, readings), _no_compute)
+            events.append((running, [e.doc["event"] for e in out.events]))
+    assert not any(e for running, e in events if not running)  # the same trend, never judged
+    assert ["raise"] in [e for running, e in events if running]

@@ -292,7 +292,11 @@ class DeviceProcessor:
                 figures = predictor.fit(points)
             published = predictor.published(figures, ts)
             main.extend(Reading(f"{predictor.name}.{k}", v, ts) for k, v in published.items())
+            current = self.state.current if self.state is not None else None
             for alarm in tag.predicted_alarms(feature):
+                if alarm.spec.states is not None and current not in alarm.spec.states:
+                    alarm.pause()
+                    continue
                 alarm.prediction = {**figures.evidence, **published}
                 self._judge(alarm, published.get("ttt_h_low", math.inf), ts, out)
         if self.state is not None:

@@ -12,6 +12,7 @@ FILE:LINE:COL before start rather than failing at the first waveform.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -120,6 +121,8 @@ class ModelRunner:
             if isinstance(value, bool | int):
                 out[name] = int(value)  # a class label
             elif isinstance(value, float):
+                if not math.isfinite(value):
+                    raise ValueError(f"output {name} is {value}, not a finite number")
                 out[name] = tidy(value, 6)
             else:
                 out[name] = str(value)
