@@ -11,9 +11,11 @@ counted, every value published as good is the correct one, and the good PLC's da
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -139,15 +141,37 @@ WEIGHTS = {
 }
 
 
+class Hostiles:
+    """One hostile PLC per device (an open-setting line serves one client, and ``validate``
+    refuses two devices on one TCP port), counted together."""
+
+    def __init__(self, servers: list[HostileMcServer]) -> None:
+        self.servers = servers
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.servers)
+
+    @property
+    def sent(self) -> Counter[str]:
+        return sum((s.sent for s in self.servers), Counter())
+
+
 @pytest.fixture
-async def hostile() -> AsyncIterator[HostileMcServer]:
-    async with HostileMcServer(seed=3, weights=WEIGHTS, slowloris_delay=0.05) as server:
-        yield server
+async def hostile() -> AsyncIterator[Hostiles]:
+    async with contextlib.AsyncExitStack() as stack:
+        servers = [
+            await stack.enter_async_context(
+                HostileMcServer(seed=3 + i, weights=WEIGHTS, slowloris_delay=0.05)
+            )
+            for i in range(DEVICES)
+        ]
+        yield Hostiles(servers)
 
 
 @pytest.mark.slow
 async def test_2000_hostile_answers_no_crash_bounded_memory_the_good_plc_unharmed(
-    tmp_path: Path, broker: Mosquitto, hostile: HostileMcServer
+    tmp_path: Path, broker: Mosquitto, hostile: Hostiles
 ) -> None:
     metrics_port = free_port()
     devices: list[dict[str, Any]] = [
@@ -157,10 +181,10 @@ async def test_2000_hostile_answers_no_crash_bounded_memory_the_good_plc_unharme
             "poll_interval": "20ms",
             # Not 80 ms: on a loaded machine a connect can take that long, and a failed connect
             # is backed off for seconds, which starves the run of requests.
-            "connection": {"host": "127.0.0.1", "port": hostile.port, "timeout": "250ms"},
+            "connection": {"host": "127.0.0.1", "port": server.port, "timeout": "250ms"},
             "tags": TAGS,
         }
-        for i in range(DEVICES)
+        for i, server in enumerate(hostile.servers)
     ]
     async with McPressSimulator(free_port(), update_interval=None) as good:
         devices.append(

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import DeviceBase, DeviceError, Driver, Reading, WriteError
+from drivers.base import DeviceBase, DeviceError, Driver, LineSettings, Reading, WriteError
 from drivers.mc.client import McClient
 from drivers.mc.codec import Decoder, encode, make_decoder
 from drivers.mc.config import McDevice, McProfile, McTag
@@ -140,6 +140,19 @@ class McDriver(Driver):
             for name, start, end, _ in planned.reads:
                 out[name] = list(words[start:end])
         return out
+
+    @classmethod
+    def line_settings(cls, entry: Mapping[str, Any]) -> LineSettings | None:
+        """For ``validate``: an open-setting line (a TCP port of the PLC) serves one client, so
+        two devices naming one host and TCP port would take turns losing their connection;
+        each needs its own line. UDP ports take any number of clients."""
+        conn = entry.get("connection")
+        if not isinstance(conn, Mapping) or conn.get("transport", "tcp") != "tcp":
+            return None
+        host, port = conn.get("host"), conn.get("port")
+        if not isinstance(host, str) or not isinstance(port, int):
+            return None
+        return LineSettings(key=f"{host}:{port} (MC over TCP)", alone="connection.port")
 
     @property
     def client(self) -> McClient | None:
