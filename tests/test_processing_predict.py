@@ -147,7 +147,7 @@ async def test_points_are_medians_of_each_bucket_and_stay_bounded() -> None:
     assert p.points[0][0] >= p.points[-1][0] - 2 * DAY  # the newest point's history
     for i in range(3 * BUCKET_VALUES):  # a fast poll cannot grow a bucket without bound
         p.add(1.0, T0 + 20 * DAY + i * 1e-4)
-    assert len(p._values) < BUCKET_VALUES
+    assert len(p._bucket_values) < BUCKET_VALUES
 
 
 async def test_only_values_in_the_when_states_are_taken() -> None:
