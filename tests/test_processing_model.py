@@ -251,3 +251,58 @@ async def test_a_model_giving_nan_is_a_bad_reading_not_a_broken_message(tmp_path
     assert out is not None
     (score,) = [r for b in out.batches for r in b.readings if r.tag == "vib.score"]
     assert score.quality.name == "BAD" and score.value is None
+
+
+def test_without_onnxruntime_a_model_is_refused_with_the_extra_to_install(tmp_path: Path) -> None:
+    rms_model(tmp_path / "rms.onnx")
+    path = _config(tmp_path, "{onnx: rms.onnx, inputs: [waveform], outputs: [score]}")
+    check = (
+        "import sys; sys.modules['onnxruntime'] = None;"  # as if the extra were not installed
+        "from pathlib import Path; from agent.app.config import ConfigErrors, load_config;"
+        "from agent.south.registry import load_drivers\n"
+        "try:\n"
+        f"    load_config(Path({str(path)!r}), load_drivers())\n"
+        "except ConfigErrors as exc:\n"
+        "    print(*(f'{i.line}:{i.path}: {i.message}' for i in exc.issues))"
+    )
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
+    assert run.stdout.strip() == (
+        "13:devices.0.tags.0.model.onnx: a model needs onnxruntime, the onnx extra: "
+        "pip install 'edge-agent[onnx]'"
+    ), run.stderr
+
+
+@pytest.mark.parametrize(
+    ("tag", "message"),
+    [
+        (
+            "{name: temp, table: input, address: 0, type: int16, "
+            "model: {onnx: clf.onnx, inputs: [a, b], outputs: [c, p]}}",
+            "a model runs on a waveform: add waveform: to the tag",
+        ),
+        (
+            "{name: vib, table: input, address: 0, type: int16, count: 64, "
+            "waveform: {sample_rate: 5120, features: [rms, kurtosis]}, "
+            "model: {onnx: clf.onnx, inputs: [rms, skewness], outputs: [c, p]}}",
+            "model.inputs: tag vib computes no 'skewness' (it computes: rms, kurtosis)",
+        ),
+        (
+            "{name: vib, table: input, address: 0, type: int16, count: 64, "
+            "waveform: {sample_rate: 5120, features: [rms, kurtosis]}, "
+            "model: {onnx: clf.onnx, inputs: [rms, kurtosis], outputs: [rms, p]}}",
+            "model.outputs: 'rms' is already a feature of the tag",
+        ),
+    ],
+)
+def test_a_model_fits_its_tag(tmp_path: Path, tag: str, message: str) -> None:
+    classifier(tmp_path / "clf.onnx")
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "agent: {id: t}\ndevices:\n  - name: pump\n    driver: modbus\n"
+        f"    connection: {{host: 127.0.0.1}}\n    tags:\n      - {tag}\n"
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path, load_drivers())
+    (issue,) = caught.value.issues
+    assert (issue.line, issue.path) == (7, "devices.0.tags.0.model")
+    assert message in issue.message
