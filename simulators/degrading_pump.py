@@ -27,7 +27,11 @@ address type    value
 
 Command line::
 
-    python -m simulators.degrading_pump --port 5021 --time-scale 14400
+    python -m simulators.degrading_pump --port 5021 --time-scale 14400 [--wear-law exponential]
+
+The wear grows quadratically from onset by default; ``--wear-law exponential`` makes it the
+two-stage exponential of bearing degradation, the law the prediction tests and ``make demo-pdm``
+use (docs/prediction.md).
 """
 
 from __future__ import annotations
