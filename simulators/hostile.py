@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from simulators.hostile_server import HostileTcpServer, serve_until_signal
 from simulators.serial_instruments import ETX, STX, PtyInstrument, xor_hex
 
 MODBUS_KINDS: Final = (
@@ -74,75 +75,23 @@ def read_answer(function: int, address: int, count: int, registers: int | None =
     return struct.pack(f">BB{n}H", function, 2 * n, *values)
 
 
-class HostileModbusServer:
+class HostileModbusServer(HostileTcpServer):
     """A Modbus TCP "device" that answers with a random mix of ``weights``' kinds."""
 
-    def __init__(
-        self,
-        port: int = 0,
-        *,
-        seed: int = 0,
-        weights: dict[str, float] | None = None,
-        slowloris_delay: float = 0.2,
-    ) -> None:
-        self.port = port
-        self.weights = weights or {k: 1.0 for k in MODBUS_KINDS}
-        self.slowloris_delay = slowloris_delay
-        self.sent: Counter[str] = Counter()
-        self.requests = 0
-        self._random = random.Random(seed)
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+    KINDS = MODBUS_KINDS
 
-    @property
-    def frames(self) -> int:
-        """Hostile frames sent so far (correct answers not counted)."""
-        return sum(n for k, n in self.sent.items() if k != "ok")
-
-    async def start(self) -> HostileModbusServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        self._server = None
-
-    async def __aenter__(self) -> HostileModbusServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _pick(self) -> str:
-        kinds = list(self.weights)
-        return self._random.choices(kinds, [self.weights[k] for k in kinds])[0]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
-        try:
-            while True:
-                header = await reader.readexactly(7)
-                tid, _proto, length, unit = struct.unpack(">HHHB", header)
-                pdu = await reader.readexactly(max(0, length - 1)) if length > 1 else b""
-                self.requests += 1
-                if len(pdu) < 5 or pdu[0] not in _READ_FUNCTIONS:
-                    writer.write(_mbap(tid, unit, bytes([(pdu[:1] or b"\x00")[0] | 0x80, 1])))
-                    continue
-                function, address, count = struct.unpack(">BHH", pdu[:5])
-                await self._answer(writer, tid, unit, function, address, count)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
-            pass
-        finally:
-            self._clients.discard(task)
-            writer.close()
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            header = await reader.readexactly(7)
+            tid, _proto, length, unit = struct.unpack(">HHHB", header)
+            pdu = await reader.readexactly(max(0, length - 1)) if length > 1 else b""
+            self.requests += 1
+            if len(pdu) < 5 or pdu[0] not in _READ_FUNCTIONS:
+                writer.write(_mbap(tid, unit, bytes([(pdu[:1] or b"\x00")[0] | 0x80, 1])))
+                continue
+            function, address, count = struct.unpack(">BHH", pdu[:5])
+            await self._answer(writer, tid, unit, function, address, count)
+            await writer.drain()
 
     async def _answer(
         self,
@@ -154,7 +103,6 @@ class HostileModbusServer:
         count: int,
     ) -> None:
         kind = self._pick()
-        self.sent[kind] += 1
         rnd = self._random
         good = _mbap(tid, unit, read_answer(function, address, count))
         if kind == "ok":
@@ -178,10 +126,7 @@ class HostileModbusServer:
         elif kind == "exception":
             writer.write(_mbap(tid, unit, bytes([function | 0x80, rnd.randint(0, 20)])))
         elif kind == "slowloris":
-            for byte in good:
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(self.slowloris_delay)
+            await self._dribble(writer, good)
         # "silent": nothing at all
 
 
@@ -268,21 +213,19 @@ class HostileSerialEmitter(PtyInstrument):
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    if args.kind == "modbus":
+        server = HostileModbusServer(args.port, seed=args.seed)
+        await serve_until_signal(server, "hostile Modbus TCP on 127.0.0.1:{port}")
+        return
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if args.kind == "modbus":
-        async with HostileModbusServer(args.port, seed=args.seed) as server:
-            print(f"hostile Modbus TCP on 127.0.0.1:{server.port}", flush=True)
-            await stop.wait()
-            print(dict(server.sent))
-    else:
-        link = Path(args.link) if args.link else None
-        async with HostileSerialEmitter(rate=args.rate, seed=args.seed, link=link) as emitter:
-            print(f"hostile serial line on {args.link or emitter.path}", flush=True)
-            await stop.wait()
-            print(dict(emitter.sent))
+    link = Path(args.link) if args.link else None
+    async with HostileSerialEmitter(rate=args.rate, seed=args.seed, link=link) as emitter:
+        print(f"hostile serial line on {args.link or emitter.path}", flush=True)
+        await stop.wait()
+        print(dict(emitter.sent))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import random
-import signal
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from typing import Final
 
@@ -51,6 +48,7 @@ from drivers.mc.frame import (
     header_size,
     parse_request,
 )
+from simulators.hostile_server import HostileTcpServer, serve_until_signal
 
 MC_KINDS: Final = (
     "ok",
@@ -68,8 +66,11 @@ MC_KINDS: Final = (
 _END_CODES: Final = (0xC051, 0xC056, 0xC059, 0xC05C, 0x4031, 0x0055, 0xFFFF, 0x1234)
 
 
-class HostileMcServer:
+class HostileMcServer(HostileTcpServer):
     """An MC 3E "PLC" that answers with a random mix of ``weights``' kinds."""
+
+    KINDS = MC_KINDS
+    SESSION_ENDS = (*HostileTcpServer.SESSION_ENDS, FrameError)
 
     def __init__(
         self,
@@ -80,66 +81,20 @@ class HostileMcServer:
         weights: dict[str, float] | None = None,
         slowloris_delay: float = 0.2,
     ) -> None:
-        self.port = port
+        super().__init__(port, seed=seed, weights=weights, slowloris_delay=slowloris_delay)
         self.encoding: Encoding = encoding
-        self.weights = weights or {k: 1.0 for k in MC_KINDS}
-        self.slowloris_delay = slowloris_delay
-        self.sent: Counter[str] = Counter()
-        self.requests = 0
-        self._random = random.Random(seed)
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
 
-    @property
-    def frames(self) -> int:
-        """Hostile answers sent so far (correct ones not counted)."""
-        return sum(n for k, n in self.sent.items() if k != "ok")
-
-    async def start(self) -> HostileMcServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        self._server = None
-
-    async def __aenter__(self) -> HostileMcServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _pick(self) -> str:
-        kinds = list(self.weights)
-        return self._random.choices(kinds, [self.weights[k] for k in kinds])[0]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         size = header_size(self.encoding)
-        try:
-            while True:
-                header = await reader.readexactly(size)
-                frame = header + await reader.readexactly(
-                    min(8192, body_length(header, self.encoding, answer=False))
-                )
-                self.requests += 1
-                if not await self._answer(writer, frame):
-                    return
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, FrameError):
-            pass
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._clients.discard(task)
-            writer.close()
+        while True:
+            header = await reader.readexactly(size)
+            frame = header + await reader.readexactly(
+                min(8192, body_length(header, self.encoding, answer=False))
+            )
+            self.requests += 1
+            if not await self._answer(writer, frame):
+                return
+            await writer.drain()
 
     def correct(self, frame: bytes) -> bytes:
         """The well-formed answer to a read (word ``n`` holds ``n & 0xFFFF``, bits alternate)."""
@@ -163,7 +118,6 @@ class HostileMcServer:
     async def _answer(self, writer: asyncio.StreamWriter, frame: bytes) -> bool:
         """Send one answer of a random kind; False when the connection is to be closed."""
         kind = self._pick()
-        self.sent[kind] += 1
         rnd, enc = self._random, self.encoding
         good = self.correct(frame)
         size = header_size(enc)
@@ -197,23 +151,14 @@ class HostileMcServer:
         elif kind == "doubled":  # in one write: a copy sent later is undetectable in 3E
             writer.write(good + good)
         elif kind == "slowloris":
-            for byte in good:
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(self.slowloris_delay)
+            await self._dribble(writer, good)
         # "silent": nothing at all
         return True
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with HostileMcServer(args.port, encoding=args.encoding, seed=args.seed) as server:
-        print(f"hostile MC 3E ({args.encoding}) on 127.0.0.1:{server.port}", flush=True)
-        await stop.wait()
-        print(dict(server.sent))
+    server = HostileMcServer(args.port, encoding=args.encoding, seed=args.seed)
+    await serve_until_signal(server, f"hostile MC 3E ({args.encoding}) on 127.0.0.1:{{port}}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

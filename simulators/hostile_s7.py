@@ -30,12 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import random
 import struct
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from typing import Final
+
+from simulators.hostile_server import HostileTcpServer
 
 S7_KINDS: Final = (
     "ok",
@@ -84,8 +84,12 @@ def read_answer(
     return header + params + bytes(data)
 
 
-class HostileS7Server:
+class HostileS7Server(HostileTcpServer):
     """An S7 "PLC" that answers reads with a random mix of ``weights``' kinds."""
+
+    KINDS = S7_KINDS
+    # a request we cannot parse ends the connection, as a PLC would
+    SESSION_ENDS = (*HostileTcpServer.SESSION_ENDS, struct.error, IndexError)
 
     def __init__(
         self,
@@ -97,45 +101,11 @@ class HostileS7Server:
         refuse_types: frozenset[int] = frozenset(),
         pdu: int = 240,
     ) -> None:
-        self.port = port
-        self.weights = weights or {k: 1.0 for k in S7_KINDS}
-        self.slowloris_delay = slowloris_delay
+        super().__init__(port, seed=seed, weights=weights, slowloris_delay=slowloris_delay)
         self.refuse_types = refuse_types
         self.pdu = pdu
-        self.sent: Counter[str] = Counter()
         self.connections = 0
         self.refused = 0
-        self._random = random.Random(seed)
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
-
-    @property
-    def frames(self) -> int:
-        """Hostile answers sent so far (correct ones not counted)."""
-        return sum(n for k, n in self.sent.items() if k != "ok")
-
-    async def start(self) -> HostileS7Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        self._server = None
-
-    async def __aenter__(self) -> HostileS7Server:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _pick(self) -> str:
-        kinds = list(self.weights)
-        return self._random.choices(kinds, [self.weights[k] for k in kinds])[0]
 
     async def _frame(self, reader: asyncio.StreamReader) -> bytes:
         version, _, length = struct.unpack(">BBH", await reader.readexactly(4))
@@ -143,50 +113,36 @@ class HostileS7Server:
             raise ConnectionError("not a TPKT frame")
         return await reader.readexactly(length - 4)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        try:
-            request = await self._frame(reader)  # COTP connection request
-            called = request.find(b"\xc2\x02")
-            conn_type = request[called + 2] if called >= 0 else 0
-            if conn_type in self.refuse_types:
-                self.refused += 1
-                writer.write(tpkt(bytes([6, 0x80, 0, 1, 0, 1, 0x01])))  # disconnect request
-                await writer.drain()
-                return
-            writer.write(tpkt(bytes([6, 0xD0, 0, 1, 0, 1, 0])))  # connection confirm
-            while True:
-                s7 = (await self._frame(reader))[3:]
-                ref = struct.unpack_from(">H", s7, 4)[0]
-                function = s7[10]
-                if function == 0xF0:  # setup communication: grant our PDU
-                    params = struct.pack(">BBHHH", 0xF0, 0, 1, 1, self.pdu)
-                    header = struct.pack(">BBHHHHBB", 0x32, 3, 0, ref, len(params), 0, 0, 0)
-                    writer.write(tpkt(cotp_dt(header + params)))
-                elif function == 0x04:
-                    count = s7[11]
-                    items = [
-                        struct.unpack_from(">HHB3s", s7, 12 + 12 * n + 4) for n in range(count)
-                    ]
-                    spans = [(int.from_bytes(at, "big") >> 3, size) for size, _, _, at in items]
-                    await self._answer(writer, ref, spans)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
-            pass
-        except (struct.error, IndexError):
-            pass  # a request we cannot parse ends the connection, as a PLC would
-        finally:
-            self._clients.discard(task)
-            writer.close()
+        request = await self._frame(reader)  # COTP connection request
+        called = request.find(b"\xc2\x02")
+        conn_type = request[called + 2] if called >= 0 else 0
+        if conn_type in self.refuse_types:
+            self.refused += 1
+            writer.write(tpkt(bytes([6, 0x80, 0, 1, 0, 1, 0x01])))  # disconnect request
+            await writer.drain()
+            return
+        writer.write(tpkt(bytes([6, 0xD0, 0, 1, 0, 1, 0])))  # connection confirm
+        while True:
+            s7 = (await self._frame(reader))[3:]
+            ref = struct.unpack_from(">H", s7, 4)[0]
+            function = s7[10]
+            if function == 0xF0:  # setup communication: grant our PDU
+                params = struct.pack(">BBHHH", 0xF0, 0, 1, 1, self.pdu)
+                header = struct.pack(">BBHHHHBB", 0x32, 3, 0, ref, len(params), 0, 0, 0)
+                writer.write(tpkt(cotp_dt(header + params)))
+            elif function == 0x04:
+                count = s7[11]
+                items = [struct.unpack_from(">HHB3s", s7, 12 + 12 * n + 4) for n in range(count)]
+                spans = [(int.from_bytes(at, "big") >> 3, size) for size, _, _, at in items]
+                await self._answer(writer, ref, spans)
+            await writer.drain()
 
     async def _answer(
         self, writer: asyncio.StreamWriter, ref: int, spans: list[tuple[int, int]]
     ) -> None:
         kind = self._pick()
-        self.sent[kind] += 1
         rnd = self._random
         good = tpkt(cotp_dt(read_answer(ref, spans)))
         if kind == "ok":
@@ -215,10 +171,7 @@ class HostileS7Server:
         elif kind == "garbage":
             writer.write(rnd.randbytes(rnd.randint(1, 300)))
         elif kind == "slowloris":
-            for byte in good:
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(self.slowloris_delay)
+            await self._dribble(writer, good)
         # "silent": nothing at all
 
 
