@@ -9,6 +9,7 @@ imports a concrete driver. Everything here depends on the standard library and p
 * ``data``: readings, batches and the errors a driver raises;
 * ``driver``: the ``Driver`` class with its optional abilities, and the shared ``Line``;
 * ``rates``: scan rates within a device (``every``, ``scan_group``) as rate groups.
+* ``writes``: the checks on a command's value every driver makes before it writes.
 """
 
 from drivers.base.config import (

@@ -16,7 +16,6 @@ Writes use batch write (1401) in word or bit units, then read the tag back to co
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import DeviceBase, DeviceError, Driver, LineSettings, Reading, WriteError
+from drivers.base.writes import take_ascii, take_bool, take_number
 from drivers.mc.client import McClient
 from drivers.mc.codec import Decoder, encode, make_decoder
 from drivers.mc.config import McDevice, McProfile, McTag
@@ -275,33 +275,18 @@ class McDriver(Driver):
         t = self._find_tag(tag)
         if t is None or not t.writable:
             raise WriteError(f"tag '{tag}' is not writable")
-        what = f"'{tag}'"
+        subject = f"tag '{tag}'"
         if t.type == "bool":
-            if not isinstance(value, bool):
-                raise WriteError(f"tag {what} takes true or false, not {_json_type(value)}")
-            return [int(value)]
+            return [int(take_bool(value, subject))]
         if t.type == "string":
-            if not isinstance(value, str):
-                raise WriteError(f"tag {what} takes a string, not {_json_type(value)}")
-            if not value.isascii():
-                raise WriteError(f"tag {what} takes ASCII text only")
-            if len(value) > 2 * t.width:
-                raise WriteError(f"tag {what} takes at most {2 * t.width} characters")
-            return encode("string", value, t.length)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise WriteError(f"tag {what} takes a number, not {_json_type(value)}")
-        if not math.isfinite(value):
-            raise WriteError(f"tag {what} takes a finite number")
-        if t.min is not None and value < t.min:
-            raise WriteError(f"{value} is below min {t.min} of tag {what}")
-        if t.max is not None and value > t.max:
-            raise WriteError(f"{value} is above max {t.max} of tag {what}")
+            return encode("string", take_ascii(value, subject, 2 * t.width), t.length)
+        value = take_number(value, subject, t.min, t.max)
         try:
             return encode(t.type, value)
         except ValueError as exc:
-            raise WriteError(f"tag {what}: {exc}") from None
+            raise WriteError(f"{subject}: {exc}") from None
         except Exception:  # struct.error: out of the type's range
-            raise WriteError(f"{value} does not fit tag {what} ({t.type})") from None
+            raise WriteError(f"{value} does not fit {subject} ({t.type})") from None
 
     async def write(self, tag: str, value: Any) -> None:
         words = self._encode(tag, value)
@@ -335,17 +320,3 @@ class McDriver(Driver):
         got = [int(w) for w in await self._words(back_req, back)]
         if got != words:
             raise WriteError(f"not confirmed: read back {self._decoders[tag](got)!r}")
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"

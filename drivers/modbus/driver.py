@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import time
 from array import array
 from collections import Counter
@@ -42,6 +41,7 @@ from drivers.base import (
     WriteError,
     rate_groups,
 )
+from drivers.base.writes import take_ascii, take_bool, take_number
 from drivers.modbus.codec import (
     Decoded,
     TagCodec,
@@ -676,26 +676,12 @@ class ModbusDriver(Driver):
 
     @staticmethod
     def _encode_one(t: ModbusTag, codec: TagCodec, value: Any, what: str) -> list[int]:
+        subject = f"tag {what}"
         if t.type == "bool":
-            if not isinstance(value, bool):
-                raise WriteError(f"tag {what} takes true or false, not {_json_type(value)}")
-            return encode(codec, value)
+            return encode(codec, take_bool(value, subject))
         if t.type == "string":
-            if not isinstance(value, str):
-                raise WriteError(f"tag {what} takes a string, not {_json_type(value)}")
-            if not value.isascii():
-                raise WriteError(f"tag {what} takes ASCII text only")
-            if len(value) > codec.count * 2:
-                raise WriteError(f"tag {what} takes at most {codec.count * 2} characters")
-            return encode(codec, value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise WriteError(f"tag {what} takes a number, not {_json_type(value)}")
-        if not math.isfinite(value):
-            raise WriteError(f"tag {what} takes a finite number")
-        if t.min is not None and value < t.min:
-            raise WriteError(f"{value} is below min {t.min} of tag {what}")
-        if t.max is not None and value > t.max:
-            raise WriteError(f"{value} is above max {t.max} of tag {what}")
+            return encode(codec, take_ascii(value, subject, codec.count * 2))
+        value = take_number(value, subject, t.min, t.max)
         try:
             return encode(codec, value)
         except (ValueError, OverflowError) as exc:
@@ -784,17 +770,3 @@ class ModbusDriver(Driver):
 def _call(method: str, *args: Any, **kwargs: Any) -> Callable[[Client], Any]:
     """A request for ``ModbusLink.execute``: ``method`` of the client with these arguments."""
     return lambda client: getattr(client, method)(*args, **kwargs)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +19,8 @@ from typing import Any
 from asyncua import ua
 
 from drivers.base import Value, WriteError
+from drivers.base.writes import json_type as base_json_type
+from drivers.base.writes import take_bool, take_number, take_text
 from drivers.opcua.convert import Unsupported, shortest_float32, to_value
 
 #: Integer types and their ranges.
@@ -64,17 +65,7 @@ class Shape:
 
 def json_type(value: object) -> str:
     """How the sender wrote the value: ``a string``, ``true``, ``a list``..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
+    return base_json_type(value, literal_bools=True)
 
 
 def to_variant(value: object, shape: Shape, what: str) -> ua.Variant:
@@ -94,13 +85,9 @@ def to_variant(value: object, shape: Shape, what: str) -> ua.Variant:
 def _scalar(value: object, shape: Shape, what: str) -> Any:
     vtype = shape.vtype
     if vtype == ua.VariantType.Boolean:
-        if not isinstance(value, bool):
-            raise WriteError(f"{what} takes true or false, not {json_type(value)}")
-        return value
+        return take_bool(value, what)
     if vtype == ua.VariantType.String:
-        if not isinstance(value, str):
-            raise WriteError(f"{what} takes a string, not {json_type(value)}")
-        return value
+        return take_text(value, what, literal_bools=True)
     if vtype == ua.VariantType.DateTime:
         return _datetime(value, what)
     if vtype == ua.VariantType.ByteString:
@@ -110,11 +97,7 @@ def _scalar(value: object, shape: Shape, what: str) -> Any:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise WriteError(f"{what} takes base64 text") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise WriteError(f"{what} takes a number, not {json_type(value)}")
-    if not math.isfinite(value):
-        raise WriteError(f"{what} takes a finite number")
-    number: int | float = value
+    number = value = take_number(value, what, literal_bools=True)
     bounds = INT_RANGES.get(vtype)
     if bounds is not None:
         if isinstance(value, float):

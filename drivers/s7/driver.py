@@ -19,13 +19,13 @@ are then read back and compared.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from drivers.base import DeviceBase, DeviceError, Driver, Reading, WriteError
+from drivers.base.writes import take_bool, take_number, take_text
 from drivers.s7.codec import (
     FLOAT_TYPES,
     INTEGER_TYPES,
@@ -235,25 +235,15 @@ class S7Driver(Driver):
         t = self._tags.get(tag)
         if t is None or not t.writable:
             raise WriteError(f"tag '{tag}' is not writable")
+        subject = f"tag '{tag}'"
         if t.type == "BOOL":
-            if not isinstance(value, bool):
-                raise WriteError(f"tag '{tag}' takes true or false, not {_json_type(value)}")
-            return b"\x01" if value else b"\x00"
+            return b"\x01" if take_bool(value, subject) else b"\x00"
         if t.type in TEXT_TYPES:
-            if not isinstance(value, str):
-                raise WriteError(f"tag '{tag}' takes a string, not {_json_type(value)}")
             try:
-                return encode(t.type, t.length, value)
+                return encode(t.type, t.length, take_text(value, subject))
             except ValueError as exc:
                 raise WriteError(f"tag '{tag}': {exc}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise WriteError(f"tag '{tag}' takes a number, not {_json_type(value)}")
-        if not math.isfinite(value):
-            raise WriteError(f"tag '{tag}' takes a finite number")
-        if t.min is not None and value < t.min:
-            raise WriteError(f"{value} is below min {t.min} of tag '{tag}'")
-        if t.max is not None and value > t.max:
-            raise WriteError(f"{value} is above max {t.max} of tag '{tag}'")
+        value = take_number(value, subject, t.min, t.max)
         if t.type in INTEGER_TYPES:
             if isinstance(value, float):
                 if not value.is_integer():
@@ -310,17 +300,3 @@ class S7Driver(Driver):
             raise WriteError(
                 f"the PLC declares {t.type}[{top}] at {t.address}: at most {top} characters"
             )
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
