@@ -2,48 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.demos import run_demo, validate
 
 
 def test_demo_config_is_valid() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "agent", "validate", "config/demo.yaml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    out = validate("config/demo.yaml")
     assert out.returncode == 0, out.stderr
     assert "ok (2 devices" in out.stdout
 
 
 @pytest.mark.slow
 def test_demo_shows_data_arriving_and_cleans_up(tmp_path: Path) -> None:
-    cfg = (
-        (ROOT / "config" / "demo.yaml").read_text().replace("../data/demo", str(tmp_path / "data"))
-    )
-    (tmp_path / "demo.yaml").write_text(cfg)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulators.demo",
-            "--seconds",
-            "4",
-            "--config",
-            str(tmp_path / "demo.yaml"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    out = run_demo(
+        "simulators.demo", "config/demo.yaml", "../data/demo", tmp_path, "--seconds", "4"
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "edge/demo-gw/press-1/data seq=1 " in out.stdout

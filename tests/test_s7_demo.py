@@ -3,47 +3,24 @@ up the moulding PLC, a broker and the agent and prints the machine's data."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.demos import run_demo, validate
 
 
 @pytest.mark.parametrize("config", ["config/demo-s7.yaml", "drivers/s7/sample.yaml"])
 def test_the_demo_config_and_the_sample_are_valid(config: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "agent", "validate", config],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    out = validate(config)
     assert out.returncode == 0, out.stderr
     assert "ok (1 devices" in out.stdout
 
 
 @pytest.mark.slow
 def test_demo_s7_shows_the_machine_data(tmp_path: Path) -> None:
-    cfg = (ROOT / "config" / "demo-s7.yaml").read_text()
-    (tmp_path / "demo-s7.yaml").write_text(cfg.replace("../data/demo-s7", str(tmp_path / "data")))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulators.demo_s7",
-            "--seconds",
-            "4",
-            "--config",
-            str(tmp_path / "demo-s7.yaml"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    out = run_demo(
+        "simulators.demo_s7", "config/demo-s7.yaml", "../data/demo-s7", tmp_path, "--seconds", "4"
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "edge/demo-s7-gw/mould-3/data seq=1 " in out.stdout
