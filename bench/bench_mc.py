@@ -30,20 +30,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import struct
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from bench.children import child, holding_device
 from drivers.mc.config import McDevice
 from drivers.mc.devices import DEVICES
 from drivers.mc.driver import McDriver
 from drivers.mc.frame import batch_read, header_size
 from drivers.mc.planner import plan, random_points
-from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from simulators.mc_press import PRESS, McPressSimulator
 from tests.brokers import free_port
@@ -147,24 +145,6 @@ async def requests_per_cycle(
 # -- CPU per 1,000 points -------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def child(args: list[str], port: int) -> Iterator[None]:
-    """A device in a child process, ready when it accepts connections."""
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{args} did not start")
-            time.sleep(0.05)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def words_tags() -> list[dict[str, Any]]:
     return [_tag(f"d{i}", f"D{i}") for i in range(POINTS)]
 
@@ -201,18 +181,7 @@ async def raw_mc(port: int) -> AsyncIterator[Step]:
 
 @contextlib.asynccontextmanager
 async def modbus_driver(port: int) -> AsyncIterator[Step]:
-    dev = ModbusDevice.model_validate(
-        {
-            "name": "bench",
-            "driver": "modbus",
-            "connection": {"host": "127.0.0.1", "port": port, "timeout": 3.0},
-            "tags": [
-                {"name": f"r{i}", "table": "holding", "address": i, "type": "uint16"}
-                for i in range(POINTS)
-            ],
-        }
-    )
-    drv = ModbusDriver(dev)
+    drv = ModbusDriver(holding_device(port, POINTS))
     assert len(drv.requests) == 8
     await drv.connect()
     try:

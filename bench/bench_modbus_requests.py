@@ -24,17 +24,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from drivers.modbus.config import ModbusDevice
+from bench.children import child, holding_device
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.mbap import MbapClient
 from tests.brokers import free_port
@@ -96,19 +93,8 @@ def device(port: int, simulator: bool) -> Any:
         args += ["--update-interval", "0"]
     else:
         args = ["-m", "bench.bench_modbus_requests", "--serve", str(port)]
-    child = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline or child.poll() is not None:
-                raise RuntimeError("the device did not start")
-            time.sleep(0.05)
+    with child(args, port):
         yield
-    finally:
-        child.terminate()
-        child.wait(10)
 
 
 # -- the clients ----------------------------------------------------------------------------------
@@ -162,18 +148,7 @@ async def lean(port: int) -> AsyncIterator[Step]:
 
 @contextlib.asynccontextmanager
 async def driver(port: int) -> AsyncIterator[Step]:
-    dev = ModbusDevice.model_validate(
-        {
-            "name": "bench",
-            "driver": "modbus",
-            "connection": {"host": "127.0.0.1", "port": port, "timeout": 3.0},
-            "tags": [
-                {"name": f"r{i}", "table": "holding", "address": ADDRESS + i, "type": "uint16"}
-                for i in range(REGISTERS)
-            ],
-        }
-    )
-    drv = ModbusDriver(dev)
+    drv = ModbusDriver(holding_device(port, REGISTERS, ADDRESS))
     assert len(drv.requests) == 1
     await drv.connect()
     try:

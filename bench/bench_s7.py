@@ -26,18 +26,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from snap7.client import Client
 from snap7.optimizer import ReadItem, merge_items, packetize, sort_items
 
-from drivers.modbus.config import ModbusDevice
+from bench.children import child, holding_device
 from drivers.modbus.driver import ModbusDriver
 from drivers.s7.config import S7Device
 from drivers.s7.driver import S7Driver
@@ -161,23 +158,6 @@ async def requests_per_cycle(points: int) -> None:
 # -- CPU ----------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def child(args: list[str], port: int) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{args} did not start")
-            time.sleep(0.05)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 async def timed(
     poll: Callable[[], Awaitable[Any]], points: int, seconds: float
 ) -> tuple[float, float]:
@@ -221,19 +201,7 @@ async def cpu_per_points(points: int, seconds: float) -> None:
     mb_args = ["-m", "simulators.modbus_tcp", "--port", str(mb_port), "--units", "1"]
     mb_args += ["--update-interval", "0"]
     with child(mb_args, mb_port):
-        mb = ModbusDriver(
-            ModbusDevice.model_validate(
-                {
-                    "name": "bench",
-                    "driver": "modbus",
-                    "connection": {"host": "127.0.0.1", "port": mb_port, "timeout": 3.0},
-                    "tags": [
-                        {"name": f"r{i}", "table": "holding", "address": 100 + i, "type": "uint16"}
-                        for i in range(points)
-                    ],
-                }
-            )
-        )
+        mb = ModbusDriver(holding_device(mb_port, points, 100))
         await mb.connect()
         try:
             results["Modbus driver"] = await timed(mb.poll, points, seconds)
