@@ -25,6 +25,7 @@ from drivers.dlt645.catalogue import Protocol, di_bytes
 from drivers.dlt645.frame import Frame, FrameReader, Trouble, encode
 from drivers.serial.config import SerialConnection
 from drivers.serial.port import SerialPort
+from drivers.serial.scanning import line_arguments, line_connection, run_scan
 
 #: What every meter of an edition has: forward active energy, total.
 PROBE: dict[Protocol, tuple[int, str]] = {"2007": (0x11, "00010000"), "1997": (0x01, "9010")}
@@ -35,10 +36,7 @@ def parser() -> argparse.ArgumentParser:
         prog="edge-agent scan dlt645",
         description="List the DL/T 645 meters on an RS-485 line.",
     )
-    p.add_argument("--port", required=True, help="the RS-485 adapter, e.g. /dev/ttyUSB0")
-    p.add_argument("--baudrate", type=int, default=2400)
-    p.add_argument("--parity", default="E", choices=["N", "E", "O"])
-    p.add_argument("--stopbits", type=int, default=1, choices=[1, 2])
+    line_arguments(p, baudrate=2400, parity="E")
     p.add_argument("--protocol", default="2007", choices=["2007", "1997"])
     p.add_argument("--timeout", type=float, default=0.3, help="seconds to wait for each answer")
     return p
@@ -123,26 +121,15 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
     out = out or sys.stdout
     err = err or sys.stderr
     args = parser().parse_args(list(argv))
-    conn = SerialConnection(
-        port=args.port,
-        baudrate=args.baudrate,
-        parity=args.parity,
-        bytesize=8,
-        stopbits=args.stopbits,
-        timeout=args.timeout,
-    )
+    conn = line_connection(args)
     print(
         f"scanning {args.port} at {args.baudrate} baud 8{args.parity}{args.stopbits} for "
         f"DL/T 645-{args.protocol} meters (100 addresses a round)",
         file=out,
         flush=True,
     )
-    try:
-        found = asyncio.run(scan(conn, args.protocol, args.timeout, out, err))
-    except DeviceError as exc:
-        print(f"edge-agent: {exc.reason}: {exc}", file=err)
-        return 1
-    except KeyboardInterrupt:
+    found = run_scan(scan(conn, args.protocol, args.timeout, out, err), err)
+    if found is None:
         return 1
     noun = "meter" if len(found) == 1 else "meters"
     print(f"{len(found)} {noun}: {' '.join(found) or '-'}", file=out)

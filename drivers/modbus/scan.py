@@ -21,6 +21,7 @@ from drivers.base import DeviceError
 from drivers.serial.checksums import crc16_modbus
 from drivers.serial.config import SerialConnection
 from drivers.serial.port import SerialPort
+from drivers.serial.scanning import line_arguments, line_connection, run_scan
 
 _UNITS = re.compile(r"^(\d+)(?:-(\d+))?$")
 _EXCEPTIONS = {1: "illegal function", 2: "illegal data address", 3: "illegal data value"}
@@ -44,10 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-agent scan modbus", description="List the Modbus RTU units on a line."
     )
-    p.add_argument("--port", required=True, help="the RS-485 adapter, e.g. /dev/ttyUSB0")
-    p.add_argument("--baudrate", type=int, required=True)
-    p.add_argument("--parity", default="N", choices=["N", "E", "O"])
-    p.add_argument("--stopbits", type=int, default=1, choices=[1, 2])
+    line_arguments(p, baudrate=None, parity="N")
     p.add_argument("--units", type=units, default="1-247", help="unit ids to ask, e.g. 1-32")
     p.add_argument("--timeout", type=float, default=0.1, help="seconds to wait for each answer")
     return p
@@ -133,26 +131,15 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
     err = err or sys.stderr
     args = parser().parse_args(list(argv))
     ids = args.units if isinstance(args.units, list) else units(args.units)
-    conn = SerialConnection(
-        port=args.port,
-        baudrate=args.baudrate,
-        parity=args.parity,
-        bytesize=8,
-        stopbits=args.stopbits,
-        timeout=args.timeout,
-    )
+    conn = line_connection(args)
     print(
         f"scanning {args.port} at {args.baudrate} baud 8{args.parity}{args.stopbits}, "
         f"{len(ids)} unit ids",
         file=out,
         flush=True,
     )
-    try:
-        found = asyncio.run(scan(conn, ids, args.timeout, out, err))
-    except DeviceError as exc:
-        print(f"edge-agent: {exc.reason}: {exc}", file=err)
-        return 1
-    except KeyboardInterrupt:
+    found = run_scan(scan(conn, ids, args.timeout, out, err), err)
+    if found is None:
         return 1
     print(f"{len(found)} answered: {' '.join(str(u) for u in sorted(found)) or '-'}", file=out)
     return 0 if found else 1
