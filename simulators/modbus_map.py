@@ -35,7 +35,8 @@ WIDTH: Final[Mapping[str, int]] = {
     "uint64": 4,
     "float64": 4,
 }
-_STRUCT: Final[Mapping[str, str]] = {
+#: ``struct`` formats of the numeric types, big-endian (the byte order is applied after).
+STRUCT: Final[Mapping[str, str]] = {
     "int16": ">h",
     "uint16": ">H",
     "int32": ">i",
@@ -342,7 +343,7 @@ def to_registers(point: Point, value: PointValue) -> list[int]:
         if len(data) > 2 * point.width:
             raise ValueError(f"{point.name}: {value!r} is longer than {point.width} registers")
     else:
-        big_endian = struct.pack(_STRUCT[point.type], value)
+        big_endian = struct.pack(STRUCT[point.type], value)
         order = point.byte_order or _default_order(point.width)
         if len(order) != len(big_endian):
             raise ValueError(f"{point.name}: byte order {order} for {len(big_endian)} bytes")
@@ -359,7 +360,7 @@ def from_registers(point: Point, registers: Sequence[int]) -> PointValue:
     big_endian = bytearray(len(data))
     for wire_position, letter in enumerate(order):
         big_endian[ord(letter) - ord("A")] = data[wire_position]
-    value: int | float = struct.unpack(_STRUCT[point.type], bytes(big_endian))[0]
+    value: int | float = struct.unpack(STRUCT[point.type], bytes(big_endian))[0]
     if point.type == "float32":
         return shortest_float32(value)
     return value

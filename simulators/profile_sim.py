@@ -28,30 +28,9 @@ from typing import Any, Final
 
 from ruamel.yaml import YAML
 
-from simulators.modbus_map import shortest_float32
+from simulators.modbus_map import STRUCT, WIDTH, shortest_float32
 from simulators.service import Service, cancel, serve_until_signal
 
-#: Registers per numeric type.
-_WIDTH: Final = {
-    "int16": 1,
-    "uint16": 1,
-    "int32": 2,
-    "uint32": 2,
-    "float32": 2,
-    "int64": 4,
-    "uint64": 4,
-    "float64": 4,
-}
-_STRUCT: Final = {
-    "int16": ">h",
-    "uint16": ">H",
-    "int32": ">i",
-    "uint32": ">I",
-    "float32": ">f",
-    "int64": ">q",
-    "uint64": ">Q",
-    "float64": ">d",
-}
 #: Physical values to show, by unit, first choice first: the values a person recognises on a
 #: meter's display. A tag gets the first one its type and scale can carry exactly; the n-th tag
 #: of a unit moves each choice by n steps, so two tags never hold the same value (an address
@@ -95,7 +74,7 @@ class Point:
 
     @property
     def width(self) -> int:
-        return 1 if self.type == "bool" else _WIDTH[self.type]
+        return WIDTH[self.type]
 
 
 def load_profile(path: Path) -> dict[str, Any]:
@@ -128,7 +107,7 @@ def _raw_fits(raw: Decimal, type_: str) -> bool:
         return bool(Decimal(repr(shortest_float32(float(raw)))) == raw)
     if raw != raw.to_integral_value():
         return False
-    bits = 16 * _WIDTH[type_]
+    bits = 16 * WIDTH[type_]
     if type_.startswith("u"):
         return bool(0 <= raw < 2**bits)
     return bool(-(2 ** (bits - 1)) <= raw < 2 ** (bits - 1))
@@ -176,7 +155,7 @@ def points(profile: Mapping[str, Any], values: Mapping[str, Any] | None = None) 
                 value = Decimal(str(values[name]))
             else:
                 value = choose_value(type_, unit, scale, offset, nth)
-            order = _wire_order(tag.get("byte_order"), device_order, _WIDTH[type_])
+            order = _wire_order(tag.get("byte_order"), device_order, WIDTH[type_])
         result.append(
             Point(
                 name,
@@ -211,7 +190,7 @@ def encode(point: Point) -> list[int]:
     assert isinstance(point.value, Decimal)
     raw = (point.value - point.offset) / point.scale
     number: int | float = float(raw) if point.type.startswith("float") else int(raw)
-    big_endian = struct.pack(_STRUCT[point.type], number)
+    big_endian = struct.pack(STRUCT[point.type], number)
     wire = bytes(big_endian[ord(letter) - ord("A")] for letter in point.order)
     return [int.from_bytes(wire[i : i + 2], "big") for i in range(0, len(wire), 2)]
 
