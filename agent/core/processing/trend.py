@@ -33,6 +33,10 @@ PASSES = 4
 RATES: Array = np.geomspace(1 / 730.0, 24.0, 64)
 #: Onsets tried by the exponential fit, evenly over the history.
 ONSETS = 64
+#: The exponential's growth must show on at least this many points, and grow by no more than
+#: MAX_RECENT_GROWTH e-foldings over them.
+GROWTH_POINTS = 12
+MAX_RECENT_GROWTH = 1.0
 #: (rate, onset) pairs evaluated at once.
 CHUNK = 16
 
@@ -177,11 +181,18 @@ def fit_exponential(t: Array, y: Array) -> Fit:
     hour to the next, the posterior's median and quantiles do not (``crossing``)."""
     w = np.ones_like(y)
     sigma = 0.0
-    span = float(t[-1] - t[0]) or 1.0
-    onsets = np.concatenate(([t[0] - 1.0], t[0] + span * np.linspace(0.0, 0.97, ONSETS)))
+    # The latest onset leaves GROWTH_POINTS points of growth: a rise seen on three or four
+    # points is noise as often as wear, and its extrapolation runs wild.
+    latest = float(t[max(len(t) - GROWTH_POINTS, 0)])
+    span = latest - float(t[0])
+    onsets = np.concatenate(([t[0] - 1.0], t[0] + span * np.linspace(0.0, 1.0, ONSETS)))
     rate = np.repeat(RATES, len(onsets))
     onset = np.tile(onsets, len(RATES))
-    keep = rate * -onset <= 30.0  # no more than 30 e-foldings over the history: no overflow
+    # No more than 30 e-foldings over the history (no overflow), and no more than
+    # MAX_RECENT_GROWTH over the last GROWTH_POINTS points: a jump on the last few points fits
+    # a fast enough exponential perfectly and would predict the threshold within hours.
+    recent = max(-latest, 1e-9)
+    keep = (rate * -onset <= 30.0) & (rate * recent <= MAX_RECENT_GROWTH)
     rate, onset = rate[keep], onset[keep]
     # The weights settle on a quarter of the grid each way (a sixteenth of the work); the
     # whole grid is evaluated once, under the final weights.
