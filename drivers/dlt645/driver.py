@@ -44,7 +44,7 @@ from drivers.dlt645.config import (
 )
 from drivers.dlt645.frame import ANY_ADDRESS, Frame, FrameReader, Trouble, address_bytes, encode
 from drivers.serial.config import SerialConnection
-from drivers.serial.port import SerialLine, SerialPort
+from drivers.serial.port import SerialLine, SerialPort, fail_answer, live_port
 
 log = logging.getLogger(__name__)
 
@@ -216,17 +216,10 @@ class Dlt645Driver(Driver):
 
     def _port(self) -> SerialPort:
         port = self._line.port if self._line is not None else None
-        if port is None:
-            raise DeviceError("port lost", "not connected")
-        if port.lost is not None:
-            raise DeviceError("port lost", f"{self.config.connection.port}: {port.lost}")
-        return port
+        return live_port(port, self.config.connection.port)
 
     def _on_lost(self, why: str) -> None:
-        if self._answer is not None and not self._answer.done():
-            self._answer.set_exception(
-                DeviceError("port lost", f"{self.config.connection.port}: {why}")
-            )
+        fail_answer(self._answer, self.config.connection.port, why)
 
     def _on_data(self, data: bytes) -> None:
         for event in self._reader.feed(data):

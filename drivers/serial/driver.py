@@ -38,7 +38,7 @@ from drivers.serial.config import SerialConnection, SerialDevice, SerialProfile
 from drivers.serial.escapes import decode_escapes, printable
 from drivers.serial.framing import Frame, FrameSplitter
 from drivers.serial.parse import Failed, FrameParser, frame_text
-from drivers.serial.port import SerialLine, SerialPort
+from drivers.serial.port import SerialLine, SerialPort, fail_answer, live_port
 from drivers.serial.sniff import sniff
 
 log = logging.getLogger(__name__)
@@ -197,18 +197,10 @@ class SerialDriver(Driver):
             await line.close()
 
     def _live_port(self) -> SerialPort:
-        port = self._port
-        if port is None:
-            raise DeviceError("port lost", "not connected")
-        if port.lost is not None:
-            raise DeviceError("port lost", f"{self.config.connection.port}: {port.lost}")
-        return port
+        return live_port(self._port, self.config.connection.port)
 
     def _on_lost(self, why: str) -> None:
-        if self._answer is not None and not self._answer.done():
-            self._answer.set_exception(
-                DeviceError("port lost", f"{self.config.connection.port}: {why}")
-            )
+        fail_answer(self._answer, self.config.connection.port, why)
 
     # -- bytes in ---------------------------------------------------------------------------------
 

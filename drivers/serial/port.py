@@ -214,5 +214,22 @@ class SerialLine(Line):
             port.close()
 
 
+def live_port(port: SerialPort | None, name: str) -> SerialPort:
+    """``port`` if a request can go out on it; else ``DeviceError("port lost")`` saying why (not
+    open, or what the port ``name`` died of), which the agent answers by reconnecting."""
+    if port is None:
+        raise DeviceError("port lost", "not connected")
+    if port.lost is not None:
+        raise DeviceError("port lost", f"{name}: {port.lost}")
+    return port
+
+
+def fail_answer(answer: asyncio.Future[Any] | None, name: str, why: str) -> None:
+    """The port ``name`` died: the answer a driver awaits (if any) fails at once with
+    ``DeviceError("port lost")`` rather than at its timeout."""
+    if answer is not None and not answer.done():
+        answer.set_exception(DeviceError("port lost", f"{name}: {why}"))
+
+
 def _ignore(_: object) -> None:
     """No driver has had a turn yet: what arrives answers nobody and is dropped."""
