@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from drivers.base.config import DeviceBase, ProfileBase
 from drivers.base.data import CallResult, Reading, WriteError
@@ -59,6 +59,17 @@ class Line(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the medium. Must not raise."""
+
+
+_Device = TypeVar("_Device", bound=DeviceBase)
+
+
+def own_config(device: DeviceBase, model: type[_Device]) -> _Device:
+    """``device`` as the driver's own model: the agent hands drivers the loader's model, a test
+    or a caller may hand a plain ``DeviceBase``, which is validated again as ``model``."""
+    if isinstance(device, model):
+        return device
+    return model.model_validate(device.model_dump())
 
 
 class Driver(abc.ABC):

@@ -34,6 +34,7 @@ from drivers.base import (
     RateGroup,
     Reading,
 )
+from drivers.base.driver import own_config
 from drivers.dlt645.bcd import BadValue, Format
 from drivers.dlt645.catalogue import Protocol, di_bytes
 from drivers.dlt645.config import (
@@ -109,8 +110,7 @@ class Dlt645Driver(Driver):
 
     def __init__(self, device: DeviceBase) -> None:
         super().__init__(device)
-        if not isinstance(device, Dlt645Device):
-            device = Dlt645Device.model_validate(device.model_dump())
+        device = own_config(device, Dlt645Device)
         self.config: Dlt645Device = device
         self._address = address_bytes(device.address)
         self._items: dict[str, Item] = {}

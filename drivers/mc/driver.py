@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import DeviceBase, DeviceError, Driver, LineSettings, Reading, WriteError
+from drivers.base.driver import own_config
 from drivers.base.writes import take_ascii, take_bool, take_number
 from drivers.mc.client import McClient
 from drivers.mc.codec import Decoder, encode, make_decoder
@@ -87,8 +88,7 @@ class McDriver(Driver):
 
     def __init__(self, device: DeviceBase) -> None:
         super().__init__(device)
-        if not isinstance(device, McDevice):
-            device = McDevice.model_validate(device.model_dump())
+        device = own_config(device, McDevice)
         self.config: McDevice = device
         self.requests = self._plan_of(device.tags)
         conn = device.connection

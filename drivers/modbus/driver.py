@@ -41,6 +41,7 @@ from drivers.base import (
     WriteError,
     rate_groups,
 )
+from drivers.base.driver import own_config
 from drivers.base.writes import take_ascii, take_bool, take_number
 from drivers.modbus.codec import (
     Decoded,
@@ -250,8 +251,7 @@ class ModbusDriver(Driver):
 
     def __init__(self, device: DeviceBase) -> None:
         super().__init__(device)
-        if not isinstance(device, ModbusDevice):
-            device = ModbusDevice.model_validate(device.model_dump())
+        device = own_config(device, ModbusDevice)
         self.config: ModbusDevice = device
         by_name = {t.name: t for t in device.tags}
         self.groups = rate_groups(device)

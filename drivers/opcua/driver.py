@@ -35,6 +35,7 @@ from asyncua.common import ua_utils
 from asyncua.common.subscription import Subscription
 
 from drivers.base import CallResult, DeviceBase, DeviceError, Driver, Reading, WriteError
+from drivers.base.driver import own_config
 from drivers.opcua.config import (
     CONDITION_METHODS,
     DEPRECATED_POLICIES,
@@ -91,8 +92,7 @@ class OpcuaDriver(Driver):
 
     def __init__(self, device: DeviceBase) -> None:
         super().__init__(device)
-        if not isinstance(device, OpcuaDevice):
-            device = OpcuaDevice.model_validate(device.model_dump())
+        device = own_config(device, OpcuaDevice)
         self.config: OpcuaDevice = device
         self._tags: list[OpcuaTag] = list(device.tags)
         self._client: Client | None = None

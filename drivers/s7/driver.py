@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from drivers.base import DeviceBase, DeviceError, Driver, Reading, WriteError
+from drivers.base.driver import own_config
 from drivers.base.writes import take_bool, take_number, take_text
 from drivers.s7.codec import (
     FLOAT_TYPES,
@@ -75,8 +76,7 @@ class S7Driver(Driver):
 
     def __init__(self, device: DeviceBase) -> None:
         super().__init__(device)
-        if not isinstance(device, S7Device):
-            device = S7Device.model_validate(device.model_dump())
+        device = own_config(device, S7Device)
         self.config: S7Device = device
         self._tags: dict[str, S7Tag] = {t.name: t for t in device.tags}
         self._plan_tags = tuple(

@@ -33,6 +33,7 @@ from drivers.base import (
     Reading,
     Value,
 )
+from drivers.base.driver import own_config
 from drivers.serial.checksums import ChecksumCheck
 from drivers.serial.config import SerialConnection, SerialDevice, SerialProfile
 from drivers.serial.escapes import decode_escapes, printable
@@ -63,8 +64,7 @@ class SerialDriver(Driver):
 
     def __init__(self, device: DeviceBase) -> None:
         super().__init__(device)
-        if not isinstance(device, SerialDevice):
-            device = SerialDevice.model_validate(device.model_dump())
+        device = own_config(device, SerialDevice)
         self.config: SerialDevice = device
         self._check = (
             ChecksumCheck(device.checksum.kind, device.checksum.format)
