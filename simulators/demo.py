@@ -48,7 +48,8 @@ def _mosquitto() -> str:
     sys.exit("mosquitto is not installed (make demo installs it: apt-get install mosquitto)")
 
 
-def _print_message(msg: mqtt.MQTTMessage) -> None:
+def print_message(msg: mqtt.MQTTMessage) -> None:
+    """One line per message: a data batch as ``name=value`` pairs, anything else as JSON."""
     try:
         doc: Any = json.loads(msg.payload)
     except ValueError:
@@ -76,9 +77,9 @@ def run_demo(
     simulator_port: int,
     simulator_name: str,
     watch_id: str,
-    on_message: Callable[[mqtt.MQTTMessage], None],
     banner: str,
     workdir_prefix: str,
+    on_message: Callable[[mqtt.MQTTMessage], None] = print_message,
 ) -> int:
     """Run a private mosquitto on ``broker_port``, the simulator module ``simulator`` (its
     arguments after ``-m``) until it listens on ``simulator_port``, and ``edge-agent run -c
@@ -138,11 +139,17 @@ def run_demo(
         print("demo stopped")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
+def demo_parser(description: str, config: str) -> argparse.ArgumentParser:
+    """The options every demo runner takes: ``--config`` (``config/CONFIG`` by default) and
+    ``--seconds``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=str(ROOT / "config" / config))
     parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = demo_parser(__doc__, "demo.yaml").parse_args(argv)
     return run_demo(
         config=args.config,
         seconds=args.seconds,
@@ -151,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         simulator_port=DEMO_MODBUS_PORT,
         simulator_name="simulator",
         watch_id="demo-watch",
-        on_message=_print_message,
         banner=(
             f"demo running: broker 127.0.0.1:{DEMO_BROKER_PORT}, simulator 127.0.0.1:"
             f"{DEMO_MODBUS_PORT}, metrics http://127.0.0.1:9108/metrics; Ctrl-C to stop"

@@ -12,23 +12,19 @@ up here.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from simulators.demo import _print_message, run_demo
+from simulators.demo import demo_parser, run_demo
 
-ROOT = Path(__file__).resolve().parent.parent
 BROKER_PORT = 18836  # not the other demos' ports: demos can run side by side
 MC_PORT = 5007
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(ROOT / "config" / "demo-mc.yaml"))
+    parser = demo_parser(__doc__, "demo-mc.yaml")
     parser.add_argument("--encoding", choices=("binary", "ascii"), default="binary")
-    parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
     args = parser.parse_args(argv)
     config = args.config
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-mc-config-") as tmp:
@@ -57,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
             simulator_port=MC_PORT,
             simulator_name="MC simulator",
             watch_id="demo-mc-watch",
-            on_message=_print_message,
             banner=(
                 f"MC demo running: broker 127.0.0.1:{BROKER_PORT}, PLC 127.0.0.1:{MC_PORT} "
                 f"(3E {args.encoding}), metrics http://127.0.0.1:9113/metrics; Ctrl-C to stop"

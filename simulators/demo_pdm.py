@@ -10,19 +10,16 @@ agent publishes and prints features, state changes and alarm events, until Ctrl-
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from simulators.demo import run_demo
+from simulators.demo import ROOT, demo_parser, run_demo
 
-ROOT = Path(__file__).resolve().parent.parent
 BROKER_PORT = 18831  # not the plain demo's 18830/5020/9108: both demos can run side by side
 MODBUS_PORT = 5021
 TIME_SCALE = 14400.0  # four hours of wear per second
@@ -103,9 +100,7 @@ def _on_message(msg: mqtt.MQTTMessage, time_scale: float = TIME_SCALE) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "config" / "pdm-demo.yaml"))
-    parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
+    parser = demo_parser(__doc__.split("\n\n")[0], "pdm-demo.yaml")
     parser.add_argument("--time-scale", type=float, default=TIME_SCALE)
     args = parser.parse_args(argv)
 

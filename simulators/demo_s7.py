@@ -11,22 +11,16 @@ zone temperatures following it show up here.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from simulators.demo import _print_message, run_demo
+from simulators.demo import demo_parser, run_demo
 
-ROOT = Path(__file__).resolve().parent.parent
 BROKER_PORT = 18834  # not the other demos' ports: demos can run side by side
 S7_PORT = 1102  # 102 needs root
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(ROOT / "config" / "demo-s7.yaml"))
-    parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: Ctrl-C)")
-    args = parser.parse_args(argv)
+    args = demo_parser(__doc__, "demo-s7.yaml").parse_args(argv)
     return run_demo(
         config=args.config,
         seconds=args.seconds,
@@ -35,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
         simulator_port=S7_PORT,
         simulator_name="S7 simulator",
         watch_id="demo-s7-watch",
-        on_message=_print_message,
         banner=(
             f"S7 demo running: broker 127.0.0.1:{BROKER_PORT}, PLC 127.0.0.1:{S7_PORT}, "
             "metrics http://127.0.0.1:9111/metrics; Ctrl-C to stop"
