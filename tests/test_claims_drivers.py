@@ -112,6 +112,12 @@ class Kind:
     by_exception: bool = False
 
 
+def tcp_entry(port: Any, **connection: Any) -> dict[str, Any]:
+    """``Kind.entry`` of a device on a TCP port of this host, polled every 100 ms."""
+    conn = {"host": "127.0.0.1", "port": port, "timeout": "300ms", **connection}
+    return {"poll_interval": "100ms", "connection": conn}
+
+
 class Server(Protocol):
     """A simulator that listens on a port of its own."""
 
@@ -158,10 +164,7 @@ async def modbus_live() -> AsyncIterator[Live[Any]]:
 MODBUS_TCP = Kind(
     name="modbus-tcp",
     driver="modbus",
-    entry=lambda port: {
-        "poll_interval": "100ms",
-        "connection": {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout": "300ms"},
-    },
+    entry=lambda port: tcp_entry(port, unit_id=1),
     num={"table": "holding", "address": MB_NUM, "type": "uint16"},
     other={"table": "holding", "address": MB_OTHER, "type": "uint16"},
     writable={
@@ -373,10 +376,7 @@ async def moulding_live() -> AsyncIterator[Live[Any]]:
 S7_MOULDING = Kind(
     name="s7",
     driver="s7",
-    entry=lambda port: {
-        "poll_interval": "100ms",
-        "connection": {"host": "127.0.0.1", "port": port, "timeout": "300ms"},
-    },
+    entry=tcp_entry,
     num={"address": f"DB{S7_DB}.DBW0", "type": "INT"},
     other={"address": f"DB{S7_DB}.DBW2", "type": "INT"},
     writable={
@@ -459,10 +459,7 @@ async def mc_live() -> AsyncIterator[Live[Any]]:
 MC_3E = Kind(
     name="mc",
     driver="mc",
-    entry=lambda port: {
-        "poll_interval": "100ms",
-        "connection": {"host": "127.0.0.1", "port": port, "timeout": "300ms"},
-    },
+    entry=tcp_entry,
     num={"address": MC_NUM, "type": "uint16"},
     other={"address": MC_OTHER, "type": "uint16"},
     writable={"address": MC_SP, "type": "uint16", "writable": True, "min": 0, "max": 500},
