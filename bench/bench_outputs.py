@@ -8,11 +8,13 @@ counts what arrives. Everything is measured in one run on one machine, with its 
    (counted per destination) and per 1,000 points polled, disk writes per batch (``write_bytes``
    and write calls of ``/proc/<pid>/io``), and fsyncs (``strace --seccomp-bpf`` counting fsync
    and fdatasync, when strace is installed, in one more run each of 1 and 2 destinations: the
-   tracing itself costs the agent CPU, so the CPU figures come from untraced runs). The baseline is the agent's own polling with nothing
-   stored or sent (``bench.agent_poll_only``: the same ``Agent`` object, its ``Buffer.put``
-   replaced by one that drops the batch). The publishing cost of the first destination is the
-   agent with one destination minus that baseline; each added destination's cost is quoted as a
-   share of it (target: at most 40 %). The bare pymodbus poller of ``bench_e2e`` is printed too.
+   tracing itself costs the agent CPU, so the CPU figures come from untraced runs). The
+   baseline is the agent's own polling with nothing stored or sent (``bench.agent_poll_only``:
+   the same ``Agent`` object, its ``Buffer.put`` replaced by one that drops the batch). The
+   publishing cost of the first destination is the agent with one destination minus that
+   baseline; each added destination's cost is quoted as a share of it (target: at most 40 %).
+   The bare pymodbus poller of ``bench_e2e`` is printed too. Three rounds of every count,
+   interleaved, medians: the cores are shared and single runs drift by a third.
 2. **Outage.** Two destinations; the second reached through a fault proxy that blackholes it (a
    half-open link: no FIN, no RST) for ``--outage`` seconds, one simulated hour scaled 1:60 by
    default (60 s of 10,000 points/s: 12,000 batches; a real hour is 720,000). The live
@@ -20,7 +22,7 @@ counts what arrives. Everything is measured in one run on one machine, with its 
    destination's drain rate in batches/s and points/s as a multiple of the ingest rate (target:
    at least 10x), and the latency of its live data while it drains.
 
-    .venv/bin/python -m bench.bench_outputs [--seconds 15] [--outage 60] [--part fanout|outage]
+    .venv/bin/python -m bench.bench_outputs [--seconds 10] [--rounds 3] [--outage 60] [--part X]
     .venv/bin/python -m bench.bench_outputs --part fanout --profile 2   # py-spy, 2 destinations
 """
 
@@ -330,6 +332,13 @@ def fanout(
     out.append(f"  {'':<{width}}  " + "  ".join(f"{c:>{cols}}" for c in labels))
     for name, values in rows:
         out.append(f"  {name:<{width}}  " + "  ".join(f"{v:>{cols}}" for v in values))
+    behind = sum(
+        1 for k in dest for r in by_k[k] if min(r.delivered) < 0.98 * RATE * r.window.elapsed
+    )
+    if behind:
+        out.append(f"  WARNING: in {behind} run(s) a destination got under 98 % of the offered "
+                   "points (the agent fell behind: other work on the machine?); CPU per point "
+                   "polled assumes the offered rate, so those runs read low")  # fmt: skip
     if bare_ms is not None:
         out.append(f"  bare pymodbus poller (bench_e2e's baseline): {bare_ms:.1f} CPU-ms per "
                    f"1,000 points; agent polling only / bare: {cpu(0) / bare_ms:.2f}x; agent with "
