@@ -143,34 +143,23 @@ def _sniff(args: argparse.Namespace, drivers: Mapping[str, type[Driver]]) -> int
     return EXIT_OK
 
 
-def _discover(name: str, argv: list[str], drivers: Mapping[str, type[Driver]]) -> int:
-    """Hand ``edge-agent discover DRIVER ARGS...`` to the driver's own ``discover``."""
+def _hand_to_driver(
+    ability: str, doing: str, args: argparse.Namespace, drivers: Mapping[str, type[Driver]]
+) -> int:
+    """Hand ``edge-agent discover|scan DRIVER ARGS...`` (``ability``) to the driver's own
+    classmethod of that name; a driver without it is refused, naming those that can ``doing``."""
+    name = args.driver
     cls = drivers.get(name)
-    code = cls.discover(argv) if cls is not None else None
+    code = getattr(cls, ability)(args.driver_args) if cls is not None else None
     if code is None:
-        able = sorted(n for n, d in drivers.items() if "discover" in vars(d))
+        able = sorted(n for n, d in drivers.items() if ability in vars(d))
         print(
-            f"edge-agent: driver {name!r} cannot discover devices "
+            f"edge-agent: driver {name!r} cannot {doing} "
             f"(drivers that can: {', '.join(able) or 'none'})",
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    return code
-
-
-def _scan(name: str, argv: list[str], drivers: Mapping[str, type[Driver]]) -> int:
-    """Hand ``edge-agent scan DRIVER ARGS...`` to the driver's own ``scan``."""
-    cls = drivers.get(name)
-    code = cls.scan(argv) if cls is not None else None
-    if code is None:
-        able = sorted(n for n, d in drivers.items() if "scan" in vars(d))
-        print(
-            f"edge-agent: driver {name!r} cannot scan a line "
-            f"(drivers that can: {', '.join(able) or 'none'})",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    return code
+    return int(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         return fleet_history.config_command(args, drivers)
     if args.command == "discover":
-        return _discover(args.driver, args.driver_args, drivers)
+        return _hand_to_driver("discover", "discover devices", args, drivers)
     if args.command == "scan":
-        return _scan(args.driver, args.driver_args, drivers)
+        return _hand_to_driver("scan", "scan a line", args, drivers)
     if args.command in ("status", "read"):
         if args.command == "status":
             return status_cli.status_command(args.url, args.config, args.json)
