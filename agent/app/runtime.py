@@ -62,7 +62,12 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier({})
         self.drivers = drivers if drivers is not None else load_drivers()
-        self.buffer = Buffer(Path(config.agent.data_dir), config.buffer.max_size, self.metrics)
+        self.buffer = Buffer(
+            Path(config.agent.data_dir),
+            config.buffer.max_size,
+            self.metrics,
+            commit_interval=config.buffer.commit_interval,
+        )
         devices = config.active_devices()
         # Live: a reload updates it in place, so the command handler sees added/removed devices.
         self.device_configs: dict[str, DeviceBase] = {d.name: d for d in devices}

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from tenacity import AsyncRetrying, RetryCallState
 
+from agent.core.commit_by import COMMIT_BY
 from agent.ops.metrics import Metrics
 from agent.south.scheduler import BatchSink, Cadence, PolledDevice, StatusSink, device_backoff
 from drivers.base import DeviceBase, DeviceError, Driver, Line
@@ -99,6 +100,12 @@ class LinePoller:
                 slot.group = slot.device.next_group(slot.cadences, max(slot.due, loop.time()))
             await asyncio.sleep(max(0.0, slot.due - loop.time()))
             slot.served = next(turns)
+            # The batch may wait for the commit window until the line's next turn is due
+            # (at once when another device is already waiting for the line).
+            nexts = [s.due for s in slots if s is not slot]
+            if slot.retry_at is None:
+                nexts.append(slot.device.next_start(slot.cadences, slot.group))
+            COMMIT_BY.set(min(nexts) if nexts else None)
             began = loop.time()
             async with self.lock:
                 ok = await self._turn(slot, loop)

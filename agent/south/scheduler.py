@@ -47,6 +47,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from agent.core.commit_by import COMMIT_BY
 from agent.ops.metrics import Metrics
 from drivers.base import (
     Batch,
@@ -266,6 +267,11 @@ class PolledDevice:
             return min(due, key=lambda i: self.groups[i].every)
         return min(range(len(cadences)), key=lambda i: (cadences[i].due, self.groups[i].every))
 
+    def next_start(self, cadences: list[Cadence], group: int) -> float:
+        """When this device's next poll is due once ``group`` has been polled now: how long
+        its batch may wait for the buffer's commit window (``agent.core.commit_by``)."""
+        return min(c.due + c.interval if i == group else c.due for i, c in enumerate(cadences))
+
     def faster_due(self, cadences: list[Cadence], group: int) -> float | None:
         """When a group faster than ``group`` is due next (None for the fastest): the time
         ``group``'s reads stop at (``Driver.poll_group_until``)."""
@@ -396,6 +402,7 @@ class DevicePoller(PolledDevice):
                     )
             group = self.next_group(cadences, loop.time())
             await asyncio.sleep(max(0.0, cadences[group].due - loop.time()))
+            COMMIT_BY.set(self.next_start(cadences, group))
             async with self.turn:
                 ok = await self.poll_once(loop, group, self.faster_due(cadences, group))
             if self.finished:  # else it stays due, and goes on after the faster group

@@ -369,6 +369,14 @@ class BufferSection(StrictModel):
         default=256_000_000,
         description="the buffer never grows past this (at least 1MB); oldest batches go first",
     )
+    commit_interval: Duration = Field(
+        default=1.0,
+        le=10.0,
+        description="longest a polled batch waits to share one commit (one fsync) with the "
+        "batches polled after it, never past its device's next poll; a power cut can take at "
+        "most this much of readings not yet committed, never a committed one; 0 commits each "
+        "batch at once (docs/reliability.md)",
+    )
 
 
 class MetricsSection(StrictModel):

@@ -26,6 +26,7 @@ from agent.core.buffer.store import (
     SqliteStore,
     StoredBatch,
 )
+from agent.core.commit_by import COMMIT_BY
 from agent.ops.metrics import Metrics
 
 __all__ = [
@@ -81,10 +82,25 @@ class Buffer:
     (``wakeup(output)``): one clearing it must not hide a commit from another.
     """
 
-    def __init__(self, data_dir: Path, max_size: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        max_size: int,
+        metrics: Metrics | None = None,
+        *,
+        commit_interval: float = 0.0,
+    ) -> None:
         if max_size < MIN_SIZE:
             raise ValueError(f"buffer max_size must be at least {MIN_SIZE} bytes, not {max_size}")
+        if commit_interval < 0:
+            raise ValueError(f"commit_interval must not be negative, not {commit_interval}")
         self._store = SqliteStore(Path(data_dir), max_size, metrics)
+        self._commit_interval = commit_interval
+        self._pending_bytes = 0
+        self._due = float("inf")  # loop time the group waiting now must be committed by
+        self._wake = asyncio.Event()  # the committer's wait ends: an earlier due time, or close
+        # Acknowledgements waiting for the next commit, per destination (commit_interval > 0).
+        self._acks: dict[str, list[int]] = {}
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         self._pending: list[tuple[Item, asyncio.Future[int]]] = []
@@ -185,6 +201,7 @@ class Buffer:
         if self._state in ("closing", "closed"):
             return
         self._state = "closing"
+        self._commit_by(float("-inf"))  # what waits in the commit window is committed now
         try:
             if self._committer is not None:
                 await asyncio.gather(self._committer, return_exceptions=True)
@@ -206,11 +223,34 @@ class Buffer:
         if self._state != "open":
             raise BufferError(f"buffer is {self._state}")
         want = self.want_of(device, kind)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
         self._pending.append(((device, kind, ts_ms, bytes(body), want), fut))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_loop(), name="buffer-commit")
+        self._pending_bytes += len(body)
+        self._commit_by(self._put_due(loop.time()))
         return await fut
+
+    def _put_due(self, now: float) -> float:
+        """When a put arriving ``now`` must be committed: within ``commit_interval``, and before
+        the putting task's next poll is due (``COMMIT_BY``, set by the pollers: the caller
+        waits for its commit, durable before it counts, and must not be late for its next
+        poll, nor a serial line for its next device). Without that time, or with a group large
+        enough to gain nothing from waiting, at once."""
+        deadline = COMMIT_BY.get()
+        if (
+            self._commit_interval <= 0
+            or deadline is None
+            or self._pending_bytes >= self._store.txn_cap // 2
+        ):
+            return now
+        # A tenth of the time left is for the commit itself and the loop's own delays.
+        return now + max(0.0, min(self._commit_interval, (deadline - now) * 0.9))
+
+    def _commit_by(self, due: float) -> None:
+        if due < self._due:
+            self._due = due
+            self._wake.set()
+        self._start_committer()
 
     async def fetch(
         self,
@@ -221,14 +261,30 @@ class Buffer:
     ) -> list[StoredBatch]:
         """At most ``limit`` batches ``output`` has still to send with ``after_id < id <=
         upto_id``, ascending id."""
+        waiting = self._acks.get(output)
+        if waiting and after_id < max(waiting):
+            # A fetch from behind (a new session) must not see rows already acknowledged.
+            del self._acks[output]
+            await self._run(self._store.ack, waiting, output)
+            self._publish_stats()
         return await self._run(self._store.fetch, after_id, limit, upto_id, output)
 
     async def ack(self, ids: Sequence[int], output: str = DEFAULT_OUTPUT) -> None:
         """``output`` sent these batches; each is deleted once every destination that wants it
-        has. Idempotent; a failure is logged, the batches are resent."""
-        if ids:
-            await self._run(self._store.ack, list(ids), output)
-            self._publish_stats()
+        has. Idempotent; a failure is logged, the batches are resent.
+
+        With a ``commit_interval`` the deletes wait for the next commit (at most that long) and
+        go to disk with it: deleting one row per PUBACK rewrote the same pages once per message,
+        the largest share of the buffer's writes at shop-floor rates. A power cut in between
+        costs only resends, which consumers dedupe by (agent, device, seq)."""
+        if not ids:
+            return
+        if self._commit_interval > 0 and self._state == "open":
+            self._acks.setdefault(output, []).extend(ids)
+            self._commit_by(asyncio.get_running_loop().time() + self._commit_interval)
+            return
+        await self._run(self._store.ack, list(ids), output)
+        self._publish_stats()
 
     async def max_id(self) -> int:
         return await self._run(self._store.max_id)
@@ -271,15 +327,33 @@ class Buffer:
     # -- internals --------------------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        """Each pass commits everything that queued up while the previous commit ran."""
+        """Each pass commits everything that queued up while the previous commit ran, and with
+        a ``commit_interval`` everything that arrived before the first of them was due: one
+        transaction (one fsync, one set of rewritten b-tree pages) per window instead of one per
+        staggered device, which is what the buffer's disk writes are made of at shop-floor
+        rates (docs/performance.md)."""
+        loop = asyncio.get_running_loop()
         try:
-            while self._pending:
+            while self._pending or self._acks:
+                while (wait := self._due - loop.time()) > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                if self._state == "open":
+                    self._due = float("inf")
                 group = [(item, fut) for item, fut in self._pending if not fut.done()]
+                acks, self._acks = self._acks, {}
                 self._pending = []
+                self._pending_bytes = 0
                 if not group:
+                    with contextlib.suppress(Exception):  # the store logs a failed ack itself
+                        await self._run(self._ack_all, acks)
+                    self._publish_stats()
                     continue
                 try:
-                    results = await self._run(self._store.commit_group, [i for i, _ in group])
+                    # The acknowledgements go in the same transaction: one write of the pages
+                    # both touch.
+                    results = await self._run(self._store.commit_group, [i for i, _ in group], acks)
                 except Exception as exc:  # the worker itself failed: nothing was committed
                     results = [BufferError(f"buffer worker failed: {exc}")] * len(group)
                 stored = 0
@@ -301,6 +375,16 @@ class Buffer:
                 if not fut.done():
                     fut.set_exception(BufferError("buffer commit cancelled"))
             self._pending = []
+
+    def _start_committer(self) -> None:
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_loop(), name="buffer-commit")
+
+    def _ack_all(self, acks: dict[str, list[int]]) -> None:
+        """On the worker: the acknowledgements that waited for this commit."""
+        for output, ids in acks.items():
+            with contextlib.suppress(BufferError):  # a destination a reload removed
+                self._store.ack(ids, output)
 
     async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         loop = asyncio.get_running_loop()

@@ -74,6 +74,13 @@ room for only a handful of batches."""
 SEQ_RESERVATION = 10_000
 """seqs reserved per ``seq.json`` write; also the largest gap a lost database can leave."""
 
+PAGE_SIZE = 1024
+"""Page size of a new database. Every commit rewrites whole pages (the last, partly filled
+leaf, the seq counters, the AUTOINCREMENT counter, b-tree interior pages, the free list), so at
+shop-floor rates, with a few small batches per commit, small pages are what keep the bytes
+written close to the bytes stored (docs/performance.md); SQLite's 4 KB default wrote four
+times the overhead. Bodies larger than a page spill to overflow pages, as they did before."""
+
 _WAL_MIN = 128 * 1024
 _WAL_MAX = 16 * 1024 * 1024
 _RECORD_OVERHEAD = 30  # record header and the seq, ts_ms, created columns of one row
@@ -243,6 +250,9 @@ class SqliteStore:
         self.oldest_by: dict[int, tuple[int, float] | None] = {1: None}  # (id, created)
         self.scan_from: dict[int, int] = {}  # per mask: no row it has to send lies below
         self._drops: dict[int, int] = {}  # per mask, in the transaction running now
+        # Acknowledgements to apply in the next insert transaction, and what it applied.
+        self._acks_waiting: list[tuple[int, list[int]]] = []
+        self._acks_applied: list[tuple[int, int, int | None]] = []
         self._stat_at = 0.0
         self._drop_logged_at: float | None = None
         self._drops_unlogged = 0
@@ -318,6 +328,9 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        # Only a new database takes it (before its first table); one made by an earlier version
+        # keeps its pages, the code sizes everything by the page size it finds.
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
             log.warning("buffer: WAL mode unavailable, using a rollback journal")
         conn.execute("PRAGMA synchronous=FULL")
@@ -616,12 +629,28 @@ class SqliteStore:
 
     # -- commit -----------------------------------------------------------------------------------
 
-    def commit_group(self, items: list[Item]) -> list[int | BufferError]:
+    def commit_group(
+        self, items: list[Item], acks: dict[str, list[int]] | None = None
+    ) -> list[int | BufferError]:
         """Commit a group in as few transactions as the WAL allowance permits; per-item results.
 
         The group is split only when its pages would overflow the WAL allowance; an item that
-        alone exceeds it is refused without affecting the others.
+        alone exceeds it is refused without affecting the others. ``acks`` (destination: the
+        row ids it sent) are applied in the first transaction, so that the pages the deletes
+        and the inserts both rewrite (the table's interior pages, the free list, the header)
+        go to disk once; if that transaction fails they are applied on their own.
         """
+        self._acks_waiting = [
+            (self.outputs[name], ids) for name, ids in (acks or {}).items() if name in self.outputs
+        ]
+        try:
+            return self._commit_items(items)
+        finally:
+            waiting, self._acks_waiting = self._acks_waiting, []
+            for bit, ids in waiting:  # no transaction took them
+                self.ack(ids, self._name_of(bit))
+
+    def _commit_items(self, items: list[Item]) -> list[int | BufferError]:
         results: list[int | BufferError] = []
         chunk: list[Item] = []
         chunk_bytes = 0
@@ -706,6 +735,9 @@ class SqliteStore:
                 self._log_full(exc)
             err = BufferError(f"batch not committed: {exc}")
             return [err] * len(items)
+        for bit, deleted, counted in self._acks_applied:
+            self._acked(bit, deleted, counted)
+        self._acks_applied = []
         self.commits += 1
         self.seqs.update(new)
         self.count += len(items) - dropped
@@ -755,6 +787,11 @@ class SqliteStore:
         ps = self.page_size
         self._drops = {}
         conn.execute("BEGIN IMMEDIATE")
+        # Acknowledgements that waited for this commit: deleted first, their pages reused. They
+        # wait on until COMMIT: a transaction that fails leaves them for the next (or for ack).
+        self._acks_applied = [
+            (bit, *self._delete_acked(ids, bit)) for bit, ids in self._acks_waiting
+        ]
         start_pages, start_used = self._pages()
         allowed = start_pages if squeeze else max(self.budget_pages, start_pages)
         limit = min(self.budget_pages, allowed)
@@ -795,6 +832,7 @@ class SqliteStore:
         if dropped:
             self._store_drop_totals(dropped)
         conn.execute("COMMIT")
+        self._acks_waiting = []
         return dropped
 
     def _store_drop_totals(self, dropped: int) -> None:
@@ -924,39 +962,10 @@ class SqliteStore:
         the rest as sent by it (a small ``marks`` row: the body is not rewritten)."""
         conn = self._require()
         bit = self._mask(output)
-        done: list[tuple[int]] = []
-        later: list[tuple[int, int]] = []
-        counted: int | None = None
         try:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
-            if len(self.outputs) == 1 and not self.held:
-                # One destination: an ack is the plain delete it always was.
-                done = [(i,) for i in ids]
-            else:
-                counted = 0
-                for chunk in _chunks(ids, 500):
-                    marks = ", ".join("?" * len(chunk))
-                    for row_id, want, acked, _ in conn.execute(
-                        f"{_MARKS_OF} LEFT JOIN marks m ON m.id = b.id WHERE b.id IN ({marks})",
-                        chunk,
-                    ):
-                        if not want & bit or acked & bit:
-                            continue  # not ours, or acknowledged before
-                        counted += 1
-                        if want & ~(acked | bit):
-                            later.append((row_id, bit))
-                        else:
-                            done.append((row_id,))
-            cur = conn.executemany("DELETE FROM batches WHERE id = ?", done)
-            deleted = max(0, cur.rowcount)
-            if counted is not None:
-                conn.executemany("DELETE FROM marks WHERE id = ?", done)
-                conn.executemany(
-                    "INSERT INTO marks (id, acked) VALUES (?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET acked = acked | excluded.acked",
-                    later,
-                )
+            deleted, counted = self._delete_acked(ids, bit)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -968,11 +977,51 @@ class SqliteStore:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA synchronous=FULL")
+        self._acked(bit, deleted, counted)
+        self._keep_wal_small()
+        self._refresh_bytes()
+
+    def _delete_acked(self, ids: list[int], bit: int) -> tuple[int, int | None]:
+        """In the open transaction: ``ack``'s deletes and marks; (rows deleted, rows counted
+        off the destination's backlog, None: all deleted ones)."""
+        conn = self._require()
+        done: list[tuple[int]] = []
+        later: list[tuple[int, int]] = []
+        counted: int | None = None
+        if len(self.outputs) == 1 and not self.held:
+            # One destination: an ack is the plain delete it always was.
+            done = [(i,) for i in ids]
+        else:
+            counted = 0
+            for chunk in _chunks(ids, 500):
+                marks = ", ".join("?" * len(chunk))
+                for row_id, want, acked, _ in conn.execute(
+                    f"{_MARKS_OF} LEFT JOIN marks m ON m.id = b.id WHERE b.id IN ({marks})",
+                    chunk,
+                ):
+                    if not want & bit or acked & bit:
+                        continue  # not ours, or acknowledged before
+                    counted += 1
+                    if want & ~(acked | bit):
+                        later.append((row_id, bit))
+                    else:
+                        done.append((row_id,))
+        cur = conn.executemany("DELETE FROM batches WHERE id = ?", done)
+        deleted = max(0, cur.rowcount)
+        if counted is not None:
+            conn.executemany("DELETE FROM marks WHERE id = ?", done)
+            conn.executemany(
+                "INSERT INTO marks (id, acked) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET acked = acked | excluded.acked",
+                later,
+            )
+        return deleted, counted
+
+    def _acked(self, bit: int, deleted: int, counted: int | None) -> None:
+        """After the transaction that deleted acknowledged rows committed."""
         self.count -= deleted
         self.backlog[bit] = max(0, self.backlog[bit] - (deleted if counted is None else counted))
         self._refresh_oldest(bit)
-        self._keep_wal_small()
-        self._refresh_bytes()
 
     def hold(self, ids: list[int], reason: str, output: str = DEFAULT_OUTPUT) -> int:
         """Set rows aside for ``output`` with ``reason``: it no longer fetches them and never
@@ -1082,6 +1131,7 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         self._drops = {}
+        self._acks_applied = []
 
     def _refresh_oldest(self, mask: int | None = None) -> None:
         """The oldest row each destination can still send (``mask``: only that one's).
