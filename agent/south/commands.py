@@ -171,13 +171,9 @@ class CommandHandler:
                 target.check_write(tag, value)
         except WriteError as exc:
             return _error(cmd_id, str(exc))
-        bucket = self._bucket(device, getattr(cfg, "commands", DEFAULT_LIMITS))
-        if not bucket.take():
-            return _error(
-                cmd_id,
-                f"rate limited: at most {bucket.burst} command{'' if bucket.burst == 1 else 's'}"
-                f" at once and {bucket.rate:g} per second to device '{device}'",
-            )
+        limited = self._rate_limited(device, cfg)
+        if limited is not None:
+            return _error(cmd_id, limited)
         done: list[str] = []
         for tag, value in writes.items():
             try:
@@ -215,13 +211,9 @@ class CommandHandler:
             target.check_call(str(method), args)
         except WriteError as exc:
             return _error(cmd_id, str(exc))
-        bucket = self._bucket(device, getattr(cfg, "commands", DEFAULT_LIMITS))
-        if not bucket.take():
-            return _error(
-                cmd_id,
-                f"rate limited: at most {bucket.burst} command{'' if bucket.burst == 1 else 's'}"
-                f" at once and {bucket.rate:g} per second to device '{device}'",
-            )
+        limited = self._rate_limited(device, cfg)
+        if limited is not None:
+            return _error(cmd_id, limited)
         try:
             result = await target.call(str(method), args)
         except WriteError as exc:
@@ -231,6 +223,17 @@ class CommandHandler:
             reply["status"] = result.status
             return reply
         return {"id": cmd_id, "ok": True, "status": result.status, "outputs": result.outputs}
+
+    def _rate_limited(self, device: str, cfg: DeviceBase) -> str | None:
+        """Why the device's command limit (``commands:`` of its config) refuses one more
+        command now; None when a token was taken for it."""
+        bucket = self._bucket(device, getattr(cfg, "commands", DEFAULT_LIMITS))
+        if bucket.take():
+            return None
+        return (
+            f"rate limited: at most {bucket.burst} command{'' if bucket.burst == 1 else 's'}"
+            f" at once and {bucket.rate:g} per second to device '{device}'"
+        )
 
     def _bucket(self, device: str, limits: CommandLimits) -> TokenBucket:
         """The device's bucket, made on its first command and resized when its limit changed."""
