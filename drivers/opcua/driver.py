@@ -281,17 +281,31 @@ class OpcuaDriver(Driver):
         sampling = tag.sampling_interval
         if sampling is None:
             sampling = self.config.publishing_interval
+        return self._monitored(
+            node, ua.AttributeIds.Value, sampling * 1000, tag.queue_size, mfilter
+        )
+
+    def _monitored(
+        self,
+        node: ua.NodeId,
+        attribute: int,
+        sampling_ms: float,
+        queue: int,
+        mfilter: ua.DataChangeFilter | ua.EventFilter | None,
+    ) -> ua.MonitoredItemCreateRequest:
+        """A reporting monitored item of ``node``'s ``attribute`` under a new client handle
+        (the oldest queued notification is dropped when the queue is full)."""
         params = ua.MonitoringParameters()
         self._next_handle += 1
         params.ClientHandle = self._next_handle
-        params.SamplingInterval = sampling * 1000
-        params.QueueSize = tag.queue_size
+        params.SamplingInterval = sampling_ms
+        params.QueueSize = queue
         params.DiscardOldest = True
         if mfilter is not None:
             params.Filter = mfilter
         item = ua.ReadValueId()
         item.NodeId = node
-        item.AttributeId = ua.AttributeIds.Value
+        item.AttributeId = attribute
         request = ua.MonitoredItemCreateRequest()
         request.ItemToMonitor = item
         request.MonitoringMode = ua.MonitoringMode.Reporting
@@ -341,22 +355,11 @@ class OpcuaDriver(Driver):
             except (ValueError, ua.UaStatusCodeError) as exc:
                 self._event_problem(entry.name, str(exc))
                 continue
-            params = ua.MonitoringParameters()
-            self._next_handle += 1
-            params.ClientHandle = self._next_handle
-            params.SamplingInterval = 0
-            params.QueueSize = MAX_EVENTS
-            params.DiscardOldest = True
-            params.Filter = evfilter
-            item = ua.ReadValueId()
-            item.NodeId = source
-            item.AttributeId = ua.AttributeIds.EventNotifier
-            request = ua.MonitoredItemCreateRequest()
-            request.ItemToMonitor = item
-            request.MonitoringMode = ua.MonitoringMode.Reporting
-            request.RequestedParameters = params
+            request = self._monitored(
+                source, ua.AttributeIds.EventNotifier, 0, MAX_EVENTS, evfilter
+            )
             requests.append(request)
-            self._selections[params.ClientHandle] = selection
+            self._selections[request.RequestedParameters.ClientHandle] = selection
         if not requests:
             return
         results = await sub.create_monitored_items(requests)
