@@ -27,11 +27,14 @@ from tests.brokers import Mosquitto, Subscriber
 from tests.e2e import AgentRig, local_mqtt
 from tests.sinks import Sink, Status
 
+#: A tag of :func:`meter`: (name, identifier), or the whole entry.
+Tag = tuple[str, str] | dict[str, Any]
+
 
 def meter(
     port: str,
     address: str,
-    tags: Sequence[tuple[str, str]],
+    tags: Sequence[Tag],
     *,
     protocol: str = "2007",
     interval: float = 0.1,
@@ -47,9 +50,30 @@ def meter(
             # Parity N: Linux refuses a second open of a pty with parity E (EINVAL), and these
             # tests open the simulator's pty once per meter; the agent's test below keeps 8E1.
             "connection": {"port": port, "timeout": timeout, "parity": "N"},
-            "tags": [{"name": n, "di": di} for n, di in tags],
+            "tags": [t if isinstance(t, dict) else {"name": t[0], "di": t[1]} for t in tags],
         }
     )
+
+
+async def poll_line_until(
+    devices: Sequence[tuple[DeviceBase, Driver]],
+    sink: Sink,
+    done: Callable[[], bool],
+    timeout: float = 5.0,
+    status: Status | None = None,
+    **options: Any,
+) -> None:
+    """The agent's line task over ``devices`` (rate groups, backoff...) on the line the first
+    driver makes, until ``done``."""
+    line = devices[0][1].make_line()
+    poller = LinePoller(line, devices, sink, status or Status(), Metrics(), **options)
+    task = asyncio.create_task(poller.run())
+    try:
+        await sink.until(done, timeout)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @contextlib.asynccontextmanager
@@ -160,7 +184,7 @@ async def test_meters_share_the_line_and_a_dead_one_is_backed_off() -> None:
     one is tried ever more rarely (each try costs the line one timeout)."""
     meters = three_meters()
     meters[1].silent = True
-    sink, status, metrics = Sink(), Status(), Metrics()
+    sink, status = Sink(), Status()
     async with MeterLine(meters) as line:
         devices = [
             meter(line.path, "210220003011", [("v", "voltage_a")]),
@@ -168,16 +192,8 @@ async def test_meters_share_the_line_and_a_dead_one_is_backed_off() -> None:
             meter(line.path, "000000001997", [("v", "voltage_a")], protocol="1997"),
         ]
         drivers: list[tuple[Dlt645Device, Driver]] = [(d, Dlt645Driver(d)) for d in devices]
-        poller = LinePoller(
-            drivers[0][1].make_line(), drivers, sink, status, metrics, backoff_initial=0.3
-        )
-        task = asyncio.create_task(poller.run())
-        try:
-            await sink.until(lambda: len(sink.of("m-3011")) >= 12, timeout=10)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        done = lambda: len(sink.of("m-3011")) >= 12  # noqa: E731
+        await poll_line_until(drivers, sink, done, 10, status, backoff_initial=0.3)
     good = sink.of("m-3011")
     assert all(values(b.readings) == {"v": 230.1} for b in good)
     assert all(values(b.readings) == {"v": 231.0} for b in sink.of("m-1997"))
@@ -336,33 +352,16 @@ async def test_three_meters_on_one_pty_reach_the_broker(tmp_path: Path, broker: 
 async def test_a_slow_rate_group_asks_only_for_its_own_items() -> None:
     """Energy each second, voltage each 100 ms on one meter: the voltage polls do not ask for
     the energy (each request costs the line about 200 ms at 2400 baud)."""
-    sink, status, metrics = Sink(), Status(), Metrics()
+    sink = Sink()
     async with MeterLine(three_meters()) as line:
-        device = Dlt645Device.model_validate(
-            {
-                "name": "m",
-                "driver": "dlt645",
-                "poll_interval": "100ms",
-                "address": "210220003011",
-                "connection": {"port": line.path, "timeout": "200ms", "parity": "N"},
-                "tags": [
-                    {"name": "v", "di": "voltage_a"},
-                    {"name": "e", "di": "active_energy_total", "every": "1s"},
-                ],
-            }
-        )
-        driver = Dlt645Driver(device)
-        poller = LinePoller(driver.make_line(), [(device, driver)], sink, status, metrics)
-        task = asyncio.create_task(poller.run())
-        try:
-            await sink.until(lambda: sum(len(b.readings) for b in sink.of("m")) >= 14, 10)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tags: list[Tag] = [("v", "voltage_a")]
+        tags.append({"name": "e", "di": "active_energy_total", "every": "1s"})
+        device = meter(line.path, "210220003011", tags)
+        done = lambda: sum(len(b.readings) for b in sink.of("m-3011")) >= 14  # noqa: E731
+        await poll_line_until([(device, Dlt645Driver(device))], sink, done, 10)
     asked = line.meters[0].asked
     assert asked["02010100"] >= 9 and asked["00010000"] <= 2, asked
-    got = [r for b in sink.of("m") for r in b.readings]
+    got = [r for b in sink.of("m-3011") for r in b.readings]
     assert {r.value for r in got if r.tag == "v"} == {230.1}
     assert {r.value for r in got if r.tag == "e"} == {12345.67}
 
@@ -378,7 +377,7 @@ class MetersAndOven(MeterLine):
 
 
 async def test_a_meter_shares_its_port_with_a_serial_instrument() -> None:
-    sink, status, metrics = Sink(), Status(), Metrics()
+    sink = Sink()
     async with MetersAndOven(three_meters()) as line:
         oven = SerialDevice.model_validate(
             {
@@ -397,14 +396,8 @@ async def test_a_meter_shares_its_port_with_a_serial_instrument() -> None:
             (oven, SerialDriver(oven)),
             (meter_1, Dlt645Driver(meter_1)),
         ]
-        poller = LinePoller(both[0][1].make_line(), both, sink, status, metrics)
-        task = asyncio.create_task(poller.run())
-        try:
-            await sink.until(lambda: len(sink.of("oven")) >= 3 and len(sink.of("m-3011")) >= 3)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        done = lambda: len(sink.of("oven")) >= 3 and len(sink.of("m-3011")) >= 3  # noqa: E731
+        await poll_line_until(both, sink, done)
     assert all(values(b.readings) == {"pv": 182.5} for b in sink.of("oven"))
     assert all(values(b.readings) == {"v": 230.1} for b in sink.of("m-3011"))
 
@@ -453,40 +446,23 @@ async def test_a_slow_rate_group_stops_for_the_fast_one_between_two_requests() -
     for the rest of the slow group; every slow identifier is still read each second."""
     slow = ["00010000", "00010100", "00010200", "00020000", "02010200"]
     slow += ["02010300", "02020100", "02020200", "02030000"]
-    sink, status, metrics = Sink(), Status(), Metrics()
+    sink = Sink()
     async with MeterLine(three_meters(), baudrate=9600) as line:
-        device = Dlt645Device.model_validate(
-            {
-                "name": "m",
-                "driver": "dlt645",
-                "poll_interval": "200ms",
-                "address": "210220003011",
-                "connection": {"port": line.path, "timeout": "300ms", "parity": "N"},
-                "tags": [
-                    {"name": "v", "di": "02010100"},
-                    *({"name": f"s{di}", "di": di, "every": "1s"} for di in slow),
-                ],
-            }
-        )
-        driver = Dlt645Driver(device)
-        poller = LinePoller(driver.make_line(), [(device, driver)], sink, status, metrics)
-        task = asyncio.create_task(poller.run())
-        try:
-            await sink.until(
-                lambda: sum(r.tag == "s02030000" for b in sink.of("m") for r in b.readings) >= 3,
-                15,
-            )
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    got = [r for b in sink.of("m") for r in b.readings]
+        tags: list[Tag] = [("v", "02010100")]
+        tags += [{"name": f"s{di}", "di": di, "every": "1s"} for di in slow]
+        device = meter(line.path, "210220003011", tags, interval=0.2, timeout="300ms")
+
+        def done() -> bool:
+            return sum(r.tag == "s02030000" for b in sink.of("m-3011") for r in b.readings) >= 3
+
+        await poll_line_until([(device, Dlt645Driver(device))], sink, done, 15)
+    got = [r for b in sink.of("m-3011") for r in b.readings]
     fast = [r.ts for r in got if r.tag == "v"]
     gaps = [b - a for a, b in itertools.pairwise(fast)]
     # One slow request (~45 ms) at most beside the 200 ms cadence; without stopping, a voltage
     # poll would wait for the whole slow group (~400 ms).
     assert len(gaps) >= 8 and max(gaps) < 0.2 + 0.15, gaps
     assert all(r.quality is Quality.GOOD for r in got)
-    parts = [b for b in sink.of("m") if not any(r.tag == "v" for r in b.readings)]
+    parts = [b for b in sink.of("m-3011") if not any(r.tag == "v" for r in b.readings)]
     ticks = sum(any(r.tag == "s00010000" for r in b.readings) for b in parts)
     assert len(parts) > ticks  # the slow group did stop: a tick came in several batches
