@@ -217,7 +217,7 @@ async def test_a_predicted_alarm_raises_with_evidence_and_clears_when_the_trend_
     assert first["tag"] == "temp.ttt_h_low" and first["value"] == low and low < 72
     assert first["condition"] == "< 72"
     evidence = first["prediction"]
-    assert evidence["model"] in ("linear", "exponential") and evidence["threshold"] == 80
+    assert evidence["model"] in ("linear", "exponential", "power") and evidence["threshold"] == 80
     assert evidence["ttt_h_low"] == low and evidence["ttt_h"] >= low
     assert evidence["points"] >= 24 and evidence["confidence"] == 0.9
     # no chatter while it is close, then a clear once no crossing is predicted any more

@@ -1,11 +1,17 @@
-"""Trend fits for time-to-threshold: a robust linear fit and a robust exponential fit (a level,
-then exponential growth from an onset), the better one chosen by BIC, with the confidence band
-of the fitted curve from the delta method.
+"""Trend fits for time-to-threshold: a robust linear fit and two robust growth curves (a level,
+then from an onset exponential growth, or a power of the time since the onset), the best one
+chosen by BIC, with the confidence band of the fitted curve from the delta method.
 
-Why these two: wear shows up as a slow drift (linear) or as a flat healthy level followed by an
-accelerating rise (the two-stage bearing degradation curve); the criterion only picks the
-exponential when its extra parameters pay for themselves (BIC:
-``n·ln(RSS/n) + 2k + 2k(k+1)/(n-k-1)``, ``k`` = 2 or 4, and it must be lower by 2).
+Why these: wear shows up as a slow drift (linear) or as a flat healthy level followed by an
+accelerating rise (the two-stage bearing degradation curve). A defect that grows in proportion
+to its size is exponential; one whose growth grows steadily with its age (a spall widening at a
+constant pace, friction heat) is a power law, ``t**2`` for a quadratic. Each fits the other's
+young fault poorly: an exponential fitted to a quadratic rise predicted it 30-44 % early. The
+criterion (BIC: ``n·ln(RSS/n) + k·ln(n)``, ``k`` = 2 or 4) picks a curve only when its extra
+parameters pay for themselves (lower by 2 than the line's); between the two curves (both k = 4)
+the lower BIC is the published model, and the crossing comes from both curves' grids pooled
+into one posterior, so the choice flipping between two near-equal fits from one hour to the
+next does not make the countdown jump.
 
 Robust: Huber weights (``1.345·s``, ``s`` from the median absolute deviation), refitted a few
 times, so an odd hour (a process upset, a loose sensor) does not bend the trend.
@@ -17,7 +23,7 @@ conditioned and ``exp`` cannot overflow on the history. Pure numpy; called off t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -31,7 +37,10 @@ HUBER = 1.345
 PASSES = 4
 #: Growth rates tried by the exponential fit, per day: e-folding times from 1 hour to 2 years.
 RATES: Array = np.geomspace(1 / 730.0, 24.0, 64)
-#: Onsets tried by the exponential fit, evenly over the history.
+#: Exponents tried by the power-law fit: from a straight rise after the onset (1) to 3.5. Higher
+#: powers fit a young quadratic fault as well (with an earlier onset) and predict it early.
+POWERS: Array = np.geomspace(1.0, 3.5, 32)
+#: Onsets tried by the exponential and the power-law fits, evenly over the history.
 ONSETS = 64
 #: The exponential's growth must show on at least this many points, and grow by no more than
 #: MAX_RECENT_GROWTH e-foldings over them.
@@ -41,46 +50,69 @@ MAX_RECENT_GROWTH = 1.0
 CHUNK = 16
 
 
+Model = Literal["linear", "exponential", "power"]
+#: The curves' grid: shapes, onsets, c and a of each pair, its weight, its RSS, and 1 where the
+#: pair is exponential (0: power law).
+Posterior = tuple[Array, Array, Array, Array, Array, Array, Array]
+
+
+def _growth(model: Model, shape: Array, dt: Array) -> Array:
+    """The growth curve after the onset, 0 at it: ``exp(b·dt) - 1`` or ``dt**p`` (``dt >= 0``,
+    shape b or p broadcast against dt)."""
+    if model == "exponential":
+        return np.expm1(np.minimum(shape * dt, 700.0))
+    return np.power(dt, shape)
+
+
 @dataclass(frozen=True)
 class Fit:
-    """A fitted curve, ``c + a·t`` (linear) or ``c + a·(exp(b·(t - t0)) - 1)`` after ``t0`` and
-    ``c`` before (exponential), t in days from the last point, with the covariance of its
-    parameters and its residual scale."""
+    """A fitted curve, ``c + a·t`` (linear), ``c + a·(exp(b·(t - t0)) - 1)`` (exponential) or
+    ``c + a·(t - t0)**p`` (power) after ``t0`` and ``c`` before, t in days from the last
+    point, with the covariance of its parameters and its residual scale."""
 
-    model: Literal["linear", "exponential"]
-    params: tuple[float, ...]  # (c, a) or (c, a, b, t0)
+    model: Model
+    params: tuple[float, ...]  # (c, a), (c, a, b, t0) or (c, a, p, t0)
     cov: Array
     sigma: float  # robust residual standard deviation, units of the value
     bic: float
     points: int
-    #: exponential: the (b, t0) grid as a posterior: rates, onsets, c and a of each pair, weights
-    posterior: tuple[Array, Array, Array, Array, Array] | None = None
+    #: the curves: the (shape, t0) grid as a posterior: shapes, onsets, c and a of each pair,
+    #: weights
+    posterior: Posterior | None = None
 
     def value(self, t: Array) -> Array:
         if self.model == "linear":
             c, a = self.params
             return c + a * t
-        c, a, b, t0 = self.params
-        return c + a * np.expm1(np.minimum(b * np.maximum(t - t0, 0.0), 700.0))
+        c, a, k, t0 = self.params
+        return c + a * _growth(self.model, np.full(1, k), np.maximum(t - t0, 0.0))
 
     def slope(self, t: float = 0.0) -> float:
         """Change per day at ``t``."""
         if self.model == "linear":
             return self.params[1]
-        _, a, b, t0 = self.params
+        _, a, k, t0 = self.params
         if t <= t0:
             return 0.0
-        return float(a * b * math.exp(min(b * (t - t0), 700.0)))
+        if self.model == "exponential":
+            return float(a * k * math.exp(min(k * (t - t0), 700.0)))
+        return float(a * k * (t - t0) ** (k - 1.0))
 
     def _gradient(self, t: Array) -> Array:
         """d value / d params at each t: rows are times."""
         if self.model == "linear":
             return np.column_stack((np.ones_like(t), t))
-        _, a, b, t0 = self.params
+        _, a, k, t0 = self.params
         after = t > t0
-        e = np.where(after, np.exp(np.minimum(b * np.maximum(t - t0, 0.0), 700.0)), 0.0)
+        dt = np.where(after, t - t0, 1.0)
+        if self.model == "exponential":
+            e = np.where(after, np.exp(np.minimum(k * dt, 700.0)), 0.0)
+            return np.column_stack(
+                (np.ones_like(t), np.where(after, e - 1.0, 0.0), a * dt * e, -a * k * e)
+            )
+        h = np.where(after, dt**k, 0.0)
         return np.column_stack(
-            (np.ones_like(t), np.where(after, e - 1.0, 0.0), a * (t - t0) * e, -a * b * e)
+            (np.ones_like(t), h, a * h * np.log(dt), np.where(after, -a * k * dt ** (k - 1), 0.0))
         )
 
     def stderr(self, t: Array) -> Array:
@@ -93,11 +125,22 @@ class Fit:
         """Standard error of the slope at t = 0."""
         if self.model == "linear":
             return math.sqrt(max(float(self.cov[1, 1]), 0.0))
-        _, a, b, t0 = self.params
+        _, a, k, t0 = self.params
         if t0 >= 0:
             return 0.0
-        e = math.exp(-b * t0)
-        g = np.array([0.0, b * e, a * e * (1 - b * t0), -a * b * b * e])  # d(a·b·e)/d(params)
+        if self.model == "exponential":
+            e = math.exp(-k * t0)  # d(a·b·e)/d(params)
+            g = np.array([0.0, k * e, a * e * (1 - k * t0), -a * k * k * e])
+        else:
+            age = -t0  # d(a·p·age**(p-1))/d(params)
+            g = np.array(
+                [
+                    0.0,
+                    k * age ** (k - 1),
+                    a * age ** (k - 1) * (1 + k * math.log(age)),
+                    -a * k * (k - 1) * age ** (k - 2),
+                ]
+            )
         return math.sqrt(max(float(g @ self.cov @ g), 0.0))
 
 
@@ -144,17 +187,19 @@ def fit_linear(t: Array, y: Array) -> Fit:
     )
 
 
-def _grid(t: Array, y: Array, w: Array, rate: Array, onset: Array) -> tuple[Array, Array, Array]:
-    """(c, a) by weighted least squares for every (rate, onset) pair (the closed form of the
+def _grid(
+    model: Model, t: Array, y: Array, w: Array, shape: Array, onset: Array
+) -> tuple[Array, Array, Array]:
+    """(c, a) by weighted least squares for every (shape, onset) pair (the closed form of the
     2x2 normal equations), and each pair's weighted residual sum of squares. In chunks of
     pairs, so a month of hourly points stays a few hundred kilobytes of temporaries."""
-    c_all = np.empty(len(rate))
-    a_all = np.empty(len(rate))
-    rss_all = np.empty(len(rate))
+    c_all = np.empty(len(shape))
+    a_all = np.empty(len(shape))
+    rss_all = np.empty(len(shape))
     sw, swy, wy = float(w.sum()), float(w @ y), w * y
-    for i in range(0, len(rate), CHUNK):
-        r, o = rate[i : i + CHUNK], onset[i : i + CHUNK]
-        h = np.expm1(r[:, None] * np.maximum(t[None, :] - o[:, None], 0.0))
+    for i in range(0, len(shape), CHUNK):
+        k, o = shape[i : i + CHUNK], onset[i : i + CHUNK]
+        h = _growth(model, k[:, None], np.maximum(t[None, :] - o[:, None], 0.0))
         swh, swhh, swhy = h @ w, (h * h) @ w, h @ wy
         det = sw * swhh - swh * swh
         ok = det > 1e-9 * np.maximum(sw * swhh, 1e-300)
@@ -170,12 +215,24 @@ def _grid(t: Array, y: Array, w: Array, rate: Array, onset: Array) -> tuple[Arra
 def fit_exponential(t: Array, y: Array) -> Fit:
     """A level, then exponential growth from an onset: ``c`` until ``t0``, then
     ``c + a·(exp(b·(t - t0)) - 1)`` (the two-stage model of bearing degradation: healthy, then
-    a defect that grows the faster the larger it is). (b, t0) on a grid (growth rates, and
-    onsets spread over the history; an onset before the first point is the plain
-    ``c + a·exp(b·t)``), (c, a) by weighted least squares for each pair, the weights following
-    the best pair's residuals.
+    a defect that grows the faster the larger it is). See ``_fit_growth``."""
+    return _fit_growth("exponential", t, y)
 
-    The whole grid is kept as a posterior over (b, t0), each pair weighing
+
+def fit_power(t: Array, y: Array) -> Fit:
+    """A level, then a power-law rise from an onset: ``c`` until ``t0``, then
+    ``c + a·(t - t0)**p``, ``p`` from 1 (a steady rise that starts) to 3.5 (wear that accelerates
+    as a polynomial of its age, not in proportion to its size). See ``_fit_growth``."""
+    return _fit_growth("power", t, y)
+
+
+def _fit_growth(model: Literal["exponential", "power"], t: Array, y: Array) -> Fit:
+    """A level, then growth from an onset. (shape, t0) on a grid (growth rates or exponents, and
+    onsets spread over the history; an onset before the first point is a curve already under
+    way), (c, a) by weighted least squares for each pair, the weights following the best
+    pair's residuals.
+
+    The whole grid is kept as a posterior over (shape, t0), each pair weighing
     ``exp(-RSS/(2·s²))``: on a young fault a slow and a fast growth fit the points about equally
     well and predict very different crossings; the best pair alone jumps between them from one
     hour to the next, the posterior's median and quantiles do not (``crossing``)."""
@@ -186,53 +243,88 @@ def fit_exponential(t: Array, y: Array) -> Fit:
     latest = float(t[max(len(t) - GROWTH_POINTS, 0)])
     span = latest - float(t[0])
     onsets = np.concatenate(([t[0] - 1.0], t[0] + span * np.linspace(0.0, 1.0, ONSETS)))
-    rate = np.repeat(RATES, len(onsets))
-    onset = np.tile(onsets, len(RATES))
-    # No more than 30 e-foldings over the history (no overflow), and no more than
-    # MAX_RECENT_GROWTH over the last GROWTH_POINTS points: a jump on the last few points fits
-    # a fast enough exponential perfectly and would predict the threshold within hours.
+    shapes = RATES if model == "exponential" else POWERS
+    shape = np.repeat(shapes, len(onsets))
+    onset = np.tile(onsets, len(shapes))
+    # No more than MAX_RECENT_GROWTH e-foldings over the last GROWTH_POINTS points (the growth
+    # rate now, times their span): a jump on the last few points fits a fast enough curve
+    # perfectly and would predict the threshold within hours. The exponential: no more than
+    # 30 e-foldings over the history either (no overflow); the power law's rate now is p/age.
     recent = max(-latest, 1e-9)
-    keep = (rate * -onset <= 30.0) & (rate * recent <= MAX_RECENT_GROWTH)
-    rate, onset = rate[keep], onset[keep]
+    if model == "exponential":
+        keep = (shape * -onset <= 30.0) & (shape * recent <= MAX_RECENT_GROWTH)
+    else:
+        keep = shape * recent <= MAX_RECENT_GROWTH * np.maximum(-onset, 1e-9)
+    shape, onset = shape[keep], onset[keep]
     # The weights settle on a quarter of the grid each way (a sixteenth of the work); the
     # whole grid is evaluated once, under the final weights.
-    coarse = (np.arange(len(rate)) % 4 == 0) & (np.searchsorted(RATES, rate) % 4 == 0)
+    coarse = (np.arange(len(shape)) % 4 == 0) & (np.searchsorted(shapes, shape) % 4 == 0)
+    if not coarse.any():
+        coarse[:] = True
     for _ in range(PASSES):
-        c_all, a_all, rss_all = _grid(t, y, w, rate[coarse], onset[coarse])
+        c_all, a_all, rss_all = _grid(model, t, y, w, shape[coarse], onset[coarse])
         best = int(np.argmin(rss_all))
         c, a = float(c_all[best]), float(a_all[best])
-        hb = np.expm1(rate[coarse][best] * np.maximum(t - onset[coarse][best], 0.0))
+        hb = _growth(model, shape[coarse][best], np.maximum(t - onset[coarse][best], 0.0))
         w, sigma = _huber(y - c - a * hb)
-    c_all, a_all, rss_all = _grid(t, y, w, rate, onset)  # under the final weights
+    c_all, a_all, rss_all = _grid(model, t, y, w, shape, onset)  # under the final weights
     best = int(np.argmin(rss_all))
     c, a = float(c_all[best]), float(a_all[best])
-    b, t0 = float(rate[best]), float(onset[best])
-    hb = np.expm1(b * np.maximum(t - t0, 0.0))
+    k, t0 = float(shape[best]), float(onset[best])
     rss = float(rss_all[best])
     weight = np.exp(-(rss_all - rss) / (2.0 * max(sigma, 1e-12) ** 2))
     weight /= weight.sum()
-    grow = np.where(t > t0, hb + 1.0, 0.0)
-    jac = np.column_stack(
-        (np.ones_like(t), hb, a * (t - t0) * grow, -a * b * grow)
-    )  # d/d(c, a, b, t0)
+    fit = Fit(model, (c, a, k, t0), np.zeros((4, 4)), sigma, _bic(rss, len(y), 4), len(y))
+    jac = fit._gradient(t)  # d/d(c, a, shape, t0)
     return Fit(
-        "exponential",
-        (c, a, b, t0),
+        model,
+        fit.params,
         _cov(jac, w, sigma),
         sigma,
-        _bic(rss, len(y), 4),
+        fit.bic,
         len(y),
-        (rate, onset, c_all, a_all, weight),
+        (
+            shape,
+            onset,
+            c_all,
+            a_all,
+            weight,
+            rss_all,
+            np.full(len(shape), float(model == "exponential")),
+        ),
+    )
+
+
+def _pooled(exponential: Fit, power: Fit, sigma: float) -> Posterior:
+    """Both curves' grids as one posterior, each pair weighing ``exp(-RSS/(2·s²))`` against the
+    best pair of either."""
+    assert exponential.posterior is not None and power.posterior is not None
+    e, p = exponential.posterior, power.posterior
+    rss = np.concatenate((e[5], p[5]))
+    weight = np.exp(-(rss - rss.min()) / (2.0 * max(sigma, 1e-12) ** 2))
+    kind = np.concatenate((np.ones(len(e[0])), np.zeros(len(p[0]))))
+    return (
+        np.concatenate((e[0], p[0])),
+        np.concatenate((e[1], p[1])),
+        np.concatenate((e[2], p[2])),
+        np.concatenate((e[3], p[3])),
+        weight / weight.sum(),
+        rss,
+        kind,
     )
 
 
 def best_fit(t: Array, y: Array) -> Fit:
-    """The linear and the exponential fit, the lower BIC wins (ties: linear, the simpler)."""
+    """The linear, the exponential and the power-law fit, the lowest BIC wins; a curve must
+    beat the line by 2 (ties: linear, the simpler)."""
     linear = fit_linear(t, y)
     if len(y) < 8:
         return linear
-    exponential = fit_exponential(t, y)
-    return exponential if exponential.bic < linear.bic - 2.0 else linear
+    exponential, power = fit_exponential(t, y), fit_power(t, y)
+    curve = min((exponential, power), key=lambda f: f.bic)
+    if not curve.bic < linear.bic - 2.0:
+        return linear
+    return replace(curve, posterior=_pooled(exponential, power, curve.sigma))
 
 
 @dataclass(frozen=True)
@@ -252,9 +344,10 @@ def crossing(
     with that confidence (flat, reversing, or not distinguishable from noise).
 
     Linear: where the line meets the threshold, and where its one-sided confidence band (delta
-    method) does. Exponential: the median and the ``1 - confidence`` quantile of the crossing
-    times over the posterior of (b, t0), each pair's crossing solved in closed form
-    (``t0 + ln(1 + (threshold - c)/a)/b``; a pair that never gets there counts as never)."""
+    method) does. The curves: the median and the ``1 - confidence`` quantile of the crossing
+    times over the pooled posterior of (shape, t0), each pair's crossing solved in closed form
+    (``t0 + ln(1 + (threshold - c)/a)/b`` or ``t0 + ((threshold - c)/a)**(1/p)``; a pair that
+    never gets there counts as never)."""
     z = NormalDist().inv_cdf(confidence)
     now = float(fit.value(np.zeros(1))[0])
     if (now >= threshold) if rising else (now <= threshold):
@@ -276,15 +369,17 @@ def crossing(
 
 
 def _posterior_crossing(
-    posterior: tuple[Array, Array, Array, Array, Array],
+    posterior: Posterior,
     threshold: float,
     horizon_days: float,
     confidence: float,
 ) -> Crossing:
-    rate, onset, c, a, weight = posterior
-    with np.errstate(divide="ignore", invalid="ignore"):
+    shape, onset, c, a, weight, _, kind = posterior
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         x = (threshold - c) / a
-        days = onset + np.log1p(x) / rate
+        days = onset + np.where(
+            kind > 0, np.log1p(x) / shape, np.power(np.maximum(x, 0.0), 1.0 / shape)
+        )
     days = np.where((x > 0) & np.isfinite(days), np.maximum(days, 0.0), np.inf)
     order = np.argsort(days)
     cumulative = np.cumsum(weight[order])
