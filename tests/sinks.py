@@ -6,6 +6,7 @@ They record what the scheduler hands on, and let a test await a condition on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from drivers.base import Batch
@@ -30,6 +31,17 @@ class Sink:
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
+
+    async def run_until(self, poller: Any, predicate: Any, timeout: float = 5.0) -> None:
+        """Run ``poller`` (a ``DevicePoller`` or ``LinePoller`` feeding this sink) until
+        ``predicate`` holds, then stop it."""
+        task = asyncio.create_task(poller.run())
+        try:
+            await self.until(predicate, timeout)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class Status:

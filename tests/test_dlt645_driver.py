@@ -4,7 +4,6 @@ end to end through a real mosquitto."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -67,13 +66,7 @@ async def poll_line_until(
     driver makes, until ``done``."""
     line = devices[0][1].make_line()
     poller = LinePoller(line, devices, sink, status or Status(), Metrics(), **options)
-    task = asyncio.create_task(poller.run())
-    try:
-        await sink.until(done, timeout)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await sink.run_until(poller, done, timeout)
 
 
 @contextlib.asynccontextmanager

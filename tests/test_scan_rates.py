@@ -4,7 +4,6 @@ mosquitto, against the Modbus simulator."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import textwrap
@@ -218,12 +217,7 @@ async def _fast_and_slow(delay: float) -> tuple[list[Batch], Metrics]:
         )
         sink, metrics = Sink(), Metrics()
         poller = DevicePoller(device, ModbusDriver(device), sink, Status(), metrics)
-        task = asyncio.create_task(poller.run())
-        try:
-            await sink.until(lambda: sum("s19" in _tags(b) for b in sink.batches) >= 3, 8.0)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await sink.run_until(poller, lambda: sum("s19" in _tags(b) for b in sink.batches) >= 3, 8)
     return sink.batches, metrics
 
 
@@ -446,12 +440,7 @@ async def test_a_serial_instrument_is_asked_only_for_the_due_group() -> None:
             poller: Any = LinePoller(line, [(device, driver)], sink, Status(), Metrics())
         else:
             poller = DevicePoller(device, driver, sink, Status(), Metrics())
-        task = asyncio.create_task(poller.run())
-        try:
-            await sink.until(lambda: sum("sv" in _tags(b) for b in sink.batches) >= 3, 6.0)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await sink.run_until(poller, lambda: sum("sv" in _tags(b) for b in sink.batches) >= 3, 6)
         asked = oven.requests
     pv = sum("pv" in _tags(b) for b in sink.batches)
     sv = sum("sv" in _tags(b) for b in sink.batches)
