@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from bench.children import child, holding_device
+from bench.children import child, connected_poll, holding_device
 from drivers.mc.config import McDevice
 from drivers.mc.devices import DEVICES
 from drivers.mc.driver import McDriver
@@ -153,11 +153,8 @@ def words_tags() -> list[dict[str, Any]]:
 async def mc_driver(port: int) -> AsyncIterator[Step]:
     drv = McDriver(mc_device(port, words_tags()))
     assert len(drv.requests) == 2
-    await drv.connect()
-    try:
-        yield drv.poll
-    finally:
-        await drv.close()
+    async with connected_poll(drv) as step:
+        yield step
 
 
 @contextlib.asynccontextmanager
@@ -183,11 +180,8 @@ async def raw_mc(port: int) -> AsyncIterator[Step]:
 async def modbus_driver(port: int) -> AsyncIterator[Step]:
     drv = ModbusDriver(holding_device(port, POINTS))
     assert len(drv.requests) == 8
-    await drv.connect()
-    try:
-        yield drv.poll
-    finally:
-        await drv.close()
+    async with connected_poll(drv) as step:
+        yield step
 
 
 @contextlib.asynccontextmanager

@@ -31,7 +31,7 @@ from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from bench.children import child, holding_device
+from bench.children import child, connected_poll, holding_device
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.mbap import MbapClient
 from tests.brokers import free_port
@@ -150,11 +150,8 @@ async def lean(port: int) -> AsyncIterator[Step]:
 async def driver(port: int) -> AsyncIterator[Step]:
     drv = ModbusDriver(holding_device(port, REGISTERS, ADDRESS))
     assert len(drv.requests) == 1
-    await drv.connect()
-    try:
-        yield drv.poll
-    finally:
-        await drv.close()
+    async with connected_poll(drv) as step:
+        yield step
 
 
 CLIENTS: dict[str, Client] = {

@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
+from drivers.base import Driver
 from drivers.modbus.config import ModbusDevice
 
 
@@ -30,6 +32,16 @@ def child(args: list[str], port: int) -> Iterator[None]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def connected_poll(driver: Driver) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """``driver.poll``, the driver connected while in the block (a benchmark's step)."""
+    await driver.connect()
+    try:
+        yield driver.poll
+    finally:
+        await driver.close()
 
 
 def holding_device(port: int, points: int, address: int = 0) -> ModbusDevice:
