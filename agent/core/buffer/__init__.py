@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class Buffer:
         self._pending_bytes = 0
         self._due = float("inf")  # loop time the group waiting now must be committed by
         self._wake = asyncio.Event()  # the committer's wait ends: an earlier due time, or close
+        self._commit_took: deque[float] = deque(maxlen=32)  # seconds, the latest commits
         # Acknowledgements waiting for the next commit, per destination (commit_interval > 0).
         self._acks: dict[str, list[int]] = {}
         self._metrics = metrics
@@ -243,8 +245,12 @@ class Buffer:
             or self._pending_bytes >= self._store.txn_cap // 2
         ):
             return now
-        # A tenth of the time left is for the commit itself and the loop's own delays.
-        return now + max(0.0, min(self._commit_interval, (deadline - now) * 0.9))
+        # Kept free for the commit itself: a fifth of the time left, and twice the slowest of
+        # the recent commits (a card whose fsyncs stall shrinks the window by itself, so a
+        # slow commit does not make pollers miss their ticks).
+        left = deadline - now
+        spare = max(left / 5, 2 * max(self._commit_took, default=0.0))
+        return now + max(0.0, min(self._commit_interval, left - spare))
 
     def _commit_by(self, due: float) -> None:
         if due < self._due:
@@ -353,7 +359,9 @@ class Buffer:
                 try:
                     # The acknowledgements go in the same transaction: one write of the pages
                     # both touch.
+                    began = loop.time()
                     results = await self._run(self._store.commit_group, [i for i, _ in group], acks)
+                    self._commit_took.append(loop.time() - began)
                 except Exception as exc:  # the worker itself failed: nothing was committed
                     results = [BufferError(f"buffer worker failed: {exc}")] * len(group)
                 stored = 0
