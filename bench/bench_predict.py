@@ -4,13 +4,14 @@ hourly points; against the waveform features of the same waveform, measured in t
 
     .venv/bin/python -m bench.bench_predict [--repeat 20]
 
-A prediction update is ``Predictor.fit``: both fits and the crossing, run once per point (an
-hour by default), on the worker thread. Two series: a flat one with noise (the linear fit wins)
-and a healthy level followed by an accelerating rise (the exponential's grid runs in full).
-The models are built here with onnx's helper API: the waveform's RMS (the input alone costs),
-and a small dense network (4,096 -> 64 -> 8 -> 1, about 263k weights: an autoencoder-sized
-anomaly scorer). Memory: the points a year of hourly medians keeps (``history: 365d``), the
-state file they make, and the peak a fit on them allocates (tracemalloc).
+A prediction update is ``Predictor.fit``: the three fits and the crossing, run once per point
+(an hour by default), on the worker thread. Two series: a flat one with noise (the linear fit
+wins) and a healthy level followed by an accelerating rise (the exponential and power-law grids
+run in full). The models are built here with onnx's helper API: the waveform's RMS (the input
+alone costs), and a small dense network (4,096 -> 64 -> 8 -> 1, about 263k weights: an
+autoencoder-sized anomaly scorer). Memory: the points a year of hourly medians keeps
+(``history: 365d``), the state file they make, and the peak a fit on them allocates
+(tracemalloc).
 """
 
 from __future__ import annotations

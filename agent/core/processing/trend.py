@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -197,9 +198,14 @@ def _grid(
     a_all = np.empty(len(shape))
     rss_all = np.empty(len(shape))
     sw, swy, wy = float(w.sum()), float(w @ y), w * y
-    for i in range(0, len(shape), CHUNK):
-        k, o = shape[i : i + CHUNK], onset[i : i + CHUNK]
-        h = _growth(model, k[:, None], np.maximum(t[None, :] - o[:, None], 0.0))
+    for block in _blocks(model, onset):
+        k, o = shape[block], onset[block]
+        if model == "exponential":
+            h = _growth(model, k[:, None], np.maximum(t[None, :] - o[:, None], 0.0))
+        else:  # one onset: log(t - t0) once, then dt**p as exp(p·log(dt)), as fast as expm1
+            with np.errstate(divide="ignore"):
+                log_dt = np.log(np.maximum(t - o[0], 0.0))
+            h = np.exp(k[:, None] * log_dt[None, :])
         swh, swhh, swhy = h @ w, (h * h) @ w, h @ wy
         det = sw * swhh - swh * swh
         ok = det > 1e-9 * np.maximum(sw * swhh, 1e-300)
@@ -207,9 +213,19 @@ def _grid(
         a = (sw * swhy - swh * swy) / det
         c = (swy - a * swh) / sw
         resid = y[None, :] - c[:, None] - a[:, None] * h
-        c_all[i : i + CHUNK], a_all[i : i + CHUNK] = c, a
-        rss_all[i : i + CHUNK] = np.where(ok, (resid * resid) @ w, np.inf)
+        c_all[block], a_all[block] = c, a
+        rss_all[block] = np.where(ok, (resid * resid) @ w, np.inf)
     return c_all, a_all, rss_all
+
+
+def _blocks(model: Model, onset: Array) -> list[slice]:
+    """The pairs evaluated together: CHUNK at a time for the exponential; for the power law,
+    each run of one onset (``_fit_growth`` lays its pairs out onset by onset; ``np.power``
+    costs twice ``expm1``, ``exp`` of a shared log the same)."""
+    if model == "exponential":
+        return [slice(i, i + CHUNK) for i in range(0, len(onset), CHUNK)]
+    bounds = [0, *(np.flatnonzero(np.diff(onset)) + 1).tolist(), len(onset)]
+    return [slice(a, b) for a, b in pairwise(bounds)]
 
 
 def fit_exponential(t: Array, y: Array) -> Fit:
@@ -244,8 +260,12 @@ def _fit_growth(model: Literal["exponential", "power"], t: Array, y: Array) -> F
     span = latest - float(t[0])
     onsets = np.concatenate(([t[0] - 1.0], t[0] + span * np.linspace(0.0, 1.0, ONSETS)))
     shapes = RATES if model == "exponential" else POWERS
-    shape = np.repeat(shapes, len(onsets))
-    onset = np.tile(onsets, len(shapes))
+    # The exponential's pairs shape by shape, the power law's onset by onset (see _blocks).
+    if model == "exponential":
+        shape_i, onset_i = np.divmod(np.arange(len(shapes) * len(onsets)), len(onsets))
+    else:
+        onset_i, shape_i = np.divmod(np.arange(len(shapes) * len(onsets)), len(shapes))
+    shape, onset = shapes[shape_i], onsets[onset_i]
     # No more than MAX_RECENT_GROWTH e-foldings over the last GROWTH_POINTS points (the growth
     # rate now, times their span): a jump on the last few points fits a fast enough curve
     # perfectly and would predict the threshold within hours. The exponential: no more than
@@ -258,7 +278,7 @@ def _fit_growth(model: Literal["exponential", "power"], t: Array, y: Array) -> F
     shape, onset = shape[keep], onset[keep]
     # The weights settle on a quarter of the grid each way (a sixteenth of the work); the
     # whole grid is evaluated once, under the final weights.
-    coarse = (np.arange(len(shape)) % 4 == 0) & (np.searchsorted(shapes, shape) % 4 == 0)
+    coarse = (onset_i[keep] % 4 == 0) & (shape_i[keep] % 4 == 0)
     if not coarse.any():
         coarse[:] = True
     for _ in range(PASSES):
