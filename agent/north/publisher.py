@@ -15,8 +15,10 @@ Design notes, the why:
   first and backlog with what is left, so after a long outage fresh data keeps low latency while
   history drains as fast as the broker acknowledges. Each stream is in order per device; the
   consumer orders across them with ``seq``.
-* paho runs its network loop on its own thread; every callback hops onto the event loop with
-  ``call_soon_threadsafe`` so all state lives on one thread.
+* paho's network I/O runs on the event loop (agent/north/mqttloop.py says why: no thread per
+  session, no cross-thread hop per message); only the blocking connect runs on a worker
+  thread. Callbacks are deferred with ``call_soon`` so that no state changes inside paho's own
+  call stack, and all state lives on the loop's thread.
 * **The format decides the wire, the publisher the delivery.** A ``Format`` (agent/north/formats)
   turns batches into messages and owns its session rules (will, births, host state, commands);
   whatever it packs, a batch is deleted only when the message carrying it was acknowledged.
@@ -49,6 +51,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from agent.core.buffer import DEFAULT_OUTPUT, Buffer, BufferError, Route, StoredBatch
 from agent.north.formats import Command, Format, Message, Packed
+from agent.north.mqttloop import LoopDriver
 from agent.north.v5props import PublishProperties
 
 if TYPE_CHECKING:  # the config is built in app; north reads it, never imports app at run time
@@ -145,6 +148,7 @@ class Publisher:
         #: the format) gets them, so they reach the new topics without waiting for a change.
         self.sides: dict[tuple[str, str], bytes] = {}
         self._client: mqtt.Client | None = None
+        self._drivers: dict[int, LoopDriver] = {}  # id(client) -> its I/O on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[Any] | None = None
         self._inflight: dict[int, tuple[StoredBatch, ...]] = {}
@@ -327,6 +331,7 @@ class Publisher:
     async def _attempt(self, server: tuple[str, int], protocol: str) -> mqtt.Client:
         loop = asyncio.get_running_loop()
         client = self._new_client(protocol)
+        self._drivers[id(client)] = LoopDriver(client, loop)
         connack: asyncio.Future[Any] = loop.create_future()
         self._connack = connack
         self._lost = asyncio.Event()
@@ -335,15 +340,15 @@ class Publisher:
             await asyncio.to_thread(client.connect, host, port, max(5, int(self._cfg.keepalive)))
             self._fmt.connect_sent()
         except (OSError, ssl.SSLError, ValueError) as exc:
+            await self._close_client(client)
             raise ConnectFailed(_describe_os_error(exc)) from exc
-        client.loop_start()
         try:
             reason = await asyncio.wait_for(connack, _CONNACK_TIMEOUT)
         except TimeoutError:
-            await _stop_client(client)
+            await self._close_client(client)
             raise ConnectFailed("no CONNACK from broker") from None
         if reason is not None:
-            await _stop_client(client)
+            await self._close_client(client)
             # A broker without v5 answers a v5 CONNECT with "unacceptable protocol version" or
             # simply closes the connection: worth one more try with 3.1.1.
             raise ConnectFailed(
@@ -547,7 +552,7 @@ class Publisher:
         await self._flush_unpackable()
         self._inflight.clear()  # not acknowledged: still in the buffer, fetched again next session
         self._inflight_rows = 0
-        await _stop_client(client)
+        await self._close_client(client)
         if self._renewing:
             self._renewing = False  # a planned reconnect, same server, nothing lost
         elif was_connected and not self._stopping:
@@ -559,12 +564,18 @@ class Publisher:
             # Start the next round with the next cluster node: the lost one is likely down.
             self._server_index = (self._server_index + 1) % len(self._servers)
 
-    # -- paho callbacks (network thread) -> event loop --------------------------------------------
+    async def _close_client(self, client: mqtt.Client) -> None:
+        """DISCONNECT if the link takes it, then the socket closed and off the loop."""
+        driver = self._drivers.pop(id(client), None)
+        if driver is not None:
+            await driver.close()
+
+    # -- paho callbacks (on the loop, inside paho's call stack) -> our state ---------------------
 
     def _call(self, fn: Any, *args: Any) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
+            loop.call_soon(fn, *args)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._call(self._connack_result, None if not reason.is_failure else str(reason))
@@ -694,13 +705,3 @@ def _describe_os_error(exc: BaseException) -> str:
 def _wait_published(info: mqtt.MQTTMessageInfo, timeout: float) -> None:
     with contextlib.suppress(RuntimeError, ValueError):
         info.wait_for_publish(timeout)
-
-
-async def _stop_client(client: mqtt.Client) -> None:
-    """Close the socket and join paho's thread without blocking the event loop."""
-
-    def stop() -> None:
-        client.disconnect()
-        client.loop_stop()
-
-    await asyncio.to_thread(stop)
