@@ -30,8 +30,8 @@ Command line::
     python -m simulators.degrading_pump --port 5021 --time-scale 14400 [--wear-law exponential]
 
 The wear grows quadratically from onset by default; ``--wear-law exponential`` makes it the
-two-stage exponential of bearing degradation, the law the prediction tests and ``make demo-pdm``
-use (docs/prediction.md).
+two-stage exponential of bearing degradation. The prediction tests run both laws (four seeds
+each); ``make demo-pdm`` uses the exponential (docs/prediction.md).
 """
 
 from __future__ import annotations

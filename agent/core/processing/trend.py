@@ -198,13 +198,15 @@ def _grid(
     a_all = np.empty(len(shape))
     rss_all = np.empty(len(shape))
     sw, swy, wy = float(w.sum()), float(w @ y), w * y
+    log_dt, log_onset = t, math.nan
     for block in _blocks(model, onset):
         k, o = shape[block], onset[block]
         if model == "exponential":
             h = _growth(model, k[:, None], np.maximum(t[None, :] - o[:, None], 0.0))
         else:  # one onset: log(t - t0) once, then dt**p as exp(p·log(dt)), as fast as expm1
-            with np.errstate(divide="ignore"):
-                log_dt = np.log(np.maximum(t - o[0], 0.0))
+            if o[0] != log_onset:
+                with np.errstate(divide="ignore"):
+                    log_dt, log_onset = np.log(np.maximum(t - o[0], 0.0)), float(o[0])
             h = np.exp(k[:, None] * log_dt[None, :])
         swh, swhh, swhy = h @ w, (h * h) @ w, h @ wy
         det = sw * swhh - swh * swh
@@ -220,12 +222,12 @@ def _grid(
 
 def _blocks(model: Model, onset: Array) -> list[slice]:
     """The pairs evaluated together: CHUNK at a time for the exponential; for the power law,
-    each run of one onset (``_fit_growth`` lays its pairs out onset by onset; ``np.power``
-    costs twice ``expm1``, ``exp`` of a shared log the same)."""
+    CHUNK at a time within each run of one onset (``_fit_growth`` lays its pairs out onset by
+    onset; ``np.power`` costs twice ``expm1``, ``exp`` of a shared log the same)."""
     if model == "exponential":
         return [slice(i, i + CHUNK) for i in range(0, len(onset), CHUNK)]
     bounds = [0, *(np.flatnonzero(np.diff(onset)) + 1).tolist(), len(onset)]
-    return [slice(a, b) for a, b in pairwise(bounds)]
+    return [slice(i, min(i + CHUNK, b)) for a, b in pairwise(bounds) for i in range(a, b, CHUNK)]
 
 
 def fit_exponential(t: Array, y: Array) -> Fit:
