@@ -79,6 +79,21 @@ def test_a_level_then_accelerating_rise_is_fitted_exponential_and_beats_the_line
     assert cross.hours_low <= cross.hours
 
 
+def test_a_level_then_quadratic_rise_is_fitted_as_a_power_law_and_its_crossing_found() -> None:
+    rng = np.random.default_rng(5)
+    t = np.arange(-20 * 24, 1) / 24.0
+    onset = -8.0
+    y = 2.0 + 0.01 * np.maximum(t - onset, 0) ** 2 + rng.normal(0, 0.02, len(t))
+    fit = best_fit(t, y)
+    assert fit.model == "power"
+    assert fit.params[2] == pytest.approx(2.0, abs=0.3)  # the exponent
+    true_hours = (onset + math.sqrt((4.0 - 2.0) / 0.01)) * 24  # when 2 + 0.01·(t - t0)² = 4
+    cross = crossing(fit, 4.0, 30.0, 0.9)
+    assert cross.hours == pytest.approx(true_hours, rel=0.1)
+    assert cross.hours is not None and cross.hours_low is not None
+    assert cross.hours_low <= cross.hours
+
+
 def test_outliers_do_not_bend_the_trend() -> None:
     t = np.arange(-10 * 24, 1) / 24.0
     y = 60 + 0.5 * t
