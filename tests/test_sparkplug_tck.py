@@ -366,8 +366,8 @@ class Edge:
                 self.task.cancel()
         await self.buffer.close()
 
-    async def put(self, device: str, doc: dict[str, Any]) -> None:
-        await self.buffer.put(device, int(doc["ts"]), json.dumps(doc).encode())
+    async def put(self, device: str, doc: dict[str, Any], kind: str = "data") -> None:
+        await self.buffer.put(device, int(doc["ts"]), json.dumps(doc).encode(), kind)
 
     def cut(self) -> None:
         """An unclean loss: the socket dies under paho, the broker sends the will."""
@@ -476,11 +476,11 @@ async def _main(tmp: Path) -> Run:
                 "condition": "> 0.02", "value": 0.02783, "since": _now() - 600_000,
                 "values": [0.03113, 0.029749, 0.02783],
             }  # fmt: skip
-            await edge.put("d1/event", raised)
+            await edge.put("d1", raised, "event")
             await wire.wait_for(lambda: ddata() >= 4)
             cleared = dict(raised, ts=_now(), event="clear", condition="< 0.015", value=1,
                            values=[])  # fmt: skip
-            await edge.put("d1/event", cleared)
+            await edge.put("d1", cleared, "event")
             await wire.wait_for(lambda: ddata() >= 5)
             # Enough messages to wrap seq from 255 to 0.
             for i in range(260):

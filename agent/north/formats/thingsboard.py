@@ -8,7 +8,7 @@ and payloads follow ThingsBoard's "MQTT Gateway API" reference:
   their RPC calls to us;
 * ``v1/gateway/telemetry`` ``{name: [{"ts", "values"}, ...], ...}``: several batches, of several
   devices, packed into one message up to ``max_payload`` (fewer messages: rate limits). An alarm
-  event (stream ``<device>/event``) is one key ``event.<alarm>`` whose value is the event
+  event (rows of kind ``event``) is one key ``event.<alarm>`` whose value is the event
   document, a JSON object a rule chain reads as is;
 * ``v1/gateway/attributes`` ``{name: {"state", "reason"}}`` when a device goes up or down, and
   ``{name: {"machine_state", "machine_since", "machine_ts", "machine_runtime"}}`` when its machine
@@ -290,7 +290,7 @@ class ThingsBoardFormat(Format):
 
         A batch gives its tags, plus a ``<tag>.quality`` key for each tag that is not good. An
         alarm event (``{"event": "raise"|"clear", "alarm", "tag", "severity", "values": [...]}``
-        on stream ``<device>/event``) gives one key ``event.<alarm>`` whose value is the whole
+        as rows of kind ``event``) gives one key ``event.<alarm>`` whose value is the whole
         document: ThingsBoard stores it as JSON telemetry, and a rule chain reads
         ``msg['event.<alarm>'].event`` and its severity in one message. The alarm's name in the
         key keeps two alarms of the same millisecond apart (ThingsBoard keeps one value per key
