@@ -243,6 +243,7 @@ class Buffer:
             self._commit_interval <= 0
             or deadline is None
             or self._pending_bytes >= self._store.txn_cap // 2
+            or self._store.pressed  # short of room: small commits, small drops, as without
         ):
             return now
         # Kept free for the commit itself: a fifth of the time left, and twice the slowest of
@@ -282,10 +283,11 @@ class Buffer:
         With a ``commit_interval`` the deletes wait for the next commit (at most that long) and
         go to disk with it: deleting one row per PUBACK rewrote the same pages once per message,
         the largest share of the buffer's writes at shop-floor rates. A power cut in between
-        costs only resends, which consumers dedupe by (agent, device, seq)."""
+        costs only resends, which consumers dedupe by (agent, device, seq). While the buffer is
+        short of room they are applied at once (``SqliteStore.pressed``)."""
         if not ids:
             return
-        if self._commit_interval > 0 and self._state == "open":
+        if self._commit_interval > 0 and self._state == "open" and not self._store.pressed:
             self._acks.setdefault(output, []).extend(ids)
             self._commit_by(asyncio.get_running_loop().time() + self._commit_interval)
             return

@@ -250,6 +250,7 @@ class SqliteStore:
         self.oldest_by: dict[int, tuple[int, float] | None] = {1: None}  # (id, created)
         self.scan_from: dict[int, int] = {}  # per mask: no row it has to send lies below
         self._drops: dict[int, int] = {}  # per mask, in the transaction running now
+        self._dropped_at: float | None = None  # monotonic time of the latest drop
         # Acknowledgements to apply in the next insert transaction, and what it applied.
         self._acks_waiting: list[tuple[int, list[int]]] = []
         self._acks_applied: list[tuple[int, int, int | None]] = []
@@ -766,6 +767,7 @@ class SqliteStore:
             if self.metrics is not None:
                 self.metrics.buffer_dropped.labels(self._name_of(mask)).inc(n)
         self._drops = {}
+        self._dropped_at = time.monotonic()
         self._log_drops(dropped)
         self._count_held()
         self._refresh_oldest()
@@ -787,12 +789,23 @@ class SqliteStore:
         ps = self.page_size
         self._drops = {}
         conn.execute("BEGIN IMMEDIATE")
+        # Acknowledgements that waited for this commit are deleted after the inserts: pages
+        # deleted before the savepoint below and rewritten inside it would be copied to a
+        # statement journal, a temporary file on disk once past 64 KB (at 10,000 points/s it
+        # was, every commit). Unless room is short: then first, so that no drop takes (and
+        # counts as lost) a batch that was delivered. They wait on until COMMIT.
+        self._acks_applied = []
+        acked = not self._acks_waiting
         start_pages, start_used = self._pages()
         allowed = start_pages if squeeze else max(self.budget_pages, start_pages)
         limit = min(self.budget_pages, allowed)
         dropped = 0
         # Drop by estimate first so that, when full, the insert usually fits at the first try.
         short = start_used + -(-need // ps) - limit
+        if short > 0 and not acked:
+            acked = self._apply_waiting_acks()
+            start_pages, start_used = self._pages()
+            short = start_used + -(-need // ps) - limit
         if short > 0:
             dropped += self._drop_oldest(short * ps)
         while True:
@@ -811,6 +824,9 @@ class SqliteStore:
                 break
             conn.execute("ROLLBACK TO ins")
             conn.execute("RELEASE ins")
+            if not acked:  # the room they free first
+                acked = self._apply_waiting_acks()
+                continue
             n = self._drop_oldest(over * ps)
             if n == 0:
                 raise _NoRoom(
@@ -819,13 +835,8 @@ class SqliteStore:
                     else "disk full and no batch left to drop"
                 )
             dropped += n
-        # Acknowledgements that waited for this commit, after the inserts: pages deleted before
-        # the savepoint above and rewritten inside it would be copied to a statement journal,
-        # a temporary file on disk once it passes 64 KB (at 10,000 points/s it did, every
-        # commit). They wait on until COMMIT: a failed transaction leaves them for the next.
-        self._acks_applied = [
-            (bit, *self._delete_acked(ids, bit)) for bit, ids in self._acks_waiting
-        ]
+        if not acked:
+            self._apply_waiting_acks()
         conn.executemany(
             "INSERT INTO seqs (device, kind, last) VALUES (?, ?, ?) "
             "ON CONFLICT (device, kind) DO UPDATE SET last = excluded.last",
@@ -836,6 +847,14 @@ class SqliteStore:
         conn.execute("COMMIT")
         self._acks_waiting = []
         return dropped
+
+    def _apply_waiting_acks(self) -> bool:
+        """In the open transaction: delete what the acknowledgements waiting for this commit
+        allow; bookkept once it commits (``_acks_applied``)."""
+        self._acks_applied = [
+            (bit, *self._delete_acked(ids, bit)) for bit, ids in self._acks_waiting
+        ]
+        return True
 
     def _store_drop_totals(self, dropped: int) -> None:
         """Write the drop counters (total and per destination) in the open transaction, so
@@ -919,6 +938,16 @@ class SqliteStore:
                     "buffer file shrunk to fit max_size",
                     extra={"file": str(self.path), "max_size": self.max_size},
                 )
+
+    @property
+    def pressed(self) -> bool:
+        """Short of room: the disk bounds the buffer below ``max_size``, or a drop was needed
+        in the last minute. Then the commit window is off (batches committed at once, as with
+        ``commit_interval: 0``, acknowledgements applied at once): a drop sized for a whole
+        window, or an acknowledgement still waiting, would take batches already delivered and
+        count them as lost."""
+        recent = self._dropped_at is not None and time.monotonic() - self._dropped_at < 60
+        return recent or self.limit < self.max_size
 
     def _pages(self) -> tuple[int, int]:
         """(page_count, used pages) as the current transaction sees them."""
