@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm demo-s7 demo-mc test test-fast lint typecheck schema reference proto bench bench-outputs soak clean
+.PHONY: venv system-deps test-deps wheelhouse demo demo-pdm demo-s7 demo-mc test test-fast lint typecheck schema reference proto bench bench-outputs bench-peer soak clean
 
 venv: $(VENV)/.installed
 
@@ -102,6 +102,12 @@ bench: venv system-deps
 # simulated hour while the other stays live (about 5 minutes; docs/performance.md).
 bench-outputs: venv system-deps
 	$(PY) -m bench.bench_outputs
+
+# Side by side with ThingsBoard IoT Gateway (installed from PyPI into a venv of its own under the
+# bench's temporary folder), CPU, RSS, values delivered and SD-card writes (about 15 minutes;
+# docs/performance.md). PEER_VENV=<venv with thingsboard-gateway> skips the install.
+bench-peer: venv system-deps
+	$(PY) -m bench.bench_peer $(if $(PEER_VENV),--peer-venv $(PEER_VENV)) $(BENCH_PEER_ARGS)
 
 # Wheels of the agent and all its dependencies, for gateways without internet:
 # copy the repository with ./wheelhouse to the gateway, then `sudo systemd/install.sh`.
