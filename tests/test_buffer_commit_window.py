@@ -108,6 +108,19 @@ async def test_slow_commits_shrink_the_window_so_no_poll_is_late(
         await buf.close()
 
 
+async def test_the_first_batch_after_start_is_not_held(tmp_path: Path) -> None:
+    """Start-up: the first batch goes out at once (time to the first batch at the broker)."""
+    buf = await _open(tmp_path, commit_interval=5.0)
+    loop = asyncio.get_running_loop()
+    try:
+        COMMIT_BY.set(loop.time() + 20.0)
+        t0 = loop.time()
+        await buf.put("d", 0, BODY)
+        assert loop.time() - t0 < 0.2
+    finally:
+        await buf.close()
+
+
 async def test_a_put_without_a_poll_deadline_commits_at_once(tmp_path: Path) -> None:
     """A task that set no ``COMMIT_BY`` (a driver's own event, say) is not held."""
     buf = await _open(tmp_path, commit_interval=5.0)
@@ -149,6 +162,7 @@ async def test_close_commits_what_waits_in_the_window(tmp_path: Path) -> None:
         COMMIT_BY.set(loop.time() + 20.0)  # its next poll is far: it may wait the whole window
         return await buf.put("d", 0, BODY)
 
+    await buf.put("first", 0, BODY)  # the first batch after start is committed at once
     waiting = asyncio.create_task(slow_poller())
     await asyncio.sleep(0.3)
     assert not waiting.done()  # waiting for the window: nothing committed yet

@@ -244,6 +244,7 @@ class Buffer:
             or deadline is None
             or self._pending_bytes >= self._store.txn_cap // 2
             or self._store.pressed  # short of room: small commits, small drops, as without
+            or self._store.commits == 0  # the first batch after start goes out at once
         ):
             return now
         # Kept free for the commit itself: a fifth of the time left, and twice the slowest of
