@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -370,7 +371,13 @@ class Cell:
         quarantined, and the quarantine metric says so too."""
         agent = self.agent
         assert agent is not None
-        await until(lambda: agent.buffer.stats().batches == 0, timeout=15)
+        # The devices keep polling and the buffer commits in windows (buffer.commit_interval):
+        # drained means nothing older than a window (and a round trip) still waits.
+        late = agent.config.buffer.commit_interval + 2.0
+        await until(
+            lambda: (agent.buffer.stats().oldest_created or math.inf) > time.time() - late,
+            timeout=15,
+        )
         stats = agent.buffer.stats()
         assert (stats.dropped_total, stats.quarantined) == (0, 0), (self.column, stats)
         counted = agent.metrics.registry.get_sample_value(
