@@ -603,6 +603,13 @@ async def _second(cell: Cell) -> None:
             cell.writes_reached_the_devices()
             assert agent.buffer.output_stats("default").batches > 0  # it waits for json
             await asyncio.to_thread(other.start)
+            await until(agent.publisher.connected.is_set, timeout=15)
+            back = time.time()
+            # json drains its own backlog: nothing committed before it came back still waits.
+            await until(
+                lambda: (agent.buffer.output_stats("default").oldest_created or math.inf) > back,
+                timeout=15,
+            )
             await cell.settle()
         await cell.said_offline()
         await cell.every_batch_once(dead=set(DEAD))
