@@ -11,7 +11,7 @@ import pytest
 
 from agent.app.status_cli import print_status
 from agent.south.registry import load_drivers
-from tests.doc_examples import load_example
+from tests.doc_examples import code_blocks, load_example
 from tests.test_ops_dashboards import exported
 from tests.test_status_page import snapshot
 
@@ -42,15 +42,15 @@ class Pages:
 ZH_PAGES = Pages(DOCS / "zh-CN")
 
 
-def yaml_blocks(path: Path) -> list[str]:
-    return re.findall(r"```yaml\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
-
-
 @pytest.mark.parametrize("doc", [ZH_PAGES, REPO / "config/edge-agent.yaml"])
 def test_yaml_examples_validate(doc: Path, tmp_path: Path) -> None:
     """Every example, completed the way tests/doc_examples.py says (a whole file, a devices
     section, a device list, a tag list, a device's keys), is a config the loader accepts."""
-    blocks = yaml_blocks(doc) if doc.suffix == ".md" else [doc.read_text()]
+    if isinstance(doc, Pages):  # each page's blocks, less those marked <!-- not-config: why -->
+        pages = sorted(doc.folder.rglob("*.md"))
+        blocks = [b.text for p in pages for b in code_blocks(p, ("yaml",)) if b.not_config is None]
+    else:
+        blocks = [doc.read_text()]
     assert blocks
     for block in blocks:
         load_example(block, load_drivers(), tmp_path)

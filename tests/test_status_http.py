@@ -89,7 +89,12 @@ async def test_status_endpoints_page_and_cli(tmp_path: Path, broker: Mosquitto) 
 
             def both_known(status: int, body: bytes) -> bool:
                 devices = {d["name"]: d for d in json.loads(body)["devices"]}
-                return devices["press-1"]["state"] == "up" and devices["press-2"]["state"] == "down"
+                # Values show once a batch is committed (within buffer.commit_interval).
+                press = devices["press-1"]
+                return (
+                    bool(press["state"] == "up" and press["values"])
+                    and devices["press-2"]["state"] == "down"
+                )
 
             body = await asyncio.to_thread(wait_http, f"{url}/status.json", both_known)
             snap = json.loads(body)

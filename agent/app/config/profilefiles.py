@@ -106,7 +106,8 @@ def assemble(
                 if candidate.is_file():
                     _load(candidate, name, profiles, result, None)
                     break
-    for i, device in enumerate(data.get("devices") or []):
+    devices = data.get("devices")
+    for i, device in enumerate(devices if isinstance(devices, list) else []):
         if isinstance(device, dict):
             _apply_defaults(device, ("devices", i), profiles, file, positions, result)
     return result
