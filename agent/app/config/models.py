@@ -336,6 +336,12 @@ class OutputSection(MqttSection):
         description="unique among the destinations ([A-Za-z0-9_.-]+; `default` is the mqtt "
         "section's); the output label of its metrics"
     )
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id; default <agent.id>-<name>",
+    )
     devices: Annotated[list[Name], AfterValidator(_unique)] | None = Field(
         default=None,
         min_length=1,
