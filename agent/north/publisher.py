@@ -401,9 +401,16 @@ class Publisher:
         watermark = await self._buffer.max_id() if backlog else 0
         live_cursor = watermark
         backlog_cursor = 0
+        # Whether rows may wait past live_cursor: set by a commit that stored some for this
+        # destination, and by a fetch that filled the window. A PUBACK wakes this loop too
+        # (the window has room again), but asks the buffer again only then: a fetch per
+        # acknowledgement that finds nothing was a worker round trip per message.
+        more = True
         while not self._lost.is_set():
             self._wake.clear()
-            self._new_data.clear()
+            if self._new_data.is_set():
+                self._new_data.clear()
+                more = True
             await self._flush_acks()
             await self._flush_unpackable()
             deadline = self._fmt.session_deadline()
@@ -420,8 +427,9 @@ class Publisher:
                 continue
             free = self._window - self._inflight_rows
             sent = 0
-            if free > 0:
+            if free > 0 and more:
                 rows = await self._buffer.fetch(live_cursor, free, output=self.output)
+                more = len(rows) >= free
                 if rows:
                     live_cursor = rows[-1].id
                     sent += self._send(client, rows)
