@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import importlib.metadata
 import logging
 import signal
@@ -27,6 +26,7 @@ from agent.core.processing import Processing
 from agent.north.formats import Format
 from agent.north.publisher import Publisher
 from agent.ops.http import StatusServer
+from agent.ops.memory import limit_arenas, settle_memory
 from agent.ops.metrics import DriverErrors, Metrics
 from agent.ops.notify import Notifier
 from agent.ops.processing_metrics import ProcessingCollector
@@ -470,9 +470,8 @@ async def _main(config: Config, config_path: Path | None = None) -> int:
         extra={"agent": config.agent.id, "devices": len(agent.polled)},
     )
     notifier.ready(describe(agent))
-    # Everything built at start lives as long as the process: keep it out of the collector's
-    # full passes, which would otherwise pause the loop for longer as the heap grows.
-    gc.freeze()
+    # Everything built at start lives as long as the process (agent.ops.memory).
+    settle_memory()
     await stop.wait()
     log.info("stopping")
     notifier.stopping()
@@ -489,6 +488,7 @@ async def _main(config: Config, config_path: Path | None = None) -> int:
 def run_agent(config: Config, config_path: Path | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads the config); 0 on a clean stop, 1 when the
     runtime could not start."""
+    limit_arenas()
     return asyncio.run(_main(config, config_path))
 
 
