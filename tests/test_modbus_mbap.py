@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from drivers.base import DeviceError
 from drivers.modbus.config import ModbusConnection
+from drivers.modbus.errors import LinkDown, ModbusError, NoAnswer
 from drivers.modbus.link import ModbusLink
 from drivers.modbus.mbap import InvalidAnswer, MbapClient
 from simulators.modbus_tcp import ModbusSimulator
@@ -234,7 +234,7 @@ async def test_late_answer_after_a_timeout_is_discarded_and_the_next_request_ans
         writer.write(answer(req))  # ...then the current one
 
     async with RawServer(late) as server, client_of(server.port) as c:
-        with pytest.raises(ModbusIOException):
+        with pytest.raises(NoAnswer):
             await c.read_holding_registers(0, count=2)
         assert c.connected and c.timeouts == 1
         got = await c.read_holding_registers(0, count=2)
@@ -255,14 +255,14 @@ async def test_each_request_gets_its_own_full_timeout_from_the_shared_timer() ->
         await c.read_holding_registers(0, count=1)  # arms the timer for t0 + 0.3
         await asyncio.sleep(0.15)  # the stimulus: the next request starts half-way
         sent = loop.time()
-        with pytest.raises(ModbusIOException):
+        with pytest.raises(NoAnswer):
             await c.read_holding_registers(0, count=1)
         assert 0.29 <= loop.time() - sent < 2.0
         c.timeout = 5.0
         await c.read_holding_registers(0, count=1)  # arms the timer 5 s ahead
         c.timeout = 0.1
         sent = loop.time()
-        with pytest.raises(ModbusIOException):
+        with pytest.raises(NoAnswer):
             await c.read_holding_registers(0, count=1)
         assert 0.09 <= loop.time() - sent < 2.0
         assert c.timeouts == 2
@@ -275,7 +275,7 @@ async def test_a_wrong_transaction_id_is_not_taken_for_the_answer() -> None:
             writer.write(answer(req))
 
     async with RawServer(wrong_tid) as server, client_of(server.port) as c:
-        with pytest.raises(ModbusIOException):  # only a foreign frame: no answer
+        with pytest.raises(NoAnswer):  # only a foreign frame: no answer
             await c.read_holding_registers(0, count=1)
         got = await c.read_holding_registers(0, count=1)  # foreign, then the right one
         assert list(got.registers) == [100]
@@ -290,7 +290,7 @@ async def test_tid_0_is_no_wildcard() -> None:
         writer.write(frame(0, req.unit, registers(3, [666])))
 
     async with RawServer(zero) as server, client_of(server.port) as c:
-        with pytest.raises(ModbusIOException):
+        with pytest.raises(NoAnswer):
             await c.read_holding_registers(0, count=1)
         assert c.stale_answers == 1
 
@@ -324,7 +324,7 @@ async def test_an_answer_that_cannot_be_right_is_invalid_and_the_next_one_is_rea
 ) -> None:
     handler = _invalid_then_correct(INVALID[case])
     async with RawServer(handler) as server, client_of(server.port) as c:
-        with pytest.raises(ModbusException) as err:
+        with pytest.raises(ModbusError) as err:
             await c.read_holding_registers(0, count=2, device_id=3)
         assert isinstance(err.value, InvalidAnswer), err.value
         assert str(err.value).startswith("invalid answer: ")
@@ -363,7 +363,7 @@ async def test_a_stream_out_of_sync_is_dropped_with_its_connection(case: str) ->
     connection (the agent reconnects with backoff), and nothing of the stream is kept."""
     handler = _invalid_then_correct(OUT_OF_SYNC[case])
     async with RawServer(handler) as server, client_of(server.port) as c:
-        with pytest.raises(ConnectionException, match="out of sync"):
+        with pytest.raises(LinkDown, match="out of sync"):
             await c.read_holding_registers(0, count=2, device_id=3)
         assert not c.connected and c.desyncs == 1
         assert c.dropped_bytes == len(OUT_OF_SYNC[case](Req(1, 3, bytes([3, 0, 0, 0, 2]))))
@@ -417,7 +417,7 @@ async def test_a_slowloris_never_grows_the_buffer_past_one_frame() -> None:
         while not pending.done():
             peak = max(peak, len(c._buffer))
             await asyncio.sleep(0)
-        with pytest.raises(ModbusException):
+        with pytest.raises(ModbusError):
             pending.result()
     assert peak <= 260
 
@@ -432,10 +432,10 @@ async def test_connection_reset_mid_request() -> None:
         writer.transport.abort()
 
     async with RawServer(reset) as server, client_of(server.port) as c:
-        with pytest.raises(ConnectionException):
+        with pytest.raises(LinkDown):
             await c.read_holding_registers(0, count=1)
         assert not c.connected
-        with pytest.raises(ConnectionException):
+        with pytest.raises(LinkDown):
             await c.read_holding_registers(0, count=1)
 
 
@@ -445,7 +445,7 @@ async def test_server_closing_mid_request() -> None:
         writer.close()
 
     async with RawServer(close) as server, client_of(server.port) as c:
-        with pytest.raises(ConnectionException):
+        with pytest.raises(LinkDown):
             await c.read_holding_registers(0, count=1)
         assert not c.connected
 
@@ -458,7 +458,7 @@ async def test_close_fails_the_waiting_request_at_once() -> None:
         pending = c.read_holding_registers(0, count=1)  # sent: the future is returned at once
         c.close()
         assert not c.connected
-        with pytest.raises(ConnectionException):
+        with pytest.raises(LinkDown):
             await pending
 
 

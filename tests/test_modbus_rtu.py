@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymodbus.exceptions import ModbusIOException
 
 from agent.ops.metrics import Metrics
 from agent.south.lines import LinePoller
 from drivers.base import Driver, Quality
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.errors import NoAnswer
 from drivers.modbus.link import ModbusLink
 from simulators.modbus_rtu import RtuSimulator
 from simulators.modbus_tcp import ModbusSimulator
@@ -175,6 +177,29 @@ async def test_baud_rate_is_honest_a_read_takes_its_bytes_on_the_wire() -> None:
         await driver.link.close()
     assert reading.quality is Quality.GOOD and isinstance(reading.value, list)
     assert 0.139 <= took < 0.25, took
+
+
+async def test_an_rtu_link_raises_our_exceptions_with_pymodbus_s_as_the_cause() -> None:
+    """The driver catches only drivers/modbus/errors.py's classes: on RTU the link translates
+    pymodbus's, keeping the original as ``__cause__``."""
+    async with RtuSimulator((1, 9), baudrate=19200) as sim:
+        sim.set_silent(9)
+        link = ModbusLink(rtu_device(sim.path, 1).connection)
+        await link.open()
+        try:
+            answer = await link.execute(
+                lambda c: c.read_holding_registers(14, count=1, device_id=1), timeout=0.5
+            )
+            assert not answer.isError()
+            with pytest.raises(NoAnswer) as err:
+                await link.execute(
+                    lambda c: c.read_holding_registers(14, count=1, device_id=9), timeout=0.15
+                )
+            assert isinstance(err.value.__cause__, ModbusIOException)
+            assert str(err.value) == str(err.value.__cause__)
+            assert link.connected  # a silent unit leaves the line open
+        finally:
+            await link.close()
 
 
 def tcp_unit(unit: int, port: int, transport: str, **connection: Any) -> ModbusDevice:

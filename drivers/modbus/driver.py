@@ -1,8 +1,11 @@
 """The Modbus driver: connect, poll the planned requests, decode, report quality per tag; writes.
 
-pymodbus is told neither to retry nor to reconnect (``retries=0``, ``reconnect_delay=0``): the
-agent owns backoff, and a client retrying behind its back would multiply the cost of a dead device
-(``timeout x (retries + 1)`` per request) and hide connection loss from the device status.
+pymodbus (the RTU client) is told neither to retry nor to reconnect (``retries=0``,
+``reconnect_delay=0``): the agent owns backoff, and a client retrying behind its back would
+multiply the cost of a dead device (``timeout x (retries + 1)`` per request) and hide connection
+loss from the device status. Requests fail with the driver's own exceptions
+(``drivers.modbus.errors``) on every transport: Modbus TCP never imports pymodbus, and the link
+translates pymodbus's on RTU.
 
 Exception 2 (illegal data address) on a read that joins several tags means some address in it
 does not exist on the device (maps with holes the manual does not show). The request is split in
@@ -27,8 +30,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from drivers.base import (
     DeviceBase,
@@ -58,6 +59,7 @@ from drivers.modbus.config import (
     ModbusProfile,
     ModbusTag,
 )
+from drivers.modbus.errors import LinkDown, ModbusError, NoAnswer
 from drivers.modbus.link import Client, ModbusLink
 from drivers.modbus.planner import Request, TagSlice, plan
 
@@ -319,7 +321,7 @@ class ModbusDriver(Driver):
         return facts
 
     def error_counts(self) -> Mapping[str, int]:
-        """Timeouts, exception answers by code, answers pymodbus could not use."""
+        """Timeouts, exception answers by code, answers that could not be used."""
         return dict(self._errors)
 
     def raw_values(self) -> Mapping[str, Any]:
@@ -514,7 +516,7 @@ class ModbusDriver(Driver):
             req = pending.pop(0)
             try:
                 response = await self._execute(self._reader(req, unit))
-            except ModbusIOException as exc:
+            except NoAnswer as exc:
                 if not self.connected:
                     raise DeviceError("connection lost", str(exc)) from exc
                 self._errors["timeout"] += 1
@@ -526,9 +528,9 @@ class ModbusDriver(Driver):
                 for later in (req, *pending):
                     failed.update(dict.fromkeys(later.tags, "timeout"))
                 break
-            except ConnectionException as exc:
+            except LinkDown as exc:
                 raise DeviceError("connection lost", str(exc)) from exc
-            except ModbusException as exc:
+            except ModbusError as exc:
                 answered += 1
                 self._errors["invalid answer"] += 1
                 failed.update(dict.fromkeys(req.tags, f"error: {exc}"))
@@ -730,13 +732,13 @@ class ModbusDriver(Driver):
                 else:
                     await self._answered(_call("write_registers", at, chunk, device_id=unit))
             back_regs = await self._read_back(address, len(regs), unit)
-        except ModbusIOException as exc:
+        except NoAnswer as exc:
             if not self.connected:
                 raise DeviceError("connection lost", str(exc)) from exc
             raise DeviceError("timeout", f"no answer from unit {unit}") from exc
-        except ConnectionException as exc:
+        except LinkDown as exc:
             raise DeviceError("connection lost", str(exc)) from exc
-        except ModbusException as exc:
+        except ModbusError as exc:
             raise WriteError(f"error: {exc}") from exc
         if back_regs != regs:
             shown = self._decoders[tag](back_regs)

@@ -12,6 +12,9 @@ pymodbus's client was ~29 % of the event loop. Ours costs 14.9 us of CPU per req
 connections against pymodbus's 50.8 us and a bare socket's 14.2 us (38.9, 87.2 and 33.7 us one
 connection at a time; ``python -m bench.bench_modbus_requests`` measures all three in one run).
 RTU, on a serial port or over TCP, keeps pymodbus: there the baud rate, not the CPU, is the limit.
+pymodbus is imported only when an RTU client is built (:mod:`drivers.modbus.rtu`), and its
+exceptions become ours (:mod:`drivers.modbus.errors`) here, so an agent with Modbus TCP devices
+only never loads it (~2 MB of RSS).
 
 What pymodbus does not do and the link does: the RTU inter-frame silence (3.5 character times,
 1.75 ms above 19200 baud) before each request, measured from the last byte seen on the line (an
@@ -29,26 +32,23 @@ import errno
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.client.base import ModbusBaseClient
-from pymodbus.framer import FramerType
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from drivers.base import DeviceError, Line
 from drivers.modbus.config import ModbusConnection
 from drivers.modbus.mbap import MbapClient
 
+if TYPE_CHECKING:
+    from pymodbus.client.base import ModbusBaseClient
+
 T = TypeVar("T")
 #: A request: called with the link's client (an ``MbapClient`` for Modbus TCP, a pymodbus client
 #: for RTU; both offer the same read and write methods), awaited for the answer.
 Call = Callable[[Any], Awaitable[T]]
-#: What a link talks through: our MBAP client on TCP, pymodbus's on RTU (same methods).
-Client = MbapClient | ModbusBaseClient
+#: What a link talks through: our MBAP client on TCP, pymodbus's on RTU (same methods). A string,
+#: so that naming it imports no pymodbus.
+Client: TypeAlias = "MbapClient | ModbusBaseClient"
 
-#: On a shared line pymodbus must never drop the connection because a dead unit stopped
-#: answering: the other units still answer. The agent backs off the dead one instead.
-_NEVER_GIVE_UP = 1_000_000
 #: The transports our MBAP client speaks.
 _MBAP_TRANSPORTS = frozenset({"tcp", "tcp-gateway"})
 
@@ -93,31 +93,9 @@ class ModbusLink(Line):
         if conn.transport in _MBAP_TRANSPORTS:
             assert isinstance(conn.port, int) and conn.host is not None
             return MbapClient(conn.host, conn.port, timeout=conn.timeout)
-        common: dict[str, Any] = {
-            "timeout": conn.timeout,
-            "retries": 0,
-            "reconnect_delay": 0,
-            "trace_packet": self._trace,
-        }
-        client: ModbusBaseClient
-        if conn.transport == "rtu":
-            client = AsyncModbusSerialClient(
-                str(conn.port),
-                framer=FramerType.RTU,
-                baudrate=conn.baudrate,
-                parity=conn.parity,
-                stopbits=conn.stopbits,
-                bytesize=conn.bytesize,
-                **common,
-            )
-        else:
-            assert isinstance(conn.port, int)
-            client = AsyncModbusTcpClient(
-                conn.host, port=conn.port, framer=FramerType.RTU, **common
-            )
-        if conn.shared:
-            client.set_max_no_responses(_NEVER_GIVE_UP)
-        return client
+        from drivers.modbus import rtu  # pymodbus: loaded for RTU only
+
+        return rtu.make_client(conn, self._trace)
 
     async def open(self) -> None:
         if self.connected:
@@ -148,9 +126,9 @@ class ModbusLink(Line):
     async def execute(self, call: Call[T], *, timeout: float, pause: float = 0.0) -> T:
         """Send one request after the line's silence; raise ``DeviceError`` when not open.
 
-        The client's exceptions (pymodbus's classes: ``ModbusIOException`` for no answer...)
-        pass through: what they mean depends on the device's situation, which the driver
-        knows."""
+        The client's exceptions (:mod:`drivers.modbus.errors`: ``NoAnswer`` for no answer...)
+        pass through, pymodbus's translated into them on RTU (the original as ``__cause__``):
+        what they mean depends on the device's situation, which the driver knows."""
         client = self._client
         if client is None or not client.connected:
             raise DeviceError("connection lost", f"{self.key}: not open")
@@ -161,10 +139,20 @@ class ModbusLink(Line):
                 await asyncio.sleep(wait)
         if isinstance(client, MbapClient):
             client.timeout = timeout
-        else:
-            client.comm_params.timeout_connect = timeout
+            try:
+                return await call(client)
+            finally:
+                self._quiet_from = time.monotonic()
+        client.comm_params.timeout_connect = timeout
         try:
             return await call(client)
+        except Exception as exc:
+            from drivers.modbus import rtu  # already loaded: it built the client
+
+            ours = rtu.ours(exc)
+            if ours is None:
+                raise
+            raise ours from exc
         finally:
             self._quiet_from = time.monotonic()
 

@@ -17,15 +17,16 @@ moves it earlier). Creating and cancelling a ``TimerHandle`` per request (heap p
 comparisons, cancelled handles left in the heap) cost 20 % of this client's CPU per request.
 
 The client offers the subset of pymodbus's API the driver uses (``read_holding_registers``...,
-``write_registers``..., ``connect``/``close``/``connected``) and raises pymodbus's exception
-classes, so the driver cannot tell them apart:
+``write_registers``..., ``connect``/``close``/``connected``), so the driver calls it as it calls
+pymodbus's RTU clients, and raises the driver's own exceptions (:mod:`drivers.modbus.errors`,
+into which the link translates pymodbus's on RTU), so Modbus TCP never imports pymodbus:
 
-- no answer within ``timeout`` -> ``ModbusIOException``; the connection stays open and a late
-  answer (an old transaction id) is discarded and counted in ``stale_answers``;
+- no answer within ``timeout`` -> ``NoAnswer``; the connection stays open and a late answer (an
+  old transaction id) is discarded and counted in ``stale_answers``;
 - not connected, the connection lost while waiting, or the stream out of sync (see below) ->
-  ``ConnectionException``, and ``connected`` is False;
+  ``LinkDown``, and ``connected`` is False;
 - an answer that cannot be right (function code, byte count, frame length, unit id, write echo)
-  -> ``InvalidAnswer`` (a ``ModbusException``: the driver marks the request's tags bad).
+  -> ``InvalidAnswer`` (a ``ModbusError``: the driver marks the request's tags bad).
 
 Where it differs from pymodbus 3.16, on purpose: an answer with the right transaction id but
 another unit id is an invalid answer at once (pymodbus skips it and waits out the timeout, which
@@ -37,7 +38,7 @@ and asyncio then logs a traceback and drops the connection).
 Framing: a header whose protocol id is not 0 or whose length is under 2 means the stream is out
 of sync, and on TCP nothing but a new connection finds the next frame boundary for sure: what is
 buffered is dropped (``dropped_bytes``), the connection closed, the pending request fails with
-``ConnectionException`` and the agent reconnects with its backoff (the device is reported down,
+``LinkDown`` and the agent reconnects with its backoff (the device is reported down,
 as it was with pymodbus, whose framer raised and lost the connection). A well-formed header
 announcing more than 254 bytes (an oversized frame) is skipped byte for byte without buffering
 it, and the stream stays in sync. After an invalid answer the rest of what arrived is discarded
@@ -57,7 +58,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from drivers.modbus.errors import InvalidAnswer, LinkDown, NoAnswer
 
 __all__ = ["Answer", "InvalidAnswer", "MbapClient"]
 
@@ -81,13 +82,6 @@ _NO_REGISTERS: Sequence[int] = ()
 _NO_BITS: Sequence[bool] = ()
 #: What the pending request expects back.
 _REGISTERS, _COILS, _ECHO = 0, 1, 2
-
-
-class InvalidAnswer(ModbusException):
-    """An answer that cannot be the one asked for; the driver counts it as an invalid answer."""
-
-    def __str__(self) -> str:
-        return f"invalid answer: {self.string}"
 
 
 class Answer:
@@ -181,7 +175,7 @@ class MbapClient(asyncio.Protocol):
         if transport is not None:
             transport.close()
         self._disarm()
-        self._fail(ConnectionException("connection closed"))
+        self._fail(LinkDown("connection closed"))
         self._buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -193,7 +187,7 @@ class MbapClient(asyncio.Protocol):
         self._buffer = b""
         self._disarm()
         why = "connection lost" if exc is None else f"connection lost: {exc}"
-        self._fail(ConnectionException(why))
+        self._fail(LinkDown(why))
 
     # -- requests (pymodbus's signatures) ---------------------------------------------------------
 
@@ -274,7 +268,7 @@ class MbapClient(asyncio.Protocol):
     def _send(self, frame: bytes, unit: int, expect: int, count: int) -> asyncio.Future[Answer]:
         transport, loop = self._transport, self._loop
         if transport is None or loop is None:
-            raise ConnectionException("not connected")
+            raise LinkDown("not connected")
         if self._future is not None:
             if not self._future.done():
                 raise RuntimeError("one request at a time on a Modbus TCP connection")
@@ -405,7 +399,7 @@ class MbapClient(asyncio.Protocol):
         if transport is not None:
             transport.abort()
         self._disarm()
-        self._fail(ConnectionException(f"out of sync: {why}"))
+        self._fail(LinkDown(f"out of sync: {why}"))
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
@@ -435,14 +429,7 @@ class MbapClient(asyncio.Protocol):
         self._buffer = b""
         self._skip = 0
         self._settled()
-        future.set_exception(
-            ModbusIOException(
-                f"no answer from unit {self._unit} within {self.timeout}s",
-                self._function,
-                transaction_id=self._tid,
-                dev_id=self._unit,
-            )
-        )
+        future.set_exception(NoAnswer(f"no answer from unit {self._unit} within {self.timeout}s"))
 
     def _fail(self, exc: Exception) -> None:
         """The pending request, if any, ends with ``exc``."""
