@@ -31,6 +31,12 @@ BODY = b'{"ts":0,"values":{"v":1}}'
 DEFAULT = {"output": "default"}  # the labels of the mqtt section's per-destination series
 
 
+def _noise(n: int, seed: int = 0) -> bytes:
+    """``n`` bytes that do not deflate: bodies sized to fill pages (the store deflates bodies,
+    agent.core.buffer.bodies, and ``b"x" * n`` would take a few bytes on disk)."""
+    return random.Random(seed).randbytes(n)
+
+
 async def _open(path: Path, size: int = 8 * MIN_SIZE, metrics: Metrics | None = None) -> Buffer:
     buf = Buffer(path, size, metrics)
     await buf.open()
@@ -175,9 +181,9 @@ async def test_a_failed_commit_fails_each_caller_of_its_group_and_consumes_no_se
 ) -> None:
     buf = await _open(tmp_path)
     for _ in range(20):
-        await buf.put("a", 0, b"s" * 3000)  # one page each
+        await buf.put("a", 0, _noise(3000))  # one page each
     await _set_max_pages(buf, 0)
-    big = b"b" * 100_000  # more than dropping everything stored would free
+    big = _noise(100_000, 1)  # more than dropping everything stored would free
     results = await asyncio.gather(
         *(buf.put("a", 0, big) for _ in range(3)), return_exceptions=True
     )
@@ -333,7 +339,7 @@ async def test_bound_holds_on_disk_and_drops_oldest_counted(
     written = puts = 0
     try:
         while written < 20 * max_size:
-            bodies = [b"x" * sizes(rng) for _ in range(devices)]
+            bodies = [_noise(sizes(rng), rng.randrange(1 << 30)) for _ in range(devices)]
             seqs = await asyncio.gather(*(buf.put(f"d{i}", 0, b) for i, b in enumerate(bodies)))
             for i, seq in enumerate(seqs):
                 assert seq == last.get(f"d{i}", 0) + 1
@@ -373,7 +379,7 @@ async def test_bound_holds_on_disk_and_drops_oldest_counted(
 async def test_lowering_max_size_shrinks_the_file_at_open(tmp_path: Path) -> None:
     buf = await _open(tmp_path, 4 * MIN_SIZE)
     for _ in range(100):
-        await asyncio.gather(*(buf.put(f"d{i}", 0, b"x" * 2000) for i in range(10)))
+        await asyncio.gather(*(buf.put(f"d{i}", 0, _noise(2000)) for i in range(10)))
     assert buf.stats().dropped_total == 0
     await buf.close()
     assert _disk_bytes(tmp_path) > 2 * MIN_SIZE
@@ -399,10 +405,10 @@ async def test_full_disk_drops_oldest_to_make_room(
     metrics = Metrics()
     buf = await _open(tmp_path, metrics=metrics)
     for _ in range(20):
-        await buf.put("a", 0, b"s" * 3000)
+        await buf.put("a", 0, _noise(3000))
     await _set_max_pages(buf, 0)  # the database may not grow any more
     for i in range(5):
-        assert await buf.put("b", 0, b"n" * 3000) == i + 1
+        assert await buf.put("b", 0, _noise(3000, 2)) == i + 1
     rows = await buf.fetch(0, 100)
     dropped = buf.stats().dropped_total
     assert dropped > 0
@@ -535,7 +541,7 @@ async def test_garbage_file_is_quarantined_and_seqs_are_not_reused(
 async def test_damaged_pages_are_quarantined_and_counters_salvaged(tmp_path: Path) -> None:
     buf = await _open(tmp_path)
     for _ in range(300):
-        await buf.put("a", 0, b"z" * 500)
+        await buf.put("a", 0, _noise(500))
     await buf.close()
     with open(tmp_path / "buffer.db", "r+b") as f:
         f.seek(4096 * 20)  # a page of batches; the seq counters live on the first pages

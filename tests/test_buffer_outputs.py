@@ -9,6 +9,7 @@ migrates in place.
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from pathlib import Path
 
@@ -84,7 +85,7 @@ async def test_each_destination_has_its_own_backlog_and_oldest(tmp_path: Path) -
 async def test_drops_are_counted_per_destination_that_had_not_sent_them(tmp_path: Path) -> None:
     metrics = Metrics()
     buf = await _open(tmp_path, CLOUD, Route("plant"), size=1_000_000, metrics=metrics)
-    body = b"x" * 2000
+    body = random.Random(0).randbytes(2000)  # no deflating: sized to fill pages
     first = await buf.put("press-1", 0, body)
     [row] = await buf.fetch(0, 1)
     await buf.ack([row.id])  # the cloud sent the first batch, the plant never did

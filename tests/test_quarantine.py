@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,7 +69,7 @@ async def test_a_full_buffer_drops_quarantined_rows_as_the_oldest(tmp_path: Path
     broken format can never wedge the buffer."""
     buf = Buffer(tmp_path / "data", 1_000_000)
     await buf.open()
-    body = b'{"ts":1,"values":{"x":"' + b"y" * 2000 + b'"}}'
+    body = b'{"ts":1,"values":{"x":"' + random.Random(0).randbytes(1000).hex().encode() + b'"}}'
     await buf.put("d1", 1, body)
     first = (await buf.fetch(0, 1))[0]
     await buf.quarantine([first.id], "test")

@@ -15,6 +15,7 @@ poller does (``COMMIT_BY``).
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ async def main(
     buf = Buffer(data_dir, max_size, commit_interval=commit_interval)
     await buf.open()
     print("ready", flush=True)
-    body = b"x" * body_bytes
+    body = random.Random(0).randbytes(body_bytes)  # does not deflate: sized to fill pages
 
     async def device(name: str) -> None:
         loop = asyncio.get_running_loop()

@@ -63,6 +63,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.core.buffer import bodies
 from agent.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class StoredBatch:
     kind: str  # what the row is: "data" (values, windows, features) or "event" (alarms)
     seq: int  # per (device, kind); the same for every destination
     ts_ms: int  # when the device answered
-    body: bytes  # opaque encoded record; the buffer never looks inside
+    body: bytes  # opaque encoded record; the buffer never looks inside (kept deflated: bodies)
     created: float  # time.time() when committed
     want: int = 1  # the destinations that want it (bit mask, see SqliteStore.set_outputs)
 
@@ -720,11 +721,15 @@ class SqliteStore:
         except BufferError as exc:
             return [exc] * len(items)
         now = time.time()
+        # Deflated here, on the worker thread, not on the event loop (agent.core.buffer.bodies).
         rows = [
-            (device, kind, seq, ts_ms, now, body, want)
+            (device, kind, seq, ts_ms, now, bodies.pack(body), want)
             for (device, kind, ts_ms, body, want), seq in zip(items, seqs, strict=True)
         ]
-        need = sum(self._item_footprint(item) for item in items)
+        need = sum(
+            _footprint(len(row[5]) + len(row[0]) + len(row[1]) + _RECORD_OVERHEAD, self.page_size)
+            for row in rows
+        )
         self._drops = {}
         try:
             try:
@@ -993,7 +998,10 @@ class SqliteStore:
                 f"{_SELECT} {_MINE} AND b.id > :after {upto}ORDER BY b.id LIMIT :limit",
                 {"bit": bit, "after": after_id, "upto": upto_id, "limit": limit},
             )
-            return [StoredBatch(*row) for row in cur]
+            return [
+                StoredBatch(i, device, kind, seq, ts, bodies.unpack(body), created, want)
+                for i, device, kind, seq, ts, body, created, want in cur
+            ]
         except sqlite3.Error as exc:
             raise BufferError(f"cannot read the buffer: {exc}") from exc
 
