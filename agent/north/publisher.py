@@ -167,7 +167,8 @@ class Publisher:
         self._renewing = False
         self.connected = asyncio.Event()  # tests and readiness wait on it
         self.sessions = 0
-        self._new_data = buffer.wakeup(self.output)
+        self._new_data = buffer.wakeup(self.output)  # a flag; it also sets _wake
+        self._new_data.forward(self._wake)
         self._m_connected = metrics.mqtt_connected.labels(self.output)
         self._m_published = metrics.published.labels(self.output)
         self._m_latency = metrics.publish_latency.labels(self.output)
@@ -531,20 +532,13 @@ class Publisher:
         )
 
     async def _wait_for_work(self, timeout: float | None = None) -> None:
-        """Sleep until new data is committed, an ack frees the window, or the link is lost."""
-        waiters = [
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(self._new_data.wait()),
-        ]
-        try:
-            await asyncio.wait(
-                waiters,
-                timeout=None if timeout is None else max(0.0, timeout),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            for w in waiters:
-                w.cancel()
+        """Sleep until new data is committed, an ack frees the window, or the link is lost (each
+        sets ``_wake``)."""
+        if timeout is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, timeout))
 
     async def _flush_acks(self) -> None:
         if self._acked:

@@ -41,6 +41,7 @@ __all__ = [
     "OutputBacklog",
     "Route",
     "StoredBatch",
+    "Wakeup",
 ]
 
 
@@ -69,6 +70,29 @@ class Route:
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+
+class Wakeup(asyncio.Event):
+    """A destination's wake-up, set after every commit that stored a batch it wants.
+
+    Its consumer (the destination's publisher) may ``forward`` it to the one event it waits on
+    for every cause (acknowledgements, commands, a lost link) and keep this one as a flag: a
+    wait is then one future, where waiting on two events took a task each and
+    ``asyncio.wait``, several times per commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._forward: asyncio.Event | None = None
+
+    def forward(self, event: asyncio.Event) -> None:
+        self._forward = event
+        if self.is_set():
+            event.set()
+
+    def set(self) -> None:
+        super().set()
+        if self._forward is not None:
+            self._forward.set()
 
 
 class Buffer:
@@ -112,16 +136,16 @@ class Buffer:
         self._routes_set = False
         self._masks: dict[str, int] = {DEFAULT_OUTPUT: 1}
         self._want_cache: dict[tuple[str, str], int] = {}
-        self._wakeups: dict[str, asyncio.Event] = {DEFAULT_OUTPUT: asyncio.Event()}
+        self._wakeups: dict[str, Wakeup] = {DEFAULT_OUTPUT: Wakeup()}
 
     @property
-    def new_data(self) -> asyncio.Event:
+    def new_data(self) -> Wakeup:
         """The ``default`` destination's wake-up (see ``wakeup``)."""
         return self._wakeups[DEFAULT_OUTPUT]
 
-    def wakeup(self, output: str) -> asyncio.Event:
+    def wakeup(self, output: str) -> Wakeup:
         """Set after every commit that stored a batch ``output`` wants."""
-        return self._wakeups.setdefault(output, asyncio.Event())
+        return self._wakeups.setdefault(output, Wakeup())
 
     @property
     def path(self) -> Path:
