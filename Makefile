@@ -97,6 +97,7 @@ bench: venv system-deps
 	$(PY) -m bench.bench_opcua
 	$(PY) -m bench.bench_opcua_commands
 	$(PY) -m bench.bench_fleet
+	$(PY) -m bench.bench_peer $(if $(PEER)$(PEER_VENV),$(if $(PEER_VENV),--peer-venv $(PEER_VENV)),--no-peer) $(BENCH_PEER_ARGS)
 
 # Several destinations (outputs:): what each added destination costs, and one blackholed for a
 # simulated hour while the other stays live (about 5 minutes; docs/performance.md).
@@ -104,8 +105,9 @@ bench-outputs: venv system-deps
 	$(PY) -m bench.bench_outputs
 
 # Side by side with ThingsBoard IoT Gateway (installed from PyPI into a venv of its own under the
-# bench's temporary folder), CPU, RSS, values delivered and SD-card writes (about 15 minutes;
-# docs/performance.md). PEER_VENV=<venv with thingsboard-gateway> skips the install.
+# bench's temporary folder), CPU, RSS, values delivered and SD-card writes (about 25 minutes;
+# docs/performance.md). PEER_VENV=<venv with thingsboard-gateway> skips the install. `make bench`
+# runs the same workloads against the bare poller only, or with the gateway given PEER=1.
 bench-peer: venv system-deps
 	$(PY) -m bench.bench_peer $(if $(PEER_VENV),--peer-venv $(PEER_VENV)) $(BENCH_PEER_ARGS)
 

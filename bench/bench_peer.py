@@ -469,13 +469,14 @@ def compare(rig: Rig, w: Workload) -> dict[str, Figures]:
     return runs
 
 
-def disk(rig: Rig) -> None:
+def disk(rig: Rig) -> dict[float, Figures]:
     """Bytes written and write amplification untraced; fsyncs counted in a run of their own
     (strace slows every system call it sees, and with it the commits)."""
     traced = shutil.which("strace") is not None
+    out: dict[float, Figures] = {}
     print("\nagent disk writes (write_bytes of /proc/<pid>/io)", flush=True)
     for w in (Workload(20, 50, 1.0), Workload(200, 50, 1.0)):
-        f = rig.agent(w)
+        f = out[w.rate] = rig.agent(w)
         fsyncs = "n/a (no strace)"
         if traced:
             counted = rig.agent(w, fsyncs=True, seconds=min(20.0, rig.args.seconds))
@@ -486,6 +487,45 @@ def disk(rig: Rig) -> None:
             f"payload {f.payload / f.seconds * 3600 / 1e6:,.1f} MB/h, "
             f"write amplification {f.amplification:.2f}, fsyncs/h {fsyncs}",
             flush=True,
+        )
+    return out
+
+
+def verdict(compared: dict[Workload, dict[str, Figures]], written: dict[float, Figures]) -> None:
+    """Issue 20's targets, each with the figure of this run that decides it."""
+    print("\ntargets (issue 20)", flush=True)
+
+    def line(target: str, figure: str, met: bool) -> None:
+        print(f"  {'met    ' if met else 'NOT met'}  {target:<48} {figure}", flush=True)
+
+    for w, runs in compared.items():
+        agent, bare, peer = runs["agent"], runs["bare poller"], runs.get("ThingsBoard GW")
+        if peer is not None and peer.cpu_s:
+            ratio = agent.cpu_s / peer.cpu_s
+            line(
+                f"CPU <= 1/20 of the gateway's, {w.rate:,.0f} points/s",
+                f"{ratio:.3f}",
+                ratio <= 0.05,
+            )
+            ratio = agent.rss_mb / peer.rss_mb
+            line(
+                f"RSS <= 0.75x the gateway's, {w.rate:,.0f} points/s", f"{ratio:.2f}", ratio <= 0.75
+            )
+        if w.rate == 1000 and bare.cpu_s:
+            ratio = agent.cpu_s / bare.cpu_s
+            line("CPU <= 2x the bare poller at 1,000 points/s", f"{ratio:.1f}x", ratio <= 2)
+        if w.interval >= 10:
+            share = agent.cpu_per_min / 0.6
+            line(
+                f"near idle < 0.3 % of a core, {w.rate:,.0f} points/s",
+                f"{share:.2f} %",
+                share < 0.3,
+            )
+    for rate, f in written.items():
+        line(
+            f"write amplification <= 3 at {rate:,.0f} points/s",
+            f"{f.amplification:.2f}",
+            f.amplification <= 3,
         )
 
 
@@ -560,12 +600,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         time.sleep(2.0)
         print(f"machine: {psutil.cpu_count()} cores, shared; figures are ratios in one run")
+        compared = {}
         for text in args.workloads.split(","):
-            compare(rig, Workload.parse(text))
-        disk(rig)
+            w = Workload.parse(text)
+            compared[w] = compare(rig, w)
+        written = disk(rig)
         startup(rig)
         if args.long:
             long_run(rig, args.long)
+        verdict(compared, written)
     finally:
         watch.stop()
         sim.terminate()
