@@ -813,8 +813,13 @@ async def test_agent_on_a_full_disk_keeps_polling_drops_oldest_counted_and_recov
                     for p in agent.pollers
                 )
                 assert after > before  # batches are still committed, in the room drops made
-                # Space and the broker return: everything still buffered goes out.
+                # Space and the broker return: everything still buffered goes out. The
+                # buffer sees the room at its next statvfs (within a second); a drop before
+                # that, with the broker back, would take the oldest batches, the ones in
+                # flight: delivered, and counted dropped (docs/reliability.md).
+                limit = buf._store.limit
                 (tiny_fs / "filler").unlink()
+                await until(lambda: buf._store.limit > limit + 900_000, timeout=10)
                 await asyncio.to_thread(broker.start)
                 sub = Subscriber(broker.port, ["edge/test-gw/+/data"], client_id="full").start()
                 await until(agent.publisher.connected.is_set, timeout=10)
