@@ -706,6 +706,9 @@ class SqliteStore:
 
     def _item_footprint(self, item: Item) -> int:
         device, kind, _, body, _ = item
+        return self._row_footprint(device, kind, body)
+
+    def _row_footprint(self, device: str, kind: str, body: bytes) -> int:
         return _footprint(len(body) + len(device) + len(kind) + _RECORD_OVERHEAD, self.page_size)
 
     def _commit_chunk(self, items: list[Item]) -> list[int | BufferError]:
@@ -727,8 +730,7 @@ class SqliteStore:
             for (device, kind, ts_ms, body, want), seq in zip(items, seqs, strict=True)
         ]
         need = sum(
-            _footprint(len(row[5]) + len(row[0]) + len(row[1]) + _RECORD_OVERHEAD, self.page_size)
-            for row in rows
+            self._row_footprint(device, kind, body) for device, kind, _, _, _, body, _ in rows
         )
         self._drops = {}
         try:
